@@ -1,0 +1,1 @@
+"""Reimplementations of the published medication-recommendation baselines, one model per file."""

@@ -1,0 +1,1 @@
+"""medrec-bench: the benchmark harness (CLI, evaluation, results, tables)."""

@@ -1,0 +1,92 @@
+"""Metrics as the LEADER paper defines them, computed once per sample so bootstrap rounds only average.
+
+Per sample: PRAUC (average precision of the probabilities against the true set, over the medication
+vocabulary, via scikit-learn), Jaccard, precision, recall and F1 of the predicted set. Pooled: DDI
+rate = interacting predicted pairs / all predicted pairs, over all samples of a group.
+
+Edge cases, defined rather than crashing (the reference code's conventions): an empty true set has
+PRAUC 0; an empty union has Jaccard 0; precision of an empty prediction and recall of an empty
+target are 0; F1 is 0 when precision + recall is 0; DDI rate is 0 when no pair was predicted.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+PER_SAMPLE = ("prauc", "jaccard", "precision", "recall", "f1", "n_pred", "ddi_pairs", "all_pairs")
+REPORTED = ("prauc", "jaccard", "f1", "precision", "recall", "ddi_rate", "avg_meds")
+
+
+def multi_hot(sets: Sequence[Sequence[int]], n: int) -> np.ndarray:
+    out = np.zeros((len(sets), n), dtype=np.uint8)
+    for i, s in enumerate(sets):
+        out[i, list(s)] = 1
+    return out
+
+
+def prauc_per_sample(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    return np.array([average_precision_score(t, p) if t.any() else 0.0 for t, p in zip(y_true, proba)], dtype=np.float64)
+
+
+def per_sample_metrics(
+    proba: np.ndarray,
+    predicted: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    ddi_adj: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """One value per sample for every entry of ``PER_SAMPLE``."""
+    n_meds = ddi_adj.shape[0]
+    if proba.shape != (len(targets), n_meds):
+        raise ValueError(f"probabilities have shape {proba.shape}, expected {(len(targets), n_meds)}")
+    y_true = multi_hot(targets, n_meds).astype(bool)
+    y_pred = multi_hot(predicted, n_meds).astype(bool)
+    inter = (y_true & y_pred).sum(1).astype(np.float64)
+    union = (y_true | y_pred).sum(1).astype(np.float64)
+    n_pred = y_pred.sum(1).astype(np.float64)
+    n_true = y_true.sum(1).astype(np.float64)
+    jaccard = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    precision = np.divide(inter, n_pred, out=np.zeros_like(inter), where=n_pred > 0)
+    recall = np.divide(inter, n_true, out=np.zeros_like(inter), where=n_true > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(inter), where=denom > 0)
+    pred_f = y_pred.astype(np.float64)
+    ddi_pairs = np.einsum("ij,jk,ik->i", pred_f, ddi_adj.astype(np.float64), pred_f) / 2.0
+    all_pairs = n_pred * (n_pred - 1) / 2.0
+    return {
+        "prauc": prauc_per_sample(y_true, proba),
+        "jaccard": jaccard,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "n_pred": n_pred,
+        "ddi_pairs": ddi_pairs,
+        "all_pairs": all_pairs,
+    }
+
+
+def aggregate(per_sample: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, float]:
+    """Means over the chosen samples, DDI rate pooled over them."""
+    pick = (lambda a: a) if index is None else (lambda a: a[index])
+    all_pairs = pick(per_sample["all_pairs"]).sum()
+    return {
+        "prauc": float(pick(per_sample["prauc"]).mean()),
+        "jaccard": float(pick(per_sample["jaccard"]).mean()),
+        "f1": float(pick(per_sample["f1"]).mean()),
+        "precision": float(pick(per_sample["precision"]).mean()),
+        "recall": float(pick(per_sample["recall"]).mean()),
+        "ddi_rate": float(pick(per_sample["ddi_pairs"]).sum() / all_pairs) if all_pairs > 0 else 0.0,
+        "avg_meds": float(pick(per_sample["n_pred"]).mean()),
+    }
+
+
+def ddi_rate_of_sets(sets: Sequence[Sequence[int]], ddi_adj: np.ndarray) -> float:
+    """Pooled DDI rate of medication sets (e.g. the ground truth, for `bench data info`)."""
+    pred = multi_hot(sets, ddi_adj.shape[0]).astype(np.float64)
+    n = pred.sum(1)
+    all_pairs = (n * (n - 1) / 2).sum()
+    if all_pairs == 0:
+        return 0.0
+    return float(np.einsum("ij,jk,ik->", pred, ddi_adj.astype(np.float64), pred) / 2.0 / all_pairs)

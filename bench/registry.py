@@ -1,0 +1,47 @@
+"""Models by name, found through the ``medrec_bench.models`` entry-point group.
+
+Built-in models register in this distribution's ``pyproject.toml``; a researcher's own package
+registers the same way (``[project.entry-points."medrec_bench.models"] mymodel = "pkg.mod:Class"``)
+and is benchmarked without forking this repository.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from bench.contract import MedRecModel
+
+GROUP = "medrec_bench.models"
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; this one reads as a sentence
+        return str(self.args[0])
+
+
+def available() -> list[str]:
+    return sorted({ep.name for ep in entry_points(group=GROUP)})
+
+
+def get(name: str) -> type[MedRecModel]:
+    matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
+    if not matches:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(available())}")
+    cls = matches[0].load()
+    if not (isinstance(cls, type) and issubclass(cls, MedRecModel)):
+        raise TypeError(f"entry point {name!r} ({matches[0].value}) is not a MedRecModel subclass")
+    if cls.name != name:
+        raise TypeError(f"entry point {name!r} loads a model whose name is {cls.name!r}")
+    return cls
+
+
+def resolve(spec: str) -> list[str]:
+    """``all`` -> every registered model; ``a,b`` -> that subset, checked, in the given order."""
+    if spec.strip() == "all":
+        return available()
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise UnknownModelError(f"no model named in {spec!r}; known models: {', '.join(available())}")
+    for n in names:
+        get(n)
+    return names

@@ -1,0 +1,1 @@
+"""LEADER: the LLM teacher LEADER(T) and the distilled student LEADER(S)."""
