@@ -156,6 +156,20 @@ class PreparedDataset:
             raise ValueError(f"unknown split {part!r}; expected one of {SPLITS}")
         return [p for p in self.patients if self.split[p.patient_id] == part]
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of the content (patients, split, vocabularies, graphs): keys downstream caches."""
+        from data_prep.cache import stable_hash
+
+        return stable_hash(
+            self.name,
+            [_patient_to_json(p) for p in self.patients],
+            self.split,
+            [self.diagnoses.codes, self.procedures.codes, self.medications.codes],
+            self.ddi_adj.tobytes().hex(),
+            self.smiles,
+        )
+
     # ----- protocol samples --------------------------------------------------------------------
     def samples(self, part: str, protocol: Protocol = "last-visit") -> list[Sample]:
         """Samples of one split, in patient order (stable, so predictions line up across models).

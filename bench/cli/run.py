@@ -1,0 +1,1 @@
+"""bench CLI commands (being written)."""
