@@ -53,6 +53,21 @@ def make_tiny_dataset(n_patients: int = 40, seed: int = 0):
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's cache (prepared datasets, teachers, teacher states)."""
+    import os
+
+    root = tmp_path_factory.mktemp("medrec-cache")
+    previous = os.environ.get("MEDREC_BENCH_CACHE")
+    os.environ["MEDREC_BENCH_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("MEDREC_BENCH_CACHE", None)
+    else:
+        os.environ["MEDREC_BENCH_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset():
     return make_tiny_dataset()
