@@ -225,7 +225,7 @@ class PreparedDataset:
                 "meta": self.meta,
             }
             (tmp / "dataset.json").write_text(json.dumps(header))
-            with gzip.open(tmp / "patients.json.gz", "wt") as fh:
+            with gzip.open(tmp / "patients.json.gz", "wt", compresslevel=1) as fh:
                 json.dump([_patient_to_json(p) for p in self.patients], fh, separators=(",", ":"))
             np.savez_compressed(tmp / "graphs.npz", ddi_adj=self.ddi_adj, ehr_adj=self.ehr_adj)
             if directory.exists():

@@ -1,1 +1,146 @@
-"""bench CLI commands (being written)."""
+"""``bench data prepare | info | export``, and the dataset options every dataset-reading command shares.
+
+``dataset_options`` + ``dataset_from_options`` are the one way a command (``bench run`` included)
+picks a dataset, so every command accepts the same flags and hits the same cache entries. Bad input
+(:class:`data_prep.tables.DataError`) becomes a one-line message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bench.cli import main
+from bench.metrics import ddi_rate_of_sets
+from data_prep.dataset import PreparedDataset
+from data_prep.prepare import DATASETS, cache_entry, load_dataset
+from data_prep.stats import dataset_statistics
+from data_prep.tables import DataError
+
+# MIMIC pipeline flags -> MimicOptions fields (only flags the user gives are passed on).
+MIMIC_FLAGS = ("first_hours", "ndc_fallback", "top_diagnoses", "top_procedures", "top_medications", "min_visits", "ddi_source", "ddi_side_effects")
+
+
+def dataset_options(command):
+    """Add --dataset, --root, --aux, --patients, --split-seed, --cache-dir, --refresh and MIMIC options."""
+    flags = [
+        click.option("--dataset", type=click.Choice(DATASETS), default="synth", show_default=True, help="Data source."),
+        click.option("--root", type=click.Path(path_type=Path), help="MIMIC folder (MIMIC-IV: the folder holding hosp/)."),
+        click.option("--aux", type=click.Path(path_type=Path), help="Folder of auxiliary mapping files (ndc2RXCUI.txt, ...)."),
+        click.option("--patients", type=click.IntRange(min=1), help="Synthetic cohort size (synth only)."),
+        click.option("--split-seed", type=int, help="Seed of the patient-level 8:1:1 split."),
+        click.option("--cache-dir", type=click.Path(path_type=Path), help="Prepared-dataset cache (default: the user cache)."),
+        click.option("--refresh", is_flag=True, help="Prepare again even when the cache holds the dataset."),
+        click.option("--first-hours", type=float, help="MIMIC: keep prescriptions started within this many hours of admission [24]."),
+        click.option("--ndc-fallback/--no-ndc-fallback", default=None, help="MIMIC: map NDCs missing from ndc2RXCUI via ndc2atc_level4's NDC column [on]."),
+        click.option("--top-diagnoses", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent diagnoses [2000]."),
+        click.option("--top-procedures", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent procedures [1000]."),
+        click.option("--top-medications", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent medications [300]."),
+        click.option("--min-visits", type=click.IntRange(min=1), help="MIMIC: drop patients with fewer visits [1]."),
+        click.option("--ddi-source", type=click.Choice(["auto", "twosides", "pairs"]), help="MIMIC: DDI graph source [auto]."),
+        click.option(
+            "--ddi-side-effects",
+            type=click.Choice(["most-frequent", "least-frequent"]),
+            help="MIMIC, TWOSIDES: which 40 side effects define the DDI graph [most-frequent; least-frequent reproduces GAMENet].",
+        ),
+    ]
+    return functools.reduce(lambda wrapped, flag: flag(wrapped), reversed(flags), command)
+
+
+def dataset_from_options(
+    *, dataset: str, root=None, aux=None, patients=None, split_seed=None, cache_dir=None, refresh=False, **pipeline
+) -> PreparedDataset:
+    """Load the dataset the ``dataset_options`` flags describe, with a status line; one-line errors."""
+    options = {key: value for key, value in pipeline.items() if key in MIMIC_FLAGS and value is not None}
+    if options and dataset == "synth":
+        raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in options)} apply to MIMIC datasets only")
+    if patients is not None:
+        if dataset != "synth":
+            raise click.UsageError("--patients applies to --dataset synth only")
+        options["patients"] = patients
+    if split_seed is not None:
+        options["split_seed"] = split_seed
+    console = Console(stderr=True)
+    try:
+        with console.status(f"{dataset}: starting") as status:
+            return load_dataset(
+                dataset,
+                root=root,
+                aux=aux,
+                cache_dir=cache_dir,
+                refresh=refresh,
+                options=options,
+                status=lambda message: status.update(f"{dataset}: {message}"),
+            )
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def data() -> None:
+    """Prepare, describe and export datasets."""
+
+
+@data.command()
+@dataset_options
+def prepare(**kwargs) -> None:
+    """Prepare a dataset (or find it in the cache) and say where it is."""
+    dataset = dataset_from_options(**kwargs)
+    stats = dataset_statistics(dataset)
+    click.echo(
+        f"{dataset.name}: {stats['patients']} patients ({stats['patients_multi_visit']} multi-visit), "
+        f"{stats['visits']} visits -> {cache_entry(dataset, kwargs['cache_dir'])}"
+    )
+
+
+@data.command()
+@dataset_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def info(as_json: bool, **kwargs) -> None:
+    """The statistics of the LEADER paper's Table III, the ground-truth DDI rate and mapping coverage."""
+    dataset = dataset_from_options(**kwargs)
+    stats = dataset_statistics(dataset)
+    stats["ddi_rate_ground_truth"] = ddi_rate_of_sets([v.medications for p in dataset.patients for v in p.visits], dataset.ddi_adj)
+    if as_json:
+        click.echo(json.dumps(stats, indent=1))
+        return
+    console = Console()
+    table = Table(title=f"{dataset.name}: statistics (LEADER Table III)")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        if not isinstance(value, dict):
+            table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
+    table.add_row("split (train / val / test)", " / ".join(str(n) for n in stats["split"].values()))
+    console.print(table)
+    coverage = stats.get("mapping_coverage")
+    if coverage:
+        mapped = Table(title="NDC -> ATC3 mapping coverage")
+        for column in ("", "via ndc2RXCUI", "with NDC fallback", "of"):
+            mapped.add_column(column, justify="right")
+        rows, ndcs = coverage["rows_with_ndc"], coverage["distinct_ndcs"]
+        mapped.add_row("prescription rows with an NDC", _share(coverage["rows_mapped_via_rxcui"], rows), _share(coverage["rows_mapped"], rows), str(rows))
+        mapped.add_row("distinct NDCs", _share(coverage["distinct_ndcs_mapped_via_rxcui"], ndcs), _share(coverage["distinct_ndcs_mapped"], ndcs), str(ndcs))
+        console.print(mapped)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} ({100 * part / max(whole, 1):.1f}%)"
+
+
+@data.command()
+@dataset_options
+@click.option("--format", "export_format", type=click.Choice(["safedrug"]), default="safedrug", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the files into.")
+def export(export_format: str, out: Path, **kwargs) -> None:
+    """Write the dataset in a reference code base's layout (SafeDrug's dill pickles)."""
+    from data_prep.export import export_safedrug
+
+    dataset = dataset_from_options(**kwargs)
+    written = export_safedrug(dataset, out)
+    click.echo(f"wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}")

@@ -1,0 +1,47 @@
+"""The statistics of the LEADER paper's Table III, plus the MIMIC mapping coverage.
+
+Counts are per visit (codes of one admission), as the paper's "avg./max. # of diagnoses per visit".
+The DDI rate of the ground truth needs ``bench.metrics`` and is added by the CLI: the data layer
+knows no model and no metric.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_prep.dataset import SPLITS, PreparedDataset
+
+
+def dataset_statistics(dataset: PreparedDataset) -> dict:
+    visits = [v for p in dataset.patients for v in p.visits]
+    groups = [p.group for p in dataset.patients]
+    per_visit = {
+        kind: np.array([len(getattr(v, kind)) for v in visits], dtype=np.int64)
+        for kind in ("diagnoses", "procedures", "medications")
+    }
+    stats = {
+        "dataset": dataset.name,
+        "patients": len(dataset.patients),
+        "patients_single_visit": groups.count("single"),
+        "patients_multi_visit": groups.count("multi"),
+        "visits": len(visits),
+        "avg_visits_per_patient": len(visits) / len(dataset.patients),
+        "max_visits_per_patient": max(len(p.visits) for p in dataset.patients),
+        "diagnoses": dataset.n_diagnoses,
+        "procedures": dataset.n_procedures,
+        "medications": dataset.n_medications,
+        "ddi_pairs": int(dataset.ddi_adj.sum() // 2),
+        "split": {part: sum(1 for part_of in dataset.split.values() if part_of == part) for part in SPLITS},
+    }
+    for kind, counts in per_visit.items():
+        stats[f"avg_{kind}_per_visit"] = float(counts.mean())
+        stats[f"max_{kind}_per_visit"] = int(counts.max())
+    coverage = dataset.meta.get("mapping_coverage")
+    if coverage:
+        stats["mapping_coverage"] = {
+            **coverage,
+            "share_of_rows_with_ndc_via_rxcui": coverage["rows_mapped_via_rxcui"] / max(coverage["rows_with_ndc"], 1),
+            "share_of_rows_with_ndc_mapped": coverage["rows_mapped"] / max(coverage["rows_with_ndc"], 1),
+            "share_of_distinct_ndcs_mapped": coverage["distinct_ndcs_mapped"] / max(coverage["distinct_ndcs"], 1),
+        }
+    return stats

@@ -1,0 +1,94 @@
+"""Every kind of bad input gives one DataError naming the file and the fault, and leaves no cache entry."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import main
+from data_prep.prepare import load_dataset
+from data_prep.tables import DataError
+
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mimic-iii-demo-1.4"
+AUX = DEMO.parent / "aux"
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Links to the demo tables and aux files; a case replaces the one file it breaks."""
+    root, aux = tmp_path / "mimic", tmp_path / "aux"
+    for source, target in ((DEMO, root), (AUX, aux)):
+        target.mkdir()
+        for path in source.iterdir():
+            (target / path.name).symlink_to(path)
+    return root, aux, tmp_path / "cache"
+
+
+def replace(path: Path, text: str) -> None:
+    path.unlink()
+    path.write_text(text)
+
+
+def expect_error(folders, pattern: str) -> None:
+    root, aux, cache = folders
+    with pytest.raises(DataError, match=pattern):
+        load_dataset("mimic3", root=root, aux=aux, cache_dir=cache)
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_missing_table(folders):
+    (folders[0] / "PROCEDURES_ICD.csv").unlink()
+    expect_error(folders, r"mimic: missing table procedures_icd")
+
+
+def test_missing_column(folders):
+    path = folders[0] / "DIAGNOSES_ICD.csv"
+    replace(path, "row_id,subject_id,hadm_id,seq_num\n1,10006,142345,1\n")
+    expect_error(folders, r"DIAGNOSES_ICD.csv: missing column\(s\) icd9_code \(the header has: row_id, subject_id")
+
+
+def test_truncated_gzip_table(folders):
+    root = folders[0]
+    data = gzip.compress((DEMO / "PRESCRIPTIONS.csv").read_bytes())
+    (root / "PRESCRIPTIONS.csv").unlink()
+    (root / "PRESCRIPTIONS.csv.gz").write_bytes(data[: len(data) // 2])
+    expect_error(folders, r"PRESCRIPTIONS.csv.gz: unreadable or truncated file")
+
+
+def test_codes_written_as_numbers(folders):
+    path = folders[0] / "DIAGNOSES_ICD.csv"
+    replace(path, "row_id,subject_id,hadm_id,seq_num,icd9_code\n1,10006,142345,1,4019.0\n2,10006,142345,2,389.0\n")
+    expect_error(folders, r"DIAGNOSES_ICD.csv: column icd9_code holds codes written as numbers \('4019.0', '389.0'")
+
+
+def test_aux_file_in_the_wrong_format(folders):
+    replace(folders[1] / "ndc2RXCUI.txt", "ndc,rxcui\n00002140701,853004\n")
+    expect_error(folders, r"ndc2RXCUI.txt: not a Python dict literal")
+
+
+def test_aux_atc_table_without_atc_column(folders):
+    path = folders[1] / "ndc2atc_level4.csv.gz"
+    path.unlink()
+    path.write_bytes(gzip.compress(b"YEAR,MONTH,NDC,RXCUI,CODE\n2014,11,0002-1433-61,1551300,A10BJ\n"))
+    expect_error(folders, r"ndc2atc_level4.csv.gz: missing column ATC5 or ATC4")
+
+
+def test_drug_atc_lines_are_checked(tmp_path):
+    from data_prep.aux_maps import load_stitch_to_atc3
+
+    (tmp_path / "drug-atc.csv").write_text("CID1,A01AA01\nnot-a-cid,hello\n")
+    with pytest.raises(DataError, match=r"drug-atc.csv: line 2 is not 'CID...,ATC,...'"):
+        load_stitch_to_atc3(tmp_path / "drug-atc.csv")
+
+
+def test_cli_turns_bad_input_into_one_line_and_a_nonzero_exit(folders):
+    root, aux, cache = folders
+    (root / "ADMISSIONS.csv").unlink()
+    result = CliRunner().invoke(main, ["data", "info", "--dataset", "mimic3", "--root", str(root), "--aux", str(aux), "--cache-dir", str(cache)])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [f"Error: {root}: missing table admissions (looked for admissions.csv or admissions.csv.gz, any case)"]
+    assert not cache.exists() or not any(cache.iterdir())

@@ -1,0 +1,76 @@
+"""load_dataset: cache hits and misses, options resolution, clear errors for unknown names and missing folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import data_prep.mimic
+from data_prep.prepare import load_dataset
+from data_prep.stats import dataset_statistics
+from data_prep.tables import DataError
+
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mimic-iii-demo-1.4"
+AUX = DEMO.parent / "aux"
+
+
+def demo_copy(folder: Path) -> Path:
+    """Links to the demo tables, so one of them can be replaced without copying the rest."""
+    folder.mkdir()
+    for table in DEMO.glob("*.csv"):
+        (folder / table.name).symlink_to(table)
+    return folder
+
+
+def test_second_load_is_a_cache_hit_and_changes_are_misses(tmp_path, monkeypatch):
+    root = demo_copy(tmp_path / "demo")
+    cache = tmp_path / "cache"
+    first = load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache)
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("a cache hit must not run the pipeline")
+
+    monkeypatch.setattr(data_prep.mimic, "read_mimic", must_not_read)
+    again = load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache, options={"first_hours": 24.0})  # = default
+    assert again.fingerprint == first.fingerprint and again.meta["cache_key"] == first.meta["cache_key"]
+    with pytest.raises(AssertionError, match="cache hit"):
+        load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache, options={"first_hours": 48.0})
+    admissions = root / "ADMISSIONS.csv"
+    text = admissions.read_text()
+    admissions.unlink()
+    admissions.write_text(text.replace("Medicare", "Medicaid", 1))
+    with pytest.raises(AssertionError, match="cache hit"):
+        load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache)
+    with pytest.raises(AssertionError, match="cache hit"):
+        load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache, refresh=True)
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_options_are_validated_before_reading(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'mimic5'; known datasets: synth, mimic3, mimic4"):
+        load_dataset("mimic5")
+    with pytest.raises(DataError, match="needs --root and --aux"):
+        load_dataset("mimic3")
+    with pytest.raises(DataError, match="unknown MIMIC option.*top_drugs"):
+        load_dataset("mimic3", root=DEMO, aux=AUX, options={"top_drugs": 3})
+    with pytest.raises(DataError, match="ddi_side_effects must be one of"):
+        load_dataset("mimic3", root=DEMO, aux=AUX, options={"ddi_side_effects": "top"})
+
+
+def test_demo_statistics_match_table_three_layout(tmp_path):
+    stats = dataset_statistics(load_dataset("mimic3", root=DEMO, aux=AUX, cache_dir=tmp_path))
+    assert stats["patients"] == stats["patients_single_visit"] + stats["patients_multi_visit"]
+    assert stats["visits"] >= stats["patients"]
+    assert 0 < stats["avg_medications_per_visit"] <= stats["max_medications_per_visit"] <= stats["medications"]
+    assert 0.80 < stats["mapping_coverage"]["share_of_rows_with_ndc_mapped"] < 0.84
+    assert sum(stats["split"].values()) == stats["patients"]
+
+
+def test_synthetic_cohort_is_cached_like_any_source(tmp_path):
+    first = load_dataset("synth", cache_dir=tmp_path, options={"patients": 60})
+    again = load_dataset("synth", cache_dir=tmp_path, options={"patients": 60})
+    assert again.fingerprint == first.fingerprint
+    assert len(list(tmp_path.iterdir())) == 1
+    load_dataset("synth", cache_dir=tmp_path, options={"patients": 61})
+    assert len(list(tmp_path.iterdir())) == 2
