@@ -34,7 +34,7 @@ PROTOCOLS: tuple[str, ...] = ("last-visit", "all-visits")
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Visit:
     """One admission: code indices into the dataset's vocabularies.
 
@@ -49,7 +49,7 @@ class Visit:
     conditions: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Patient:
     patient_id: str
     visits: tuple[Visit, ...]
@@ -60,7 +60,7 @@ class Patient:
         return "single" if len(self.visits) == 1 else "multi"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One prediction: earlier visits and the current visit's codes -> the current medication set.
 
@@ -298,12 +298,20 @@ def split_patients(patient_ids: Iterable[str], seed: int, ratios: tuple[float, f
 
 
 def cooccurrence_adjacency(visits: Iterable[Visit], n_medications: int) -> np.ndarray:
-    """Medications prescribed together in one visit (GAMENet's EHR graph), zero diagonal."""
-    adj = np.zeros((n_medications, n_medications), dtype=np.uint8)
-    for visit in visits:
-        meds = np.fromiter(set(visit.medications), dtype=np.int64)
-        if len(meds) > 1:
-            adj[np.ix_(meds, meds)] = 1
+    """Medications prescribed together in one visit (GAMENet's EHR graph), zero diagonal.
+
+    One sparse product (visits x medications)^T (visits x medications) instead of a loop over visits.
+    """
+    from scipy.sparse import csr_matrix
+
+    rows, cols = [], []
+    for i, visit in enumerate(visits):
+        meds = set(visit.medications)
+        rows.extend([i] * len(meds))
+        cols.extend(meds)
+    n_visits = (rows[-1] + 1) if rows else 0
+    incidence = csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n_visits, n_medications))
+    adj = ((incidence.T @ incidence).toarray() > 0).astype(np.uint8)
     np.fill_diagonal(adj, 0)
     return adj
 

