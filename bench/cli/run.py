@@ -1,1 +1,158 @@
-"""bench CLI commands (being written)."""
+"""``bench run``, ``bench profile`` and ``bench table``: train and evaluate, measure efficiency, render tables.
+
+Errors a user can fix (unknown model, unknown dataset, a run folder that is missing or belongs to
+other arguments) end in one line and a non-zero exit, not a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from bench import registry, tables
+from bench.cli import main
+from bench.cli.data import dataset_from_options, dataset_options
+from bench.contract import PRESETS
+from bench.profiler import profile_entries, rich_profile
+from bench.results import RunFolder, read_json, run_id_for, write_json
+from bench.runner import entries_for_models, run_entries
+from data_prep.cache import stable_hash
+from data_prep.dataset import PROTOCOLS
+
+WIDE = 200  # a table printed into a file or pipe is not wrapped to 80 columns
+
+
+def _console() -> Console:
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=WIDE)
+
+
+def _models(spec: str) -> list[str]:
+    try:
+        return registry.resolve(spec)
+    except registry.UnknownModelError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def _labels(spec: str | None) -> list[str] | None:
+    return None if spec is None else [s.strip() for s in spec.split(",") if s.strip()]
+
+
+@main.command("run")
+@click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list of registered models.")
+@dataset_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of model initialisation, shuffling and bootstrap draws.")
+@click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True, help="Model configs: the paper's or quick.")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True, help="Bootstrap rounds (80% of the test set each).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="last-visit", show_default=True, help="One sample per patient, or every visit.")
+@click.option("--unpaired", is_flag=True, help="Unpaired t-test (the paper's) instead of the paired one.")
+@click.option("--proposed", help="Comma-separated labels tested against the best baseline [leader_t, leader_s when run].")
+@click.option("--teacher", help="Label whose scores the proposed models' retention is measured against [leader_t when run].")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
+@click.option("--run-id", help="Folder name under --results-dir [derived from the arguments, so a rerun resumes].")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def run_command(models_spec, seed, preset, rounds, protocol, unpaired, proposed, teacher, device, run_id, results_dir, **data_kwargs):
+    """Train, evaluate and tabulate models; rerunning the same command resumes the same run folder."""
+    names = _models(models_spec)
+    arguments = {
+        "models": names,
+        "seed": seed,
+        "preset": preset,
+        "rounds": rounds,
+        "protocol": protocol,
+        "paired": not unpaired,
+        "proposed": _labels(proposed),
+        "teacher": teacher,
+        "data": {k: str(v) if isinstance(v, Path) else v for k, v in data_kwargs.items() if k != "refresh"},
+    }
+    dataset = dataset_from_options(**data_kwargs)
+    # the data's fingerprint is part of the id: a rerun resumes only on the same data
+    run_dir = results_dir / (run_id or run_id_for(dataset.name, {**arguments, "dataset_fingerprint": dataset.fingerprint}))
+    console = _console()
+    console.print(f"run folder: {run_dir}")
+    try:
+        summary = run_entries(
+            dataset,
+            entries_for_models(names),
+            run_dir,
+            seed=seed,
+            rounds=rounds,
+            preset=preset,
+            protocol=protocol,
+            paired=not unpaired,
+            proposed=_labels(proposed),
+            teacher=teacher,
+            device=device,
+            arguments=arguments,
+            console=console,
+        )
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    for table in ("main", "safety"):
+        console.print(tables.rich_table(summary, table))
+    console.print(f"results: {run_dir}  (LaTeX: bench table --run {run_dir} --format latex)")
+
+
+@main.command("table")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A run folder, results/<run-id>.")
+@click.option("--format", "fmt", type=click.Choice(tables.FORMATS), default="latex", show_default=True)
+@click.option("--table", "table", type=click.Choice(tables.TABLES), default="main", show_default=True, help="main: Tables IV/V; ablation: Table VI; safety: DDI and #meds.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of standard output.")
+def table_command(run_dir, fmt, table, out):
+    """Render a finished run's summary as LaTeX, Markdown or CSV (nothing is retrained)."""
+    try:
+        summary = read_json(RunFolder(run_dir).require().summary_path)
+        text = tables.render(summary, fmt, table)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise click.ClickException(str(error)) from None
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        click.echo(f"wrote {out}", err=True)
+
+
+@main.command("profile")
+@click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list of registered models.")
+@dataset_options
+@click.option("--latency/--no-latency", default=True, show_default=True, help="Measure inference latency.")
+@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak inference memory.")
+@click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="last-visit", show_default=True)
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Reuse this run folder's trained weights instead of training.")
+@click.option("--reference", help="Model whose latency and memory the others are divided by, e.g. leader_t.")
+@click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True, help="Batch-size-1 calls timed per model.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="JSON output [<run>/profile.json, or results/profile-<id>.json].")
+def profile_command(models_spec, latency, memory, preset, seed, protocol, run_dir, reference, repeats, device, out, **data_kwargs):
+    """Parameters, training time, latency per patient and peak memory, each model in a fresh process."""
+    if not (latency or memory):
+        raise click.UsageError("nothing to measure: drop --no-latency or --no-memory")
+    names = _models(models_spec)
+    if run_dir is not None and not run_dir.is_dir():
+        raise click.ClickException(f"run directory {run_dir} does not exist")
+    if reference is not None and reference not in names:
+        raise click.UsageError(f"--reference {reference} is not among --models ({', '.join(names)})")
+    dataset = dataset_from_options(**data_kwargs)
+    if run_dir is not None:
+        previous = read_json(RunFolder(run_dir).config_path)
+        if previous.get("dataset_fingerprint") != dataset.fingerprint:
+            raise click.ClickException(f"{run_dir} was run on other data than --dataset {dataset.name} with these options")
+        preset, seed, protocol = previous["preset"], previous["seed"], previous["protocol"]
+    console = _console()
+    with console.status("profiling: each model in a fresh process"):
+        try:
+            profile = profile_entries(
+                dataset, entries_for_models(names), preset=preset, seed=seed, protocol=protocol, run_dir=run_dir, reference=reference, device=device, repeats=repeats,
+                latency=latency, memory=memory,
+            )
+        except (FileNotFoundError, ValueError) as error:
+            raise click.ClickException(str(error)) from None
+    console.print(rich_profile(profile))
+    target = out or (run_dir / "profile.json" if run_dir is not None else Path("results") / f"profile-{dataset.name}-{stable_hash(names, preset, seed, protocol)[:10]}.json")
+    write_json(target, profile)
+    console.print(f"wrote {target}")

@@ -1,0 +1,206 @@
+"""The run folder (DESIGN.md, Results): layout, atomic writes, environment capture, resume bookkeeping.
+
+```
+results/<run-id>/
+  config.json                 arguments, preset, seed, protocol, every entry's model config
+  environment.json            versions, git commit, dataset fingerprint, platform, device
+  models/<label>.pt           weights (MedRecModel.save) + models/<label>.config.json
+  predictions/<label>.npz     test probabilities, predicted sets (multi-hot), sample ids, served mask, entry key
+  metrics/<label>.json        per group, per metric, the value of each bootstrap round; fit report
+  summary.json                per model, per group, per metric: mean, std, values; p-values; retention
+```
+Every file is written to a temporary sibling and moved into place with ``os.replace``, so a killed run
+leaves either the old file or the new one. Predictions are written last for an entry and carry the
+entry's key (model, config, seed, dataset, protocol): an entry is complete exactly when its
+predictions file exists with a matching key, and a rerun skips it. Only JSON and ``.npz`` without
+pickles are read back, plus model weights through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from data_prep.cache import stable_hash
+
+SUMMARY = "summary.json"
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=_json_default)))
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    return _atomic(Path(path), write)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple, set)):
+        return list(value.tolist() if isinstance(value, np.ndarray) else value)
+    return str(value)
+
+
+def file_stem(label: str) -> str:
+    """A label ("w/o KD") as a file name ("w_o_KD"); the runner refuses labels that collide."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._")
+    if not stem:
+        raise ValueError(f"label {label!r} gives no usable file name")
+    return stem
+
+
+def run_id_for(dataset_name: str, arguments: dict) -> str:
+    """Deterministic id from the command's arguments, so rerunning a command resumes its folder."""
+    return f"{file_stem(dataset_name)}-{stable_hash(arguments)[:10]}"
+
+
+class RunFolder:
+    """Paths and completion bookkeeping of one ``results/<run-id>/`` folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def environment_path(self) -> Path:
+        return self.root / "environment.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / SUMMARY
+
+    def model_path(self, label: str) -> Path:
+        return self.root / "models" / f"{file_stem(label)}.pt"
+
+    def predictions_path(self, label: str) -> Path:
+        return self.root / "predictions" / f"{file_stem(label)}.npz"
+
+    def metrics_path(self, label: str) -> Path:
+        return self.root / "metrics" / f"{file_stem(label)}.json"
+
+    # ----- resume --------------------------------------------------------------------------------
+    def trained_model(self, label: str, model_name: str, config: dict, seed: int) -> Path | None:
+        """The saved weights of this exact entry, if a previous run finished training it."""
+        weights = self.model_path(label)
+        meta_path = weights.with_suffix(".config.json")
+        if not (weights.exists() and meta_path.exists()):
+            return None
+        meta = read_json(meta_path)
+        same = meta.get("model") == model_name and meta.get("seed") == seed and meta.get("config") == _jsonable(config)
+        return weights if same else None
+
+    def write_predictions(self, label: str, key: str, *, proba: np.ndarray, predicted: np.ndarray, sample_ids: list[str], served: np.ndarray) -> Path:
+        return write_npz(
+            self.predictions_path(label),
+            proba=proba.astype(np.float32),
+            predicted=predicted.astype(np.uint8),
+            sample_ids=np.asarray(sample_ids, dtype=str),
+            served=served.astype(bool),
+            entry_key=np.asarray(key),
+        )
+
+    def finished_predictions(self, label: str, key: str) -> dict[str, np.ndarray] | None:
+        """The stored predictions when they were made by this exact entry, else ``None``."""
+        path = self.predictions_path(label)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["entry_key"]) != key:
+                return None
+            return {name: stored[name] for name in ("proba", "predicted", "sample_ids", "served")}
+
+    def require(self) -> "RunFolder":
+        """For commands that only read a run: one clear error when it is not there."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"run directory {self.root} does not exist")
+        if not self.summary_path.exists():
+            raise FileNotFoundError(f"{self.root} has no {SUMMARY}: the run has not finished (rerun the same `bench run` to complete it)")
+        return self
+
+
+def entry_key(model_name: str, config: dict, seed: int, dataset_fingerprint: str, protocol: str) -> str:
+    return stable_hash(model_name, _jsonable(config), seed, dataset_fingerprint, protocol)
+
+
+def _jsonable(obj: Any) -> Any:
+    """What ``obj`` reads back as after a JSON round trip (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment_info(dataset_fingerprint: str, device: str) -> dict:
+    import torch
+
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "git_commit": _git_commit(),
+        "dataset_fingerprint": dataset_fingerprint,
+        "versions": {name: _version(name) for name in ("medrec-bench", "torch", "transformers", "peft", "torch-geometric", "numpy", "scipy", "scikit-learn", "rdkit")},
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda_version"] = torch.version.cuda
+    return info

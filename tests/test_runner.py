@@ -1,0 +1,179 @@
+"""The harness: run_entries, resuming, determinism, "-" groups, the CLI and the profiler, on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import bench.cli.run as cli_run
+from baselines.frequency import MostFrequent
+from baselines.mlp import CurrentVisitMLP
+from bench import registry, runner
+from bench.cli import main
+from bench.contract import Capabilities
+from bench.profiler import add_ratios, measure_model
+from bench.results import RunFolder
+from bench.runner import Entry, run_entries
+
+ENTRIES = [Entry("freq", "freq"), Entry("MLP h8", "mlp", {"hidden_dim": 8, "epochs": 3})]
+
+
+def run(dataset, run_dir, entries=ENTRIES, **kwargs):
+    return run_entries(dataset, entries, run_dir, seed=1, rounds=4, preset="quick", **kwargs)
+
+
+def test_a_run_writes_every_file_and_a_complete_summary(tiny_dataset, tmp_path):
+    summary = run(tiny_dataset, tmp_path / "r")
+    folder = RunFolder(tmp_path / "r")
+    for label in ("freq", "MLP h8"):
+        assert folder.model_path(label).exists() and folder.model_path(label).with_suffix(".config.json").exists()
+        assert folder.metrics_path(label).exists() and folder.predictions_path(label).exists()
+    assert folder.model_path("MLP h8").name == "MLP_h8.pt"
+    config = json.loads(folder.config_path.read_text())
+    assert config["entries"][1]["config"]["hidden_dim"] == 8 and config["seed"] == 1
+    environment = json.loads(folder.environment_path.read_text())
+    assert environment["dataset_fingerprint"] == tiny_dataset.fingerprint and environment["versions"]["torch"]
+    cell = summary["models"]["MLP h8"]["overall"]["prauc"]
+    assert len(cell["values"]) == 4 and cell["mean"] == pytest.approx(np.mean(cell["values"]))
+    assert json.loads(folder.summary_path.read_text())["models"] == summary["models"]
+    with np.load(folder.predictions_path("freq")) as stored:
+        assert stored["proba"].shape == (len(tiny_dataset.samples("test")), tiny_dataset.n_medications)
+        assert list(stored["sample_ids"]) == [s.sample_id for s in tiny_dataset.samples("test")]
+
+
+def test_same_seed_gives_identical_numbers(tiny_dataset, tmp_path):
+    first, second = run(tiny_dataset, tmp_path / "a"), run(tiny_dataset, tmp_path / "b")
+    assert first["models"] == second["models"]
+    with np.load(RunFolder(tmp_path / "a").predictions_path("MLP h8")) as a, np.load(RunFolder(tmp_path / "b").predictions_path("MLP h8")) as b:
+        np.testing.assert_array_equal(a["proba"], b["proba"])
+
+
+def test_an_interrupted_run_completes_without_retraining_finished_models(tiny_dataset, tmp_path, monkeypatch):
+    def crash(self, train, val):
+        raise KeyboardInterrupt("killed during the second model")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CurrentVisitMLP, "fit", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny_dataset, tmp_path / "r")
+    folder = RunFolder(tmp_path / "r")
+    assert folder.predictions_path("freq").exists() and not folder.predictions_path("MLP h8").exists()
+    assert not list(folder.root.rglob("*.tmp"))
+
+    def must_not_train(self, train, val):
+        raise AssertionError("freq was trained again")
+
+    monkeypatch.setattr(MostFrequent, "fit", must_not_train)
+    resumed = run(tiny_dataset, tmp_path / "r")
+    assert set(resumed["models"]) == {"freq", "MLP h8"}
+    assert resumed["models"] == run(tiny_dataset, tmp_path / "fresh", entries=ENTRIES[1:])["models"] | {"freq": resumed["models"]["freq"]}
+
+
+def test_changed_overrides_retrain_only_that_entry(tiny_dataset, tmp_path, monkeypatch):
+    run(tiny_dataset, tmp_path / "r")
+    trained = []
+    original = CurrentVisitMLP.fit
+    monkeypatch.setattr(CurrentVisitMLP, "fit", lambda self, t, v: trained.append(self.config.hidden_dim) or original(self, t, v))
+    monkeypatch.setattr(MostFrequent, "fit", lambda self, t, v: pytest.fail("freq retrained"))
+    run(tiny_dataset, tmp_path / "r", entries=[ENTRIES[0], Entry("MLP h8", "mlp", {"hidden_dim": 4, "epochs": 3})])
+    assert trained == [4]
+
+
+def test_a_folder_of_another_seed_is_not_resumed(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "r", entries=ENTRIES[:1])
+    with pytest.raises(ValueError, match="seed"):
+        run_entries(tiny_dataset, ENTRIES[:1], tmp_path / "r", seed=2, rounds=2, preset="quick")
+
+
+class HistoryOnly(MostFrequent):
+    name = "hist"
+    capabilities = Capabilities(needs_history_medications=True)
+
+
+def test_history_models_get_dashes_and_proposed_models_get_tests(tiny_dataset, tmp_path, monkeypatch):
+    known = registry.get
+    monkeypatch.setattr(runner.registry, "get", lambda name: HistoryOnly if name == "hist" else known(name))
+    summary = run(tiny_dataset, tmp_path / "r", entries=[*ENTRIES, Entry("H", "hist")], proposed=["H"], teacher="freq")
+    assert summary["models"]["H"]["overall"] is None and summary["models"]["H"]["single"] is None
+    assert summary["models"]["H"]["multi"]["prauc"]["mean"] > 0
+    assert set(summary["significance"]["H"]) == {"multi"}
+    assert summary["significance"]["H"]["multi"]["prauc"]["against"] in {"freq", "MLP h8"}
+    assert summary["retention"]["H"]["multi"]["prauc"] == pytest.approx(
+        100 * summary["models"]["H"]["multi"]["prauc"]["mean"] / summary["models"]["freq"]["multi"]["prauc"]["mean"]
+    )
+    with np.load(RunFolder(tmp_path / "r").predictions_path("H")) as stored:
+        assert not stored["served"][[s.group == "single" for s in tiny_dataset.samples("test")]].any()
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([Entry("a", "freq"), Entry("a", "mlp")], "duplicate"),
+        ([Entry("w/o KD", "freq"), Entry("w o KD", "mlp")], "same file name"),
+        ([Entry("x", "mlp", {"no_such_option": 1})], "no_such_option"),
+    ],
+)
+def test_bad_entries_fail_before_training(tiny_dataset, tmp_path, entries, message):
+    with pytest.raises(ValueError, match=message):
+        run(tiny_dataset, tmp_path / "r", entries=entries)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_model_fails_before_training(tiny_dataset, tmp_path):
+    with pytest.raises(registry.UnknownModelError, match="known models"):
+        run(tiny_dataset, tmp_path / "r", entries=[Entry("x", "nope")])
+
+
+# ----- CLI ---------------------------------------------------------------------------------------
+@pytest.fixture
+def cli(tiny_dataset, monkeypatch):
+    monkeypatch.setattr(cli_run, "dataset_from_options", lambda **kwargs: tiny_dataset)
+    return CliRunner()
+
+
+def test_bench_run_prints_tables_resumes_and_feeds_bench_table(cli, tmp_path):
+    args = ["run", "--models", "freq,mlp", "--preset", "quick", "--rounds", "3", "--results-dir", str(tmp_path)]
+    first = cli.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "Effectiveness" in first.output and "Multi-visit" in first.output and "freq" in first.output
+    (run_dir,) = tmp_path.iterdir()
+    second = cli.invoke(main, args)
+    assert second.exit_code == 0 and "reused from the run folder" in second.output
+    assert list(tmp_path.iterdir()) == [run_dir]
+    latex = cli.invoke(main, ["table", "--run", str(run_dir), "--format", "latex"])
+    assert latex.exit_code == 0 and r"\begin{tabular}" in latex.output and r"\pm" in latex.output
+    out = tmp_path / "t.md"
+    assert cli.invoke(main, ["table", "--run", str(run_dir), "--format", "markdown", "--table", "ablation", "--out", str(out)]).exit_code == 0
+    assert out.read_text().startswith("| Model | Overall PRAUC |")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--models", "freq,nope"], "unknown model 'nope'; known models:"),
+        (["run", "--dataset", "nope"], "'nope' is not one of"),
+        (["table", "--run", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),
+        (["profile", "--models", "freq", "--run", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error(cli, args, message):
+    result = cli.invoke(main, args)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_profiler_measures_saved_weights(tiny_dataset, tmp_path):
+    """The measurement a fresh process runs, called in-process: spawning costs more than this test's budget."""
+    run(tiny_dataset, tmp_path / "r")
+    folder = RunFolder(tmp_path / "r")
+    mlp = measure_model(tiny_dataset, ENTRIES[1], str(folder.model_path("MLP h8")), "last-visit", "cpu", 1, 3, True, True)
+    assert mlp["params_trainable"] == mlp["params_total"] == (18 * 8 + 8) + (8 * 8 + 8)
+    assert mlp["latency_ms_per_patient"] > 0 and mlp["latency_ms_batch1"] > 0
+    assert mlp["peak_memory_mb"] >= 0 and mlp["memory_kind"] == "rss above baseline"
+    freq = measure_model(tiny_dataset, ENTRIES[0], str(folder.model_path("freq")), "last-visit", "cpu", 1, 3, False, True)
+    assert (freq["params_trainable"], freq["params_total"]) == (0, tiny_dataset.n_medications) and "latency_ms_batch1" not in freq
+    rows = [mlp, freq | {"latency_ms_per_patient": 2 * mlp["latency_ms_per_patient"]}]
+    add_ratios(rows, "MLP h8")
+    assert rows[0]["latency_ratio"] == 1.0 and rows[1]["latency_ratio"] == pytest.approx(2.0) and rows[1]["params_ratio"] == pytest.approx(8 / 224)
