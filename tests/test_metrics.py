@@ -68,3 +68,17 @@ def test_multi_hot_and_ground_truth_ddi_rate():
     # {1,2}: 1 interacting pair of 1; {0,1,2}: 1 of 3; {3}: no pair -> 2 / 4
     assert ddi_rate_of_sets([[1, 2], [0, 1, 2], [3]], DDI) == pytest.approx(0.5)
     assert ddi_rate_of_sets([[0], []], DDI) == 0.0
+
+
+@pytest.mark.parametrize("decimals", [1, 6])
+def test_vectorised_prauc_equals_scikit_learn_row_by_row(decimals):
+    from sklearn.metrics import average_precision_score
+
+    from bench.metrics import prauc_per_sample
+
+    rng = np.random.default_rng(decimals)
+    y_true = rng.random((200, 30)) < 0.2
+    y_true[0] = False  # an empty true set is defined as 0
+    proba = np.round(rng.random((200, 30)), decimals)  # 1 decimal: many tied scores
+    expected = [average_precision_score(t, p) if t.any() else 0.0 for t, p in zip(y_true, proba)]
+    assert np.allclose(prauc_per_sample(y_true, proba), expected, atol=1e-12)
