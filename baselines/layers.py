@@ -1,0 +1,164 @@
+"""Building blocks shared by the baselines, batched over patients (the reference code runs one at a time).
+
+- :func:`pad_visits` collates each patient's visit sequence of code sets into ``[B, T, L]`` tensors.
+- :class:`CodeSetEmbedding` embeds a padded code set (one visit, or ``[B, T, L]`` visits) as the sum
+  (SafeDrug, MICRON, RETAIN) or mean (GAMENet) of its codes' embeddings, dropout on each code
+  embedding as the references do.
+- :func:`normalized_adjacency` and :class:`GraphConvolutionNetwork`: the two-layer GCN over one-hot
+  medication nodes of GAMENet's graph memory (reference: ``GCN`` in SafeDrug's ``src/models.py``).
+- :func:`masked_softmax`, :func:`last_step`: attention and sequence helpers for padded batches.
+- Losses on predicted probabilities: :func:`margin_loss` (``F.multilabel_margin_loss`` on the
+  sigmoid, from a multi-hot target), :func:`ddi_loss` (``sum_ij p_i p_j A_ij`` per sample).
+- :func:`ddi_rates` / :func:`ddi_rate_of_predictions`: DDI rate of thresholded predictions (per
+  sample / pooled, the reference's ``ddi_rate_score``), which drives the DDI-loss schedules.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Reduction = Literal["mean", "none"]
+Normalisation = Literal["row", "symmetric"]
+
+
+def pad_visits(patients: Sequence[Sequence[Sequence[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes ``[B, T, L]`` (0-padded), code mask ``[B, T, L]`` and the number of visits ``[B]``.
+
+    ``patients[b][t]`` is the code set of patient b's visit t. T and L are at least 1, so a batch of
+    empty code sets still has a shape; an empty code set has an all-False mask row.
+    """
+    if not patients or any(len(visits) == 0 for visits in patients):
+        raise ValueError("pad_visits needs at least one patient, each with at least one visit")
+    lengths = torch.tensor([len(visits) for visits in patients], dtype=torch.long)
+    n_steps = int(lengths.max())
+    n_codes = max(1, max(len(codes) for visits in patients for codes in visits))
+    codes = np.zeros((len(patients), n_steps, n_codes), dtype=np.int64)
+    mask = np.zeros((len(patients), n_steps, n_codes), dtype=bool)
+    for b, visits in enumerate(patients):
+        for t, visit_codes in enumerate(visits):
+            codes[b, t, : len(visit_codes)] = visit_codes
+            mask[b, t, : len(visit_codes)] = True
+    return torch.from_numpy(codes), torch.from_numpy(mask), lengths
+
+
+class CodeSetEmbedding(nn.Module):
+    """Sum (or mean) of the embeddings of a padded code set; dropout applies to each code embedding.
+
+    ``init_range``: the references initialise code embeddings uniform in [-0.1, 0.1]; ``None``
+    keeps PyTorch's N(0, 1) (the RETAIN reference).
+    """
+
+    def __init__(self, n_codes: int, dim: int, dropout: float = 0.0, reduce: Literal["sum", "mean"] = "sum", init_range: float | None = 0.1):
+        super().__init__()
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"CodeSetEmbedding reduce must be 'sum' or 'mean', got {reduce!r}")
+        self.embedding = nn.Embedding(n_codes, dim)
+        if init_range is not None:
+            nn.init.uniform_(self.embedding.weight, -init_range, init_range)
+        self.dropout = nn.Dropout(dropout)
+        self.reduce = reduce
+
+    def forward(self, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``codes``/``mask`` ``[..., L]`` -> ``[..., dim]``; an empty set embeds to zeros."""
+        weights = mask.unsqueeze(-1).to(self.embedding.weight.dtype)
+        total = (self.dropout(self.embedding(codes)) * weights).sum(-2)
+        if self.reduce == "mean":
+            total = total / weights.sum(-2).clamp(min=1.0)
+        return total
+
+
+def normalized_adjacency(adj: np.ndarray, mode: Normalisation = "row") -> np.ndarray:
+    """``A + I`` normalised: ``row`` = D^-1 (A + I) (the GAMENet reference), ``symmetric`` =
+    D^-1/2 (A + I) D^-1/2 (Kipf and Welling). D is the degree of ``A + I``, so never zero."""
+    adj = np.asarray(adj, dtype=np.float64)
+    if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
+        raise ValueError(f"adjacency must be square, got shape {adj.shape}")
+    with_loops = adj + np.eye(adj.shape[0])
+    degree = with_loops.sum(1)
+    if mode == "row":
+        normalised = with_loops / degree[:, None]
+    elif mode == "symmetric":
+        scale = 1.0 / np.sqrt(degree)
+        normalised = scale[:, None] * with_loops * scale[None, :]
+    else:
+        raise ValueError(f"unknown GCN normalisation {mode!r}; expected 'row' or 'symmetric'")
+    return normalised.astype(np.float32)
+
+
+class GraphConvolutionNetwork(nn.Module):
+    """Two graph convolutions over one-hot node features: ``Â relu(Â W1 + b1) W2 + b2`` -> ``[N, dim]``.
+
+    With identity features the first layer's ``X W1`` is ``W1`` itself, so it is not multiplied out.
+    Parameters are initialised as the reference's ``GraphConvolution`` (uniform, 1/sqrt(out)).
+    """
+
+    def __init__(self, normalised_adj: np.ndarray, dim: int, dropout: float = 0.3):
+        super().__init__()
+        n_nodes = normalised_adj.shape[0]
+        self.register_buffer("adj", torch.as_tensor(normalised_adj, dtype=torch.float32))
+        bound = 1.0 / np.sqrt(dim)
+        self.weight1 = nn.Parameter(torch.empty(n_nodes, dim).uniform_(-bound, bound))
+        self.bias1 = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        self.weight2 = nn.Parameter(torch.empty(dim, dim).uniform_(-bound, bound))
+        self.bias2 = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self) -> torch.Tensor:
+        hidden = self.dropout(F.relu(self.adj @ self.weight1 + self.bias1))
+        return self.adj @ (hidden @ self.weight2) + self.bias2
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over the True entries of ``mask``; a row with no True entry gets all-zero weights."""
+    filled = scores.masked_fill(~mask, float("-inf"))
+    any_valid = mask.any(dim=dim, keepdim=True)
+    weights = torch.softmax(filled.masked_fill(~any_valid, 0.0), dim=dim)
+    return weights.masked_fill(~mask, 0.0)
+
+
+def last_step(sequence: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``sequence[b, lengths[b] - 1]`` for a right-padded ``[B, T, D]`` batch -> ``[B, D]``."""
+    index = (lengths - 1).to(sequence.device).view(-1, 1, 1).expand(-1, 1, sequence.shape[-1])
+    return sequence.gather(1, index).squeeze(1)
+
+
+def margin_loss(proba: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """``F.multilabel_margin_loss(proba, indices)`` from a multi-hot ``target`` ``[B, M]``.
+
+    The references pass the sigmoid probabilities and the target's indices padded with -1; a
+    sample with an empty target contributes 0.
+    """
+    order = torch.argsort(target, dim=1, descending=True, stable=True)
+    indices = torch.where(torch.gather(target, 1, order) > 0, order, torch.full_like(order, -1))
+    return F.multilabel_margin_loss(proba, indices, reduction=reduction)
+
+
+def ddi_loss(proba: torch.Tensor, ddi_adj: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """``sum_ij p_i p_j A_ij`` per sample (ordered pairs, as the references' ``p^T p * A``)."""
+    per_sample = torch.einsum("bi,ij,bj->b", proba, ddi_adj, proba)
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def _ddi_pair_counts(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen = predicted.to(ddi_adj.dtype)
+    interacting = torch.einsum("bi,ij,bj->b", chosen, ddi_adj, chosen) / 2.0
+    n = chosen.sum(1)
+    return interacting, n * (n - 1) / 2.0
+
+
+def ddi_rates(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> torch.Tensor:
+    """Per-sample DDI rate of boolean predictions ``[B, M]``: interacting pairs / all pairs (0 if none)."""
+    interacting, pairs = _ddi_pair_counts(predicted, ddi_adj)
+    return torch.where(pairs > 0, interacting / pairs.clamp(min=1.0), torch.zeros_like(pairs))
+
+
+def ddi_rate_of_predictions(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> float:
+    """DDI rate pooled over the batch (as ``bench.metrics`` pools it over a test group)."""
+    interacting, pairs = _ddi_pair_counts(predicted, ddi_adj)
+    total = float(pairs.sum())
+    return float(interacting.sum()) / total if total > 0 else 0.0

@@ -1,0 +1,118 @@
+"""GAMENet: fit/predict, GCN normalisation, memory reads, similar-patient retrieval, DDI annealing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from baselines.gamenet import GAMENet, SimilarPatients
+from baselines.layers import ddi_loss, margin_loss
+
+FAST = dict(epochs=2, dim=16, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_dataset):
+    model = GAMENet(tiny_dataset, GAMENet.Config(**FAST), seed=0)
+    return model.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+
+
+def test_fit_predict_shape_range_and_both_groups(fitted, tiny_dataset):
+    test = tiny_dataset.samples("test")
+    assert {s.group for s in test} == {"single", "multi"}
+    proba = fitted.predict_proba(test)
+    assert proba.shape == (len(test), tiny_dataset.n_medications)
+    assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
+    assert fitted.temperature == pytest.approx(2.0 * 0.85**2)  # annealed once per epoch
+
+
+def test_same_seed_same_probabilities_and_save_load_keeps_the_bank(fitted, tiny_dataset, tmp_path):
+    test = tiny_dataset.samples("test")
+    again = GAMENet(tiny_dataset, GAMENet.Config(**FAST), seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    np.testing.assert_array_equal(fitted.predict_proba(test), again.predict_proba(test))
+    loaded = GAMENet.load(fitted.save(tmp_path / "gamenet.pt"), tiny_dataset)
+    torch.testing.assert_close(loaded.similar.keys, fitted.similar.keys)
+    np.testing.assert_array_equal(fitted.predict_proba(test), loaded.predict_proba(test))
+
+
+def test_gcn_adjacency_is_the_row_normalised_graph_with_self_loops(fitted, tiny_dataset):
+    # tiny DDI graph: 0-3 and 1-4; every other medication only has its self-loop
+    expected = np.eye(tiny_dataset.n_medications, dtype=np.float32)
+    for a, b in ((0, 3), (1, 4)):
+        expected[a, a] = expected[a, b] = expected[b, b] = expected[b, a] = 0.5
+    np.testing.assert_allclose(fitted.network.ddi_gcn.adj.numpy(), expected)
+    ehr = tiny_dataset.ehr_adj.astype(np.float32) + np.eye(tiny_dataset.n_medications, dtype=np.float32)
+    np.testing.assert_allclose(fitted.network.ehr_gcn.adj.numpy(), ehr / ehr.sum(1, keepdims=True), rtol=1e-6)
+
+
+def test_dynamic_memory_reads_earlier_medications_and_ignores_padding(fitted, tiny_dataset):
+    samples = [s for s in tiny_dataset.samples("train") if s.history]
+    original = fitted.predict_proba(samples)
+    emptied = [dataclasses.replace(s, history=tuple(dataclasses.replace(v, medications=()) for v in s.history)) for s in samples]
+    assert not np.allclose(original, fitted.predict_proba(emptied))
+    alone = np.concatenate([fitted.predict_proba([s]) for s in samples])
+    np.testing.assert_allclose(original, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_target_is_never_an_input(fitted, tiny_dataset):
+    samples = tiny_dataset.samples("test")
+    altered = [dataclasses.replace(s, target=tuple(range(tiny_dataset.n_medications))) for s in samples]
+    np.testing.assert_array_equal(fitted.predict_proba(samples), fitted.predict_proba(altered))
+
+
+def test_similar_patient_bank_holds_every_training_visit_and_serves_single_visits(fitted, tiny_dataset):
+    train = tiny_dataset.samples("train")
+    assert fitted.similar.keys.shape == (sum(len(s.history) + 1 for s in train), fitted.config.dim)
+    assert fitted.similar.medications.sum().item() == sum(len(s.target) + sum(len(v.medications) for v in s.history) for s in train)
+    single = [s for s in tiny_dataset.samples("test") if not s.history]
+    multi = [s for s in tiny_dataset.samples("test") if s.history]
+    with_bank = fitted.predict_proba(single + multi)
+    bank, fitted.similar = fitted.similar, None  # the reference's fact2 = fact1
+    try:
+        without_bank = fitted.predict_proba(single + multi)
+    finally:
+        fitted.similar = bank
+    assert not np.allclose(with_bank[: len(single)], without_bank[: len(single)])
+    np.testing.assert_allclose(with_bank[len(single) :], without_bank[len(single) :], rtol=1e-6)
+
+
+def test_similar_patients_read_is_a_softmax_over_the_top_k():
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    medications = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    read = SimilarPatients(keys, medications).read(torch.tensor([[1.0, 0.5]]), k=2)
+    weights = torch.softmax(torch.tensor([2.0, 1.0]), 0)  # keys 2 and 0; key 1 (score 0.5) is dropped
+    torch.testing.assert_close(read, torch.tensor([[weights[1], 0.0, weights[0]]]))
+
+
+def _all_medications_predicted(tiny_dataset, **config):
+    model = GAMENet(tiny_dataset, GAMENet.Config(**FAST, **config), seed=0)
+    torch.manual_seed(0)  # the same weights for every configuration
+    model.network = model.build_network().eval()  # no dropout: the same logits on every call
+    with torch.no_grad():
+        model.network.output[-1].bias.fill_(10.0)  # every medication predicted: DDI rate > 0
+    return model, model.collate(tiny_dataset.samples("train")[:8])
+
+
+def test_loss_takes_the_ddi_step_only_above_the_target_ddi(tiny_dataset):
+    model, batch = _all_medications_predicted(tiny_dataset, target_ddi=0.0, initial_temperature=1e9)
+    logits = model.network(batch)
+    proba = torch.sigmoid(logits)
+    expected_ddi = ddi_loss(proba, model.ddi_adj) / tiny_dataset.n_medications**2
+    torch.testing.assert_close(model.loss(batch, epoch=0), expected_ddi)
+    expected_accuracy = 0.9 * F.binary_cross_entropy_with_logits(logits, batch["target"]) + 0.1 * margin_loss(proba, batch["target"])
+    model, batch = _all_medications_predicted(tiny_dataset, target_ddi=1.0, initial_temperature=1e9)
+    torch.testing.assert_close(model.loss(batch, epoch=0), expected_accuracy)
+    # above the target but cold: exp((target - rate) / T) ~ 0, so the accuracy loss is kept
+    model, batch = _all_medications_predicted(tiny_dataset, target_ddi=0.0, initial_temperature=1e-9)
+    torch.testing.assert_close(model.loss(batch, epoch=0), expected_accuracy)
+
+
+def test_config_rejects_unknown_options():
+    with pytest.raises(ValueError, match="gcn_normalisation"):
+        GAMENet.Config(gcn_normalisation="column")
+    with pytest.raises(ValueError, match="single_visit_memory"):
+        GAMENet.Config(single_visit_memory="nearest")
