@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from baselines.safedrug import SafeDrug, ddi_loss_weight
+
+FAST = dict(epochs=2, dim=16, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_dataset):
+    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST), seed=0)
+    return model.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+
+
+def test_fit_predict_shape_and_range(fitted, tiny_dataset):
+    test = tiny_dataset.samples("test")
+    proba = fitted.predict_proba(test)
+    assert proba.shape == (len(test), tiny_dataset.n_medications)
+    assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
+    assert fitted.fit_report["epochs_run"] == 2
+
+
+def test_same_seed_same_probabilities(fitted, tiny_dataset):
+    again = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST), seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    test = tiny_dataset.samples("test")
+    np.testing.assert_array_equal(fitted.predict_proba(test), again.predict_proba(test))
+
+
+def test_mpnn_receives_gradients_and_trains(tiny_dataset):
+    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST), seed=0)
+    model.network = model.build_network()
+    mpnn = model.network.molecules
+    names = [name for name, _ in mpnn.named_parameters()]
+    assert "atom_features.weight" in names and any(name.startswith("updates") for name in names)
+    before = {name: p.detach().clone() for name, p in mpnn.named_parameters()}
+    optimizer = model.make_optimizer()
+    loss = model.loss(model.collate(tiny_dataset.samples("train")[:16]), epoch=0)
+    optimizer.zero_grad()
+    loss.backward()
+    for name, p in mpnn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 1e-6, name
+    optimizer.step()
+    changed = [name for name, p in mpnn.named_parameters() if not torch.equal(before[name], p.detach())]
+    assert sorted(changed) == sorted(names)
+
+
+def test_brics_mask_shape_and_local_branch_reads_only_own_fragments(tiny_dataset):
+    mask = tiny_dataset.molecules.fragment_mask
+    n_fragments = len(tiny_dataset.molecules.fragments)
+    assert mask.shape == (tiny_dataset.n_medications, n_fragments)
+    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST), seed=0)
+    layer = model.build_network().fragment_to_medication
+    assert tuple(layer.mask.shape) == mask.shape
+    # d(medication m) / d(fragment f) is non-zero exactly where medication m has fragment f
+    jacobian = torch.autograd.functional.jacobian(layer, torch.rand(1, n_fragments))[0, :, 0, :]
+    np.testing.assert_array_equal((jacobian != 0).numpy(), mask.astype(bool))
+    assert mask[6].sum() == 0  # medication 6 has no SMILES: no fragment, only the bias
+
+
+def test_medication_without_molecules_is_not_stuck_at_one_half(fitted, tiny_dataset):
+    proba = fitted.predict_proba(tiny_dataset.samples("test"))
+    assert not np.allclose(proba[:, 6], 0.5)
+
+
+def test_ddi_loss_weight_reacts_to_target():
+    assert ddi_loss_weight(0.03, target=0.06, kp=0.05) == 0.0  # below target: pure accuracy loss
+    assert ddi_loss_weight(0.06, target=0.06, kp=0.05) == 0.0
+    assert ddi_loss_weight(0.085, target=0.06, kp=0.05) == pytest.approx(0.5)
+    assert ddi_loss_weight(0.20, target=0.06, kp=0.05) == 1.0  # far above: pure DDI loss, never negative
+    # the same batch rate weighs more on DDI the lower the target
+    rates = [ddi_loss_weight(0.09, target=t, kp=0.05) for t in (0.08, 0.06, 0.04)]
+    assert rates[0] < rates[1] < rates[2]
+
+
+def _hand_ddi_loss(proba: torch.Tensor, ddi_adj: np.ndarray) -> float:
+    total = 0.0
+    for row in proba.tolist():
+        total += sum(row[i] * row[j] for i in range(len(row)) for j in range(len(row)) if ddi_adj[i, j])
+    return total / len(proba)
+
+
+def test_loss_is_pure_ddi_far_above_target_and_pure_accuracy_below(tiny_dataset):
+    samples = tiny_dataset.samples("train")[:6]
+    for target_ddi, kp in ((-1.0, 1e-6), (1.0, 0.05)):
+        model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, target_ddi=target_ddi, kp=kp), seed=0)
+        model.network = model.build_network().eval()  # no dropout: loss and logits see the same network
+        batch = model.collate(samples)
+        with torch.no_grad():
+            logits = model.logits(batch)
+            loss = float(model.loss(batch, epoch=0))
+        proba = torch.sigmoid(logits)
+        if target_ddi < 0:
+            assert loss == pytest.approx(0.0005 * _hand_ddi_loss(proba, tiny_dataset.ddi_adj), rel=1e-5)
+        else:
+            margin_target = torch.full(logits.shape, -1, dtype=torch.long)
+            for i, s in enumerate(samples):
+                margin_target[i, : len(s.target)] = torch.tensor(s.target)
+            bce = F.binary_cross_entropy_with_logits(logits, batch["target"])
+            assert loss == pytest.approx(float(0.95 * bce + 0.05 * F.multilabel_margin_loss(proba, margin_target)), rel=1e-5)
+
+
+def test_padded_batch_scores_like_one_by_one(fitted, tiny_dataset):
+    by_length = {}
+    for s in tiny_dataset.samples("train"):
+        by_length.setdefault(len(s.history), s)
+    assert len(by_length) >= 3  # single-visit samples and histories of several lengths in one batch
+    batch = list(by_length.values())
+    alone = np.concatenate([fitted.predict_proba([s]) for s in batch])
+    np.testing.assert_allclose(fitted.predict_proba(batch), alone, rtol=1e-5, atol=1e-6)
