@@ -1,1 +1,205 @@
-"""bench CLI commands (being written)."""
+"""``bench ablate leader`` (the LEADER paper's Table VI) and ``bench sweep leader`` (its Figures 2-3).
+
+Both are lists of :class:`bench.runner.Entry` run by :func:`bench.runner.run_entries`, so every
+variant sees the same split, the same bootstrap draws and the same teacher (fine-tuned once, from
+the teacher cache), and its results are stored like any ``bench run``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bench.cli import main
+from bench.cli.data import dataset_from_options, dataset_options
+from bench.contract import PRESETS
+from bench.evaluate import GROUPS
+from bench.results import RunFolder, run_id_for, write_json
+from bench.runner import Entry, run_entries
+from data_prep.dataset import PROTOCOLS
+
+FULL_STUDENT = "LEADER(S)"
+TEACHER = "LEADER(T)"
+# Table VI: what each --drop removes from the full student.
+DROPS = {
+    "kd": ("w/o KD", {"kd": "none"}),
+    "feature-kd": ("w/o feature-KD", {"kd": "output"}),
+    "align": ("w/o align", {"align": False}),
+    "shared-visit": ("w/o shared E_Visit", {"shared_visit_encoder": False}),
+}
+# DistilLLM-Med's strategies in place of eq. 9 (leader.student documents both).
+STRATEGIES = {
+    "temperature-kd": ("temperature KD", {"kd": "temperature"}),
+    "projector-kd": ("projector KD", {"kd": "projector"}),
+}
+SWEEP_PARAMETERS = ("alpha", "beta")
+
+
+def parse_settings(settings: Sequence[str]) -> dict:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON is taken as such (numbers, booleans, objects)."""
+    out = {}
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{setting!r} is not KEY=VALUE", param_hint="--set")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def parse_list(raw: str, known: dict | None, option: str) -> list[str]:
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    unknown = sorted(set(items) - set(known)) if known is not None else []
+    if unknown:
+        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(known)}", param_hint=option)
+    return list(dict.fromkeys(items))
+
+
+def run_options(command):
+    """Options shared by ablate and sweep (besides the dataset's)."""
+    for option in reversed(
+        [
+            click.argument("family", type=click.Choice(["leader"])),
+            click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--rounds", type=click.IntRange(min=2), default=10, show_default=True, help="Bootstrap rounds."),
+            click.option("--protocol", type=click.Choice(PROTOCOLS), default="last-visit", show_default=True),
+            click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="leader_s option for every entry (JSON values), e.g. batch_size=16 or teacher_overrides='{\"teacher_path\": \"...\"}'."),
+            click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True),
+            click.option("--run-id", help="Run folder name (default: derived from the arguments, so a rerun resumes)."),
+            click.option("--device", default="cpu", show_default=True),
+        ]
+    ):
+        command = option(command)
+    return dataset_options(command)
+
+
+def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_kwargs: dict) -> tuple[dict, Path]:
+    """Load the dataset, run the entries into their folder, return the summary and the folder."""
+    dataset = dataset_from_options(**dataset_kwargs)
+    run_dir = arguments["results_dir"] / (arguments["run_id"] or run_id_for(dataset.name, {**arguments, **dataset_kwargs}))
+    console = Console(stderr=True)
+    try:
+        summary = run_entries(
+            dataset,
+            entries,
+            run_dir,
+            seed=arguments["seed"],
+            rounds=arguments["rounds"],
+            preset=arguments["preset"],
+            protocol=arguments["protocol"],
+            proposed=proposed,
+            device=arguments["device"],
+            arguments={**arguments, **dataset_kwargs},
+            console=console,
+        )
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    return summary, run_dir
+
+
+def prauc_table(summary: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("entry")
+    for group in GROUPS:
+        table.add_column(f"PRAUC {group}", justify="right")
+    for label, groups in summary["models"].items():
+        cells = [f"{groups[g]['prauc']['mean']:.4f} ± {groups[g]['prauc']['std']:.4f}" if groups.get(g) else "-" for g in GROUPS]
+        table.add_row(label, *cells)
+    return table
+
+
+@main.command()
+@run_options
+@click.option("--drop", "drops", multiple=True, type=click.Choice(list(DROPS)), help="A Table VI variant (repeatable); default: all four unless --compare is given.")
+@click.option("--compare", default="", help=f"DistilLLM-Med strategies, comma-separated: {', '.join(STRATEGIES)}.")
+@click.option("--with-teacher", is_flag=True, help="Add LEADER(T) as an entry, so the summary holds each student's retention of it.")
+def ablate(family, preset, seed, rounds, protocol, settings, results_dir, run_id, device, drops, compare, with_teacher, **dataset_kwargs) -> None:
+    """Run the full LEADER(S) and its ablated variants on the same splits and bootstrap draws."""
+    strategies = parse_list(compare, STRATEGIES, "--compare")
+    drops = list(dict.fromkeys(drops)) or ([] if strategies else list(DROPS))
+    common = parse_settings(settings)
+    entries = ablation_entries(drops, strategies, common, with_teacher)
+    proposed = [FULL_STUDENT] + ([TEACHER] if with_teacher else [])
+    arguments = dict(command="ablate", family=family, preset=preset, seed=seed, rounds=rounds, protocol=protocol, settings=common,
+                     results_dir=results_dir, run_id=run_id, device=device, drops=drops, compare=strategies, with_teacher=with_teacher)
+    summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs)
+    Console().print(prauc_table(summary, f"LEADER ablation ({run_dir})"))
+
+
+def ablation_entries(drops: Sequence[str], strategies: Sequence[str], common: dict, with_teacher: bool) -> list[Entry]:
+    """The full student first, then each variant: the common settings with the variant's change on top."""
+    entries = [Entry(TEACHER, "leader_t", dict(common.get("teacher_overrides", {})))] if with_teacher else []
+    entries.append(Entry(FULL_STUDENT, "leader_s", dict(common)))
+    for label, change in [DROPS[d] for d in drops] + [STRATEGIES[s] for s in strategies]:
+        entries.append(Entry(label, "leader_s", {**common, **change}))
+    return entries
+
+
+@main.command()
+@run_options
+@click.option("--param", type=click.Choice(SWEEP_PARAMETERS), required=True, help="alpha (KD weight, Fig. 2) or beta (alignment weight, Fig. 3).")
+@click.option("--values", "raw_values", required=True, help="Comma-separated values, e.g. 0.1,0.2,0.4,0.8.")
+def sweep(family, preset, seed, rounds, protocol, settings, results_dir, run_id, device, param, raw_values, **dataset_kwargs) -> None:
+    """Train one LEADER(S) per value of alpha or beta; plot PRAUC by group against the value."""
+    try:
+        values = [float(v) for v in parse_list(raw_values, None, "--values")]
+    except ValueError:
+        raise click.BadParameter(f"{raw_values!r} is not a comma-separated list of numbers", param_hint="--values") from None
+    if not values:
+        raise click.BadParameter("give at least one value", param_hint="--values")
+    common = parse_settings(settings)
+    entries = [Entry(f"{param}={value:g}", "leader_s", {**common, param: value}) for value in values]
+    arguments = dict(command="sweep", family=family, preset=preset, seed=seed, rounds=rounds, protocol=protocol, settings=common,
+                     results_dir=results_dir, run_id=run_id, device=device, param=param, values=values)
+    summary, run_dir = execute(entries, [], arguments, dataset_kwargs)
+    written = write_sweep(summary, param, values, [e.label for e in entries], RunFolder(run_dir).root)
+    Console().print(prauc_table(summary, f"LEADER sweep of {param} ({run_dir})"))
+    Console().print("wrote " + ", ".join(str(p) for p in written))
+
+
+def write_sweep(summary: dict, param: str, values: Sequence[float], labels: Sequence[str], folder: Path) -> list[Path]:
+    """sweep_<param>.json / .csv (value, group, PRAUC mean, std) and sweep_<param>.png (Figures 2-3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for value, label in zip(values, labels):
+        for group in GROUPS:
+            cell = summary["models"][label].get(group)
+            if cell is not None:
+                rows.append({"param": param, "value": value, "group": group, "prauc_mean": cell["prauc"]["mean"], "prauc_std": cell["prauc"]["std"]})
+    json_path, csv_path, png_path = (folder / f"sweep_{param}.{ext}" for ext in ("json", "csv", "png"))
+    write_json(json_path, {"param": param, "values": list(values), "run": str(folder), "points": rows})
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["param", "value", "group", "prauc_mean", "prauc_std"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    # values at evenly spaced positions in the given order, as the paper's figures (beta: 0.1 ... 0)
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    positions = range(len(values))
+    for group in GROUPS:
+        points = {r["value"]: r for r in rows if r["group"] == group}
+        if len(points) == len(values):
+            axis.errorbar(positions, [points[v]["prauc_mean"] for v in values], yerr=[points[v]["prauc_std"] for v in values],
+                          marker="o", capsize=3, label=group)
+    axis.set_xticks(list(positions), [f"{v:g}" for v in values])
+    axis.set_xlabel(param)
+    axis.set_ylabel("PRAUC")
+    axis.set_title(f"LEADER(S): PRAUC against {param}")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=150)
+    plt.close(figure)
+    return [json_path, csv_path, png_path]

@@ -1,0 +1,85 @@
+"""``bench ablate leader`` and ``bench sweep leader`` end to end on tiny data with a tiny real teacher."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+from teacher_fixtures import make_tiny_teacher
+
+import bench.cli.leader as leader_cli
+from bench.cli import main
+from data_prep.cache import cache_root
+
+
+@pytest.fixture(scope="module")
+def teacher_settings(tmp_path_factory):
+    """--set options: a tiny random BERT teacher fine-tuned for a few steps, a 2-epoch student."""
+    path = make_tiny_teacher(tmp_path_factory.mktemp("teacher"))
+    overrides = {"teacher_path": str(path), "max_steps": 2, "eval_every": 1, "batch_size": 8, "max_length": 96}
+    return ["--set", "epochs=2", "--set", "batch_size=8", "--set", f"teacher_overrides={json.dumps(overrides)}"]
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch, tiny_dataset):
+    monkeypatch.setattr(leader_cli, "dataset_from_options", lambda **kwargs: tiny_dataset)
+    return CliRunner()
+
+
+def invoke(runner, args):
+    result = runner.invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_ablation_runs_the_chosen_variants_with_one_teacher(tiny_cli, teacher_settings, tmp_path):
+    args = ["ablate", "leader", "--drop", "kd", "--drop", "align", "--compare", "temperature-kd", "--with-teacher",
+            "--preset", "quick", "--rounds", "3", "--results-dir", str(tmp_path), "--run-id", "ablation", *teacher_settings]
+    invoke(tiny_cli, args)
+    summary = json.loads((tmp_path / "ablation" / "summary.json").read_text())
+    assert list(summary["models"]) == ["LEADER(T)", "LEADER(S)", "w/o KD", "w/o align", "temperature KD"]
+    assert set(summary["retention"]) == {"LEADER(S)"}
+    assert summary["significance"]["LEADER(S)"]["overall"]["prauc"]["against"] in {"w/o KD", "w/o align", "temperature KD"}
+    entries = {e["label"]: e["config"] for e in json.loads((tmp_path / "ablation" / "config.json").read_text())["entries"]}
+    assert (entries["w/o KD"]["kd"], entries["w/o align"]["align"], entries["temperature KD"]["kd"]) == ("none", False, "temperature")
+    assert entries["LEADER(S)"]["kd"] == "feature" and entries["LEADER(S)"]["epochs"] == 2
+    assert len(list((cache_root() / "teachers").iterdir())) == 1  # leader_t and every student share one fine-tuning
+
+
+def test_without_drop_or_compare_the_four_table_vi_variants_run():
+    labels = [e.label for e in leader_cli.ablation_entries(list(leader_cli.DROPS), [], {"alpha": 0.8}, with_teacher=False)]
+    assert labels == ["LEADER(S)", "w/o KD", "w/o feature-KD", "w/o align", "w/o shared E_Visit"]
+    variant = leader_cli.ablation_entries(["feature-kd"], [], {"alpha": 0.8, "kd": "feature"}, with_teacher=False)[1]
+    assert variant.overrides == {"alpha": 0.8, "kd": "output"}
+
+
+def test_sweep_writes_results_plot_and_data(tiny_cli, teacher_settings, tmp_path):
+    args = ["sweep", "leader", "--param", "beta", "--values", "0.1,0", "--preset", "quick", "--rounds", "3",
+            "--results-dir", str(tmp_path), "--run-id", "sweep", *teacher_settings]
+    invoke(tiny_cli, args)
+    folder = tmp_path / "sweep"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert list(summary["models"]) == ["beta=0.1", "beta=0"]
+    with open(folder / "sweep_beta.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(float(r["value"]), r["group"]) for r in rows[:3]] == [(0.1, "overall"), (0.1, "multi"), (0.1, "single")]
+    assert float(rows[0]["prauc_mean"]) == pytest.approx(summary["models"]["beta=0.1"]["overall"]["prauc"]["mean"])
+    assert json.loads((folder / "sweep_beta.json").read_text())["values"] == [0.1, 0.0]
+    assert (folder / "sweep_beta.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ablate", "leader", "--compare", "distil-kd"], "unknown ['distil-kd']"),
+        (["ablate", "leader", "--set", "alpha"], "is not KEY=VALUE"),
+        (["ablate", "leader", "--set", "kd=distil", "--drop", "align"], "kd='distil' is unknown"),
+        (["sweep", "leader", "--param", "alpha", "--values", "0.1,x"], "not a comma-separated list of numbers"),
+    ],
+)
+def test_bad_arguments_fail_with_one_clear_message(tiny_cli, tmp_path, args, message):
+    result = tiny_cli.invoke(main, [*args, "--results-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert message in result.output

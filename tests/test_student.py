@@ -1,0 +1,196 @@
+"""LEADER(S): batching, single-visit patients, visit cap, encoder sharing, teacher use, persistence.
+
+The teacher is a fake (fixed random hidden states and probabilities) installed as ``leader.teacher``,
+so these tests check the student alone and stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import leader.student as student_module
+from leader.losses import feature_kd_loss
+from leader.student import LeaderStudent, StudentConfig
+
+TEACHER_WIDTH = 24
+
+
+class FakeTeacher:
+    hidden_size = TEACHER_WIDTH
+
+    def __init__(self, n_medications: int):
+        self.n_medications = n_medications
+        self.calls: list[str] = []
+
+    def _rows(self, samples) -> np.ndarray:  # a fixed pseudo-random row per sample id
+        return np.stack([np.random.default_rng(zlib.crc32(s.sample_id.encode())).random(TEACHER_WIDTH + self.n_medications) for s in samples])
+
+    def hidden_states(self, samples) -> np.ndarray:
+        self.calls.append("hidden_states")
+        return self._rows(samples)[:, :TEACHER_WIDTH].astype(np.float32)
+
+    def predict_proba(self, samples) -> np.ndarray:
+        self.calls.append("predict_proba")
+        return self._rows(samples)[:, TEACHER_WIDTH:].astype(np.float32)
+
+
+@pytest.fixture
+def fake_teacher(monkeypatch, tiny_dataset):
+    teacher = FakeTeacher(tiny_dataset.n_medications)
+    module = types.ModuleType("leader.teacher")
+
+    @dataclasses.dataclass
+    class TeacherConfig:
+        preset_name: str = "paper"
+        lora_rank: int = 8
+
+        @classmethod
+        def preset(cls, name="paper", **overrides):
+            return cls(preset_name=name, **overrides)
+
+    def obtain_teacher(dataset, train, val, config, seed, device="cpu"):
+        teacher.calls.append(("obtain", config.preset_name, config.lora_rank, len(train), seed))
+        return teacher
+
+    module.TeacherConfig, module.obtain_teacher = TeacherConfig, obtain_teacher
+    monkeypatch.setitem(sys.modules, "leader.teacher", module)
+    return teacher
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_dataset):
+    return tiny_dataset.samples("train"), tiny_dataset.samples("val"), tiny_dataset.samples("test")
+
+
+def quick(**overrides) -> StudentConfig:
+    return StudentConfig.preset("quick", **{"epochs": 2, **overrides})
+
+
+def untrained(dataset, **overrides) -> LeaderStudent:
+    model = LeaderStudent(dataset, quick(**overrides), seed=0)
+    torch.manual_seed(0)
+    model.network = model.build_network().eval()
+    return model
+
+
+def test_batch_size_one_trains_and_predicts(tiny_dataset, splits, fake_teacher):
+    train, val, test = splits
+    model = LeaderStudent(tiny_dataset, quick(batch_size=1, epochs=1), seed=0).fit(train[:6], val)
+    proba = model.predict_proba(test[:1])
+    assert proba.shape == (1, tiny_dataset.n_medications)
+    assert np.isfinite(proba).all() and ((proba > 0) & (proba < 1)).all()
+
+
+def test_single_visit_patients_are_served_and_depend_on_the_profile(tiny_dataset):
+    model = untrained(tiny_dataset)
+    single = next(s for s in tiny_dataset.samples("train") if not s.history)
+    other_profile = tuple((v + 1) % n for v, n in zip(single.profile, tiny_dataset.profile_cardinalities()))
+    proba = model.predict_proba([single, dataclasses.replace(single, profile=other_profile)])
+    assert np.isfinite(proba).all()
+    assert np.abs(proba[0] - proba[1]).max() > 1e-4
+
+
+def test_prediction_ignores_the_target_and_a_batch_gives_each_sample_its_own_result(tiny_dataset, splits):
+    model = untrained(tiny_dataset)
+    samples = splits[0][:7]
+    together = model.predict_proba(samples)
+    alone = np.concatenate([model.predict_proba([s]) for s in samples])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    no_target = [dataclasses.replace(s, target=()) for s in samples]
+    np.testing.assert_allclose(model.predict_proba(no_target), together, atol=1e-6)
+
+
+def test_the_most_recent_visits_are_kept_and_medications_come_from_history_only(tiny_dataset):
+    patient = next(p for p in tiny_dataset.patients if len(p.visits) == 4)
+    sample = tiny_dataset.samples(tiny_dataset.split[patient.patient_id])
+    sample = next(s for s in sample if s.patient_id == patient.patient_id)
+    model = untrained(tiny_dataset, max_visits=2)
+    batch = model.collate([sample])
+    kept = [patient.visits[2], patient.visits[3]]
+    assert batch["visit_mask"].tolist() == [[True, True]]
+    assert [row[mask].tolist() for row, mask in zip(batch["diagnoses"], batch["diagnoses_mask"])] == [list(v.diagnoses) for v in kept]
+    assert [row[mask].tolist() for row, mask in zip(batch["medications"], batch["medications_mask"])] == [list(patient.visits[2].medications)]
+    assert batch["last_slots"].tolist() == [1]
+
+
+def test_split_visit_encoders_add_exactly_two_visit_transformers(tiny_dataset):
+    shared = untrained(tiny_dataset).network
+    split = untrained(tiny_dataset, shared_visit_encoder=False).network
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(split) - count(shared) == 2 * count(shared.visit_encoders[0])
+
+
+def test_empty_code_sets_give_finite_predictions(tiny_dataset, splits):
+    model = untrained(tiny_dataset)
+    sample = next(s for s in splits[0] if s.history)
+    emptied = dataclasses.replace(sample, procedures=(), history=(dataclasses.replace(sample.history[0], medications=()),) + sample.history[1:])
+    assert np.isfinite(model.predict_proba([emptied, sample])).all()
+
+
+def test_without_kd_no_teacher_is_obtained(tiny_dataset, splits, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("kd='none' must not obtain a teacher")
+
+    monkeypatch.setitem(sys.modules, "leader.teacher", types.SimpleNamespace(obtain_teacher=refuse, TeacherConfig=None))
+    model = LeaderStudent(tiny_dataset, quick(kd="none", epochs=1), seed=0).fit(*splits[:2])
+    assert model.fit_report["kd"] == "none" and model.fit_report["teacher_hidden_size"] is None
+
+
+def test_feature_kd_uses_each_samples_own_teacher_state(tiny_dataset, splits, fake_teacher, monkeypatch):
+    train, val, _ = splits
+    checked = {}
+
+    def check_loss(model, train_samples, val_samples):
+        batch_samples = train_samples[::-1][:5]
+        batch = model.collate(batch_samples)
+        model.network.eval()
+        out = model.network(batch)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch["target"])
+        teacher = torch.from_numpy(fake_teacher.hidden_states(batch_samples))
+        expected = bce + model.config.alpha * feature_kd_loss(model.training_heads["kd_projector"](out.representation), teacher)
+        checked["difference"] = abs(model.loss(batch, 0).item() - expected.item())
+        return {}
+
+    monkeypatch.setattr(student_module, "train_network", check_loss)
+    model = LeaderStudent(tiny_dataset, quick(align=False, teacher_overrides={"lora_rank": 4}), seed=3)
+    model.fit(train, val)
+    assert checked["difference"] < 1e-5
+    assert fake_teacher.calls[0] == ("obtain", "quick", 4, len(train), 3)
+    assert fake_teacher.calls.count("hidden_states") == 2  # once for the fit, once in check_loss
+    assert model.fit_report["teacher_hidden_size"] == TEACHER_WIDTH
+
+
+@pytest.mark.parametrize("kd", ["output", "temperature", "projector"])
+def test_other_distillation_strategies_train(tiny_dataset, splits, fake_teacher, kd):
+    model = LeaderStudent(tiny_dataset, quick(kd=kd, epochs=1), seed=0).fit(*splits[:2])
+    expected_call = "hidden_states" if kd == "projector" else "predict_proba"
+    assert fake_teacher.calls[1:] == [expected_call]
+    assert np.isfinite(model.predict_proba(splits[2])).all()
+
+
+def test_training_is_deterministic_and_a_saved_model_predicts_the_same(tiny_dataset, splits, fake_teacher, tmp_path):
+    train, val, test = splits
+    first = LeaderStudent(tiny_dataset, quick(), seed=5).fit(train, val)
+    second = LeaderStudent(tiny_dataset, quick(), seed=5).fit(train, val)
+    np.testing.assert_array_equal(first.predict_proba(test), second.predict_proba(test))
+    path = first.save(tmp_path / "leader_s.pt")
+    restored = LeaderStudent.load(path, tiny_dataset)
+    np.testing.assert_allclose(restored.predict_proba(test), first.predict_proba(test), atol=1e-6)
+
+
+def test_bad_options_and_inputs_get_clear_errors(tiny_dataset, splits):
+    with pytest.raises(ValueError, match="kd='distil' is unknown"):
+        quick(kd="distil")
+    model = untrained(tiny_dataset)
+    bad = dataclasses.replace(splits[0][0], diagnoses=(tiny_dataset.n_diagnoses,))
+    with pytest.raises(ValueError, match="diagnoses code index lies outside"):
+        model.collate([bad])
+    with pytest.raises(ValueError, match="profile values"):
+        model.collate([dataclasses.replace(splits[0][0], profile=(99, 0))])

@@ -1,0 +1,159 @@
+"""LEADER(T) with tiny random Hugging Face models: pooling under left and right padding, what is trainable,
+save/load, the hidden-state cache and the teacher cache behind ``obtain_teacher``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from bench.registry import get
+from leader.teacher import LeaderTeacher, TeacherConfig, last_token_index, obtain_teacher, pool_hidden_states
+from teacher_fixtures import HIDDEN_SIZE, make_tiny_teacher
+
+TINY = {"max_steps": 4, "eval_every": 2, "batch_size": 8, "grad_accum": 2, "max_length": 96}
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-teachers")
+    return {kind: make_tiny_teacher(root, kind) for kind in ("encoder", "decoder")}
+
+
+def fitted(tiny_dataset, path, seed=0, **overrides) -> LeaderTeacher:
+    config = TeacherConfig(teacher_path=str(path), **{**TINY, **overrides})
+    return LeaderTeacher(tiny_dataset, config, seed=seed).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+
+
+@pytest.fixture(scope="module")
+def encoder_teacher(tiny_dataset, tiny_paths):
+    return fitted(tiny_dataset, tiny_paths["encoder"])
+
+
+@pytest.fixture(scope="module")
+def decoder_teacher(tiny_dataset, tiny_paths):
+    return fitted(tiny_dataset, tiny_paths["decoder"])
+
+
+def count_forward_passes(teacher: LeaderTeacher) -> list[int]:
+    calls = [0]
+    teacher.network.backbone.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_registered_as_leader_t():
+    assert get("leader_t") is LeaderTeacher
+
+
+def test_pooling_takes_last_real_token_with_left_and_right_padding():
+    hidden = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert last_token_index(right).tolist() == [1, 3]
+    assert last_token_index(left).tolist() == [3, 3]
+    assert pool_hidden_states(hidden, left, "cls").flatten().tolist() == [2.0, 4.0]
+    assert pool_hidden_states(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+def test_decoder_states_do_not_depend_on_padding_side_or_batching(tiny_dataset, decoder_teacher):
+    samples = tiny_dataset.samples("train")[:6]  # prompts of different lengths -> padding in a batch
+    tokenizer, config = decoder_teacher.tokenizer, decoder_teacher.config
+    assert decoder_teacher.network.pooling == "last" and tokenizer.padding_side == "left"
+    left = decoder_teacher.predict_proba(samples)
+    tokenizer.padding_side = "right"
+    right = decoder_teacher.predict_proba(samples)
+    config.eval_batch_size = 1  # no padding at all
+    alone = decoder_teacher.predict_proba(samples)
+    tokenizer.padding_side, config.eval_batch_size = "left", TeacherConfig.eval_batch_size
+    np.testing.assert_allclose(left, alone, atol=1e-5)
+    np.testing.assert_allclose(right, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, lora_suffixes", [
+    ("encoder", ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")),
+    ("decoder", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+])
+def test_only_lora_and_head_are_trainable(request, kind, lora_suffixes):
+    teacher = request.getfixturevalue(f"{kind}_teacher")
+    parameters = dict(teacher.network.named_parameters())
+    trainable = {name for name, p in parameters.items() if p.requires_grad}
+    assert trainable == {name for name in parameters if ".lora_A." in name or ".lora_B." in name} | {"head.weight"}
+    adapted = {name.split(".lora_")[0] for name in trainable if ".lora_" in name}
+    assert all(any(module.endswith(suffix) for module in adapted) for suffix in lora_suffixes)
+    assert len(adapted) == 2 * {"encoder": 6, "decoder": 7}[kind]  # 2 layers x each adapted projection
+    assert teacher.hidden_size == HIDDEN_SIZE and teacher.network.head.bias is None
+
+
+def test_save_load_round_trip_keeps_predictions_and_stores_no_base_weights(tiny_dataset, encoder_teacher, tmp_path):
+    test = tiny_dataset.samples("test")
+    path = encoder_teacher.save(tmp_path / "teacher.pt")
+    assert set(encoder_teacher.get_state()["trainable"]) == {n for n, p in encoder_teacher.network.named_parameters() if p.requires_grad}
+    loaded = LeaderTeacher.load(path, tiny_dataset)
+    np.testing.assert_array_equal(loaded.predict_proba(test), encoder_teacher.predict_proba(test))
+    assert loaded.weights_digest == encoder_teacher.weights_digest
+    state = {**encoder_teacher.get_state(), "base_fingerprint": "another-model"}
+    with pytest.raises(ValueError, match="another base model"):
+        LeaderTeacher(tiny_dataset, encoder_teacher.config).set_state(state)
+
+
+def test_hidden_states_cache_hit_and_misses(tiny_dataset, tiny_paths, tmp_path):
+    teacher = fitted(tiny_dataset, tiny_paths["encoder"], seed=3)
+    train = tiny_dataset.samples("train")
+    calls = count_forward_passes(teacher)
+    first = teacher.hidden_states(train)
+    assert first.shape == (len(train), HIDDEN_SIZE) and first.dtype == np.float32 and calls[0] > 0
+    before = calls[0]
+    np.testing.assert_array_equal(teacher.hidden_states(train), first)
+    assert calls[0] == before  # hit: no forward pass
+
+    state = teacher.get_state()
+    state["trainable"] = {name: t + 0.05 for name, t in state["trainable"].items()}
+    changed = LeaderTeacher(tiny_dataset, teacher.config, seed=3)
+    changed.set_state(state)
+    changed_calls = count_forward_passes(changed)
+    assert not np.allclose(changed.hidden_states(train), first) and changed_calls[0] > 0  # weights changed: miss
+
+    with_profile = LeaderTeacher(tiny_dataset, dataclasses.replace(teacher.config, include_profile=True), seed=3)
+    with_profile.set_state(teacher.get_state())
+    profile_calls = count_forward_passes(with_profile)
+    with_profile.hidden_states(train)
+    assert profile_calls[0] > 0  # prompt options changed: miss
+
+
+def test_obtain_teacher_fine_tunes_once(tiny_dataset, tiny_paths, monkeypatch):
+    train, val, test = (tiny_dataset.samples(part) for part in ("train", "val", "test"))
+    config = TeacherConfig(teacher_path=str(tiny_paths["decoder"]), **TINY)
+    first = obtain_teacher(tiny_dataset, train, val, config, seed=11)
+    monkeypatch.setattr(LeaderTeacher, "_train", lambda *_: pytest.fail("the cached teacher was trained again"))
+    again = obtain_teacher(tiny_dataset, train, val, config, seed=11)
+    np.testing.assert_array_equal(again.predict_proba(test), first.predict_proba(test))
+    assert again.fit_report["best_step"] == first.fit_report["best_step"]
+
+
+def test_long_prompts_are_truncated_to_max_length_keeping_the_instruction(tiny_dataset, encoder_teacher):
+    multi = [s for s in tiny_dataset.samples("train") if len(s.history) >= 2]
+    teacher = LeaderTeacher(tiny_dataset, dataclasses.replace(encoder_teacher.config, max_length=60))
+    teacher.set_state(encoder_teacher.get_state())
+    ids = teacher._token_ids(multi)
+    assert max(map(len, ids)) <= 60 < max(map(len, encoder_teacher._token_ids(multi)))
+    assert all(teacher.tokenizer.decode(row, skip_special_tokens=True).endswith("then, the patient should be prescribed :") for row in ids)
+    assert teacher.predict_proba(multi[:1]).shape == (1, tiny_dataset.n_medications)  # batch size 1
+
+
+def test_config_errors_name_the_option(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="pooling"):
+        TeacherConfig(pooling="max")
+    with pytest.raises(ValueError, match="grad_accum"):
+        TeacherConfig(batch_size=32, grad_accum=3)
+    with pytest.raises(FileNotFoundError, match="teacher_path"):
+        LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tmp_path / "missing"))).fit(tiny_dataset.samples("train"), [])
+    with pytest.raises(ValueError, match="CUDA"):
+        LeaderTeacher(tiny_dataset, TeacherConfig(precision="bf16"))
+
+
+def test_unknown_lora_targets_are_reported(tiny_dataset, tiny_paths):
+    config = TeacherConfig(teacher_path=str(tiny_paths["encoder"]), lora_targets="q_proj", **TINY)
+    with pytest.raises(ValueError, match="q_proj"):
+        LeaderTeacher(tiny_dataset, config).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
