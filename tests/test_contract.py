@@ -20,11 +20,26 @@ from bench.contract import CapabilityError, ModelConfig
 FAST = {"epochs": 2, "max_steps": 4, "eval_every": 2, "max_length": 64, "patience": 2}
 MODELS = registry.available()
 _fitted: dict = {}
+_teacher: dict = {}  # the tiny random teacher every LLM-backed model uses here, never the real one
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tiny_teacher(tmp_path_factory):
+    from teacher_fixtures import make_tiny_teacher
+
+    _teacher["teacher_path"] = str(make_tiny_teacher(tmp_path_factory.mktemp("teacher")))
+    yield
+    _teacher.clear()
 
 
 def fast_config(model_class):
     fields = {f.name for f in dataclasses.fields(model_class.config_class)}
-    return model_class.config_class.preset("quick", **{k: v for k, v in FAST.items() if k in fields})
+    overrides = {k: v for k, v in FAST.items() if k in fields}
+    if "teacher_path" in fields:
+        overrides["teacher_path"] = _teacher["teacher_path"]
+    if "teacher_overrides" in fields:
+        overrides["teacher_overrides"] = {**_teacher, **{k: v for k, v in FAST.items() if k != "epochs"}}
+    return model_class.config_class.preset("quick", **overrides)
 
 
 def fit(name, dataset, seed=0):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 
@@ -150,7 +151,7 @@ def test_oracle_refuses_data_without_latent_conditions(tiny_dataset, cohort):
     with pytest.raises(ValueError, match="synthetic cohort"):
         oracle_proba(tiny_dataset, tiny_dataset.samples("test"))
     sample = cohort.samples("test")[0]
-    stripped = type(sample)(**{**sample.__dict__, "conditions": ()})
+    stripped = dataclasses.replace(sample, conditions=())
     with pytest.raises(ValueError, match=f"sample {re.escape(sample.sample_id)} has none"):
         oracle_proba(cohort, [stripped])
 
