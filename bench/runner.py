@@ -50,11 +50,6 @@ class _Planned:
     key: str
 
 
-def entries_for_models(names: Sequence[str]) -> list[Entry]:
-    """``bench run``'s entries: one per model, labelled by its registry name."""
-    return [Entry(name, name) for name in names]
-
-
 def _plan(dataset: PreparedDataset, entries: Sequence[Entry], seed: int, preset: str, protocol: str) -> list[_Planned]:
     """Resolve every model and config before anything trains, so a typo fails in a second, not an hour in."""
     if not entries:

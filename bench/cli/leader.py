@@ -8,7 +8,6 @@ the teacher cache), and its results are stored like any ``bench run``.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ from rich.table import Table
 
 from bench.cli import main
 from bench.cli.data import dataset_from_options, dataset_options
+from bench.cli.run import parse_settings
 from bench.contract import PRESETS
 from bench.evaluate import GROUPS
 from bench.results import RunFolder, run_id_for, write_json
@@ -39,20 +39,6 @@ STRATEGIES = {
     "projector-kd": ("projector KD", {"kd": "projector"}),
 }
 SWEEP_PARAMETERS = ("alpha", "beta")
-
-
-def parse_settings(settings: Sequence[str]) -> dict:
-    """``KEY=VALUE`` pairs; a VALUE that parses as JSON is taken as such (numbers, booleans, objects)."""
-    out = {}
-    for setting in settings:
-        key, sep, raw = setting.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{setting!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def parse_list(raw: str, known: dict | None, option: str) -> list[str]:
