@@ -33,6 +33,13 @@ Deliberate differences from the published code:
 - The BCE of eq. 2 is averaged over samples and medications (``BCEWithLogitsLoss``, as the published code),
   a constant factor away from the paper's sum. AdamW with a linear decay to zero over ``max_steps`` and no
   warm-up, the Hugging Face Trainer defaults the published code ran with.
+- ``head_bias`` (default on): the head is ``sigmoid(W_CLS h + b)`` with ``b`` initialised to the log-odds
+  of each medication's prevalence in the training targets, so the untrained teacher already ranks like the
+  most-frequent predictor and the short CPU budget is spent on patient-specific signal instead of on moving
+  ``W_CLS h`` to the base rates. ``head_bias=False`` gives eq. 1 as published (no bias).
+- ``head_lr_multiplier``: the freshly initialised head learns at ``lr x head_lr_multiplier``, the LoRA
+  weights (which start as a small perturbation of a pretrained model) at ``lr``. 1.0 = the paper's single
+  learning rate.
 - ``batch_size`` counts samples per optimizer step (the paper's 32, reached in the published script as 4
   per GPU x 4 GPUs x 2 accumulation steps); ``grad_accum`` splits it into micro-batches.
 """
@@ -113,16 +120,23 @@ class TeacherConfig(ModelConfig):
     gradient_checkpointing: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on CUDA only)
     eval_batch_size: int = 64
+    head_bias: bool = True  # not in eq. 1: b initialised to the training log-odds; False = the paper's head
+    head_lr_multiplier: float = 1.0  # head learning rate = lr x this; 1.0 = the paper's single lr
 
-    # 2-core CPU: synthetic prompts have a median of ~350 MiniLM tokens, a 16 x 128-token step costs ~5-8 s of
-    # CPU; 60 steps are too few for lr 2e-4 to move the fresh head far, hence 1e-3
-    QUICK: ClassVar[dict] = {"max_length": 128, "batch_size": 16, "max_steps": 60, "eval_every": 20, "patience": 2, "lr": 1e-3}
+    # 2-core CPU: a 16 x 128-token LoRA step of MiniLM costs ~1.6 s on a quiet machine; 60 steps (+ 3 validation
+    # passes) take ~4-5 min. Few steps, hence lr 1e-3 and a 10x faster head (synthetic cohort: test PRAUC 0.60
+    # vs 0.51 for the most-frequent predictor; without bias and head rate: 0.51)
+    QUICK: ClassVar[dict] = {
+        "max_length": 128, "batch_size": 16, "max_steps": 60, "eval_every": 20, "patience": 2, "lr": 1e-3, "head_lr_multiplier": 10.0,
+    }
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"leader_t pooling {self.pooling!r}; expected one of {POOLINGS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"leader_t precision {self.precision!r}; expected one of {tuple(PRECISIONS)}")
+        if self.head_lr_multiplier <= 0:
+            raise ValueError(f"leader_t head_lr_multiplier {self.head_lr_multiplier} must be positive")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"leader_t batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
 
@@ -201,13 +215,24 @@ def is_decoder_only(model_type: str) -> bool:
 class TeacherNetwork(nn.Module):
     """Base model (with LoRA adapters) -> pooled last-layer state h -> W_CLS h (eq. 1, logits)."""
 
-    def __init__(self, backbone: nn.Module, forward_kwargs: set[str], hidden_size: int, n_medications: int, pooling: str, init_std: float):
+    def __init__(
+        self, backbone: nn.Module, forward_kwargs: set[str], hidden_size: int, n_medications: int, pooling: str, init_std: float, head_bias: bool
+    ):
         super().__init__()
         self.backbone = backbone
         self.forward_kwargs = forward_kwargs
         self.pooling = pooling
-        self.head = nn.Linear(hidden_size, n_medications, bias=False)
+        self.head = nn.Linear(hidden_size, n_medications, bias=head_bias)
         nn.init.normal_(self.head.weight, std=init_std)
+        if head_bias:
+            nn.init.zeros_(self.head.bias)
+
+    @torch.no_grad()
+    def set_base_rates(self, targets: torch.Tensor) -> None:
+        """Head bias = log-odds of each medication's training prevalence, smoothed ((k + 0.5) / (n + 1)) so
+        a medication never or always prescribed gets a finite bias."""
+        prevalence = (targets.sum(dim=0) + 0.5) / (targets.shape[0] + 1.0)
+        self.head.bias.copy_(torch.logit(prevalence).to(self.head.bias.device, self.head.bias.dtype))
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         extra = {}
@@ -293,6 +318,7 @@ class LeaderTeacher(MedRecModel):
             self.dataset.n_medications,
             pooling,
             init_std=getattr(text_config, "initializer_range", 0.02),
+            head_bias=config.head_bias,
         )
         network.head.to(self.device)
         limits = [config.max_length, getattr(text_config, "max_position_embeddings", None), tokenizer.model_max_length]
@@ -364,8 +390,14 @@ class LeaderTeacher(MedRecModel):
         started = time.perf_counter()
         train_ids, val_ids = self._token_ids(train), self._token_ids(val)
         targets = target_tensor(train, self.dataset.n_medications)
-        trainable = [p for p in network.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        if config.head_bias:
+            network.set_base_rates(targets)
+        head = list(network.head.parameters())
+        lora = [p for p in network.backbone.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            [{"params": lora, "lr": config.lr}, {"params": head, "lr": config.lr * config.head_lr_multiplier}],
+            weight_decay=config.weight_decay,
+        )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / config.max_steps))
         scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         micro = config.batch_size // config.grad_accum

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.registry import get
+from bench.training import target_tensor
 from leader.teacher import LeaderTeacher, TeacherConfig, last_token_index, obtain_teacher, pool_hidden_states
 from teacher_fixtures import HIDDEN_SIZE, make_tiny_teacher
 
@@ -79,11 +80,40 @@ def test_only_lora_and_head_are_trainable(request, kind, lora_suffixes):
     teacher = request.getfixturevalue(f"{kind}_teacher")
     parameters = dict(teacher.network.named_parameters())
     trainable = {name for name, p in parameters.items() if p.requires_grad}
-    assert trainable == {name for name in parameters if ".lora_A." in name or ".lora_B." in name} | {"head.weight"}
+    assert trainable == {name for name in parameters if ".lora_A." in name or ".lora_B." in name} | {"head.weight", "head.bias"}
     adapted = {name.split(".lora_")[0] for name in trainable if ".lora_" in name}
     assert all(any(module.endswith(suffix) for module in adapted) for suffix in lora_suffixes)
     assert len(adapted) == 2 * {"encoder": 6, "decoder": 7}[kind]  # 2 layers x each adapted projection
-    assert teacher.hidden_size == HIDDEN_SIZE and teacher.network.head.bias is None
+    assert teacher.hidden_size == HIDDEN_SIZE
+
+
+def test_head_bias_starts_at_training_log_odds_and_the_paper_head_has_none(tiny_dataset, tiny_paths):
+    train = tiny_dataset.samples("train")
+    targets = target_tensor(train, tiny_dataset.n_medications)
+    teacher = LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tiny_paths["encoder"]), **TINY))
+    teacher._build()
+    teacher.network.set_base_rates(targets)
+    with torch.no_grad():
+        teacher.network.head.weight.zero_()  # only the bias left: every patient gets the base rates
+    expected = (targets.sum(0) + 0.5) / (len(train) + 1.0)
+    proba = teacher.predict_proba(tiny_dataset.samples("test"))
+    np.testing.assert_allclose(proba, np.tile(expected.numpy(), (len(proba), 1)), rtol=1e-5)
+    assert np.argsort(-proba[0], kind="stable").tolist() == np.argsort(-targets.mean(0).numpy(), kind="stable").tolist()
+
+    paper = LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tiny_paths["encoder"]), head_bias=False, **TINY))
+    paper._build()
+    assert paper.network.head.bias is None
+
+
+def test_head_learns_at_its_own_rate(tiny_dataset, tiny_paths, monkeypatch):
+    groups = []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: groups.extend(dict(g) for g in params) or adamw(params, **kw))
+    teacher = fitted(tiny_dataset, tiny_paths["encoder"], seed=5, lr=1e-3, head_lr_multiplier=10.0)
+    lora, head = groups
+    assert lora["lr"] == 1e-3 and head["lr"] == 1e-2
+    assert {id(p) for p in head["params"]} == {id(teacher.network.head.weight), id(teacher.network.head.bias)}
+    assert all(p.requires_grad for p in lora["params"]) and len(lora["params"]) == 2 * 2 * 6  # A, B x 2 layers x 6
 
 
 def test_save_load_round_trip_keeps_predictions_and_stores_no_base_weights(tiny_dataset, encoder_teacher, tmp_path):
@@ -149,6 +179,8 @@ def test_config_errors_name_the_option(tiny_dataset, tmp_path):
         TeacherConfig(batch_size=32, grad_accum=3)
     with pytest.raises(FileNotFoundError, match="teacher_path"):
         LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tmp_path / "missing"))).fit(tiny_dataset.samples("train"), [])
+    with pytest.raises(ValueError, match="head_lr_multiplier"):
+        TeacherConfig(head_lr_multiplier=0.0)
     with pytest.raises(ValueError, match="CUDA"):
         LeaderTeacher(tiny_dataset, TeacherConfig(precision="bf16"))
 
