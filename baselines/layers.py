@@ -11,6 +11,7 @@
   sigmoid, from a multi-hot target), :func:`ddi_loss` (``sum_ij p_i p_j A_ij`` per sample).
 - :func:`ddi_rates` / :func:`ddi_rate_of_predictions`: DDI rate of thresholded predictions (per
   sample / pooled, the reference's ``ddi_rate_score``), which drives the DDI-loss schedules.
+- :func:`ddi_target`: the DDI rate those schedules steer to, by default relative to the data.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from bench.metrics import ddi_rate_of_sets
+from data_prep.dataset import Sample
 
 Reduction = Literal["mean", "none"]
 Normalisation = Literal["row", "symmetric"]
@@ -162,3 +166,17 @@ def ddi_rate_of_predictions(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> f
     interacting, pairs = _ddi_pair_counts(predicted, ddi_adj)
     total = float(pairs.sum())
     return float(interacting.sum()) / total if total > 0 else 0.0
+
+
+# GAMENet and SafeDrug target a DDI rate of 0.06 on MIMIC-III, whose ground-truth rate is about 0.08.
+DDI_TARGET_FRACTION = 0.06 / 0.08
+
+
+def ddi_target(configured: float | None, train: Sequence[Sample], ddi_adj: np.ndarray) -> float:
+    """The DDI rate a DDI-controlled loss steers to: ``configured`` when given (an absolute rate;
+    0.06 reproduces the papers), else :data:`DDI_TARGET_FRACTION` of the training targets'
+    ground-truth rate, so the loss keeps the papers' relation to the data on any cohort (an absolute
+    0.06 never switches the loss on where the ground truth is 0.02)."""
+    if configured is not None:
+        return float(configured)
+    return DDI_TARGET_FRACTION * ddi_rate_of_sets([s.target for s in train], ddi_adj)

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from baselines.gamenet import GAMENet, SimilarPatients
 from baselines.layers import ddi_loss, margin_loss
+from bench.metrics import ddi_rate_of_sets
 
 FAST = dict(epochs=2, dim=16, batch_size=8)
 
@@ -28,6 +29,8 @@ def test_fit_predict_shape_range_and_both_groups(fitted, tiny_dataset):
     assert proba.shape == (len(test), tiny_dataset.n_medications)
     assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
     assert fitted.temperature == pytest.approx(2.0 * 0.85**2)  # annealed once per epoch
+    truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
+    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
 
 
 def test_same_seed_same_probabilities_and_save_load_keeps_the_bank(fitted, tiny_dataset, tmp_path):
@@ -109,6 +112,18 @@ def test_loss_takes_the_ddi_step_only_above_the_target_ddi(tiny_dataset):
     # above the target but cold: exp((target - rate) / T) ~ 0, so the accuracy loss is kept
     model, batch = _all_medications_predicted(tiny_dataset, target_ddi=0.0, initial_temperature=1e-9)
     torch.testing.assert_close(model.loss(batch, epoch=0), expected_accuracy)
+
+
+def test_ddi_step_probability_is_the_mean_per_sample_acceptance(tiny_dataset):
+    model = GAMENet(tiny_dataset, GAMENet.Config(**FAST, target_ddi=0.5), seed=0)
+    model.network = model.build_network()
+    proba = torch.zeros(2, tiny_dataset.n_medications)
+    proba[0, [0, 3]] = 0.9  # the interacting pair 0-3: rate 1, above the target
+    proba[1, [0, 1]] = 0.9  # no interacting pair: rate 0, never a DDI step
+    model.temperature = 1e9
+    assert model.ddi_step_probability(proba) == pytest.approx(0.5)
+    model.temperature = 0.25
+    assert model.ddi_step_probability(proba) == pytest.approx(np.exp(-0.5 / 0.25) / 2)
 
 
 def test_config_rejects_unknown_options():

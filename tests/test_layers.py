@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from baselines.layers import (
     ddi_loss,
     ddi_rate_of_predictions,
     ddi_rates,
+    ddi_target,
     last_step,
     margin_loss,
     masked_softmax,
@@ -115,3 +118,13 @@ def test_ddi_loss_and_rates():
     # pooled: 1 interacting pair out of 3 + 1 + 0 pairs
     assert ddi_rate_of_predictions(predicted, adj) == pytest.approx(0.25)
     assert ddi_rate_of_predictions(torch.zeros(2, 4, dtype=torch.bool), adj) == 0.0
+
+
+def test_ddi_target_is_three_quarters_of_the_training_ground_truth_unless_given():
+    adj = np.zeros((4, 4), dtype=np.uint8)
+    adj[0, 1] = adj[1, 0] = 1
+    # pairs: {0, 1, 2} has 3 with one interacting, {2, 3} has 1 without: pooled rate 1/4
+    train = [SimpleNamespace(target=(0, 1, 2)), SimpleNamespace(target=(2, 3)), SimpleNamespace(target=(3,))]
+    assert ddi_target(None, train, adj) == pytest.approx(0.75 * 0.25)
+    assert ddi_target(0.06, train, adj) == 0.06  # an absolute target (the papers') is kept as given
+    assert ddi_target(None, train[1:], adj) == 0.0

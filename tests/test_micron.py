@@ -5,6 +5,7 @@ import pytest
 
 from baselines.micron import MICRON, AdaptiveLossWeights, select_thresholds, update_medication_sets
 from bench.contract import CapabilityError
+from bench.metrics import ddi_rate_of_sets
 from data_prep.dataset import Visit
 
 FAST = dict(epochs=2, dim=16, batch_size=8)
@@ -27,6 +28,8 @@ def test_fit_predict_shape_range_and_thresholds(fitted, tiny_dataset):
     assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
     assert fitted.add_threshold in MICRON.Config.add_grid and fitted.remove_threshold in MICRON.Config.remove_grid
     assert fitted.fit_report["thresholds"]["add"] == fitted.add_threshold
+    truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
+    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
 
 
 def test_single_visit_samples_are_refused(fitted, tiny_dataset):

@@ -4,6 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from baselines.safedrug import SafeDrug, ddi_loss_weight
+from bench.metrics import ddi_rate_of_sets
 
 FAST = dict(epochs=2, dim=16, batch_size=8)
 
@@ -29,7 +30,7 @@ def test_same_seed_same_probabilities(fitted, tiny_dataset):
 
 
 def test_mpnn_receives_gradients_and_trains(tiny_dataset):
-    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST), seed=0)
+    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, target_ddi=0.06), seed=0)  # no fit to resolve a relative target
     model.network = model.build_network()
     mpnn = model.network.molecules
     names = [name for name, _ in mpnn.named_parameters()]
@@ -92,13 +93,26 @@ def test_loss_is_pure_ddi_far_above_target_and_pure_accuracy_below(tiny_dataset)
             loss = float(model.loss(batch, epoch=0))
         proba = torch.sigmoid(logits)
         if target_ddi < 0:
-            assert loss == pytest.approx(0.0005 * _hand_ddi_loss(proba, tiny_dataset.ddi_adj), rel=1e-5)
+            assert loss == pytest.approx(model.ddi_loss_scale * _hand_ddi_loss(proba, tiny_dataset.ddi_adj), rel=1e-5)
         else:
             margin_target = torch.full(logits.shape, -1, dtype=torch.long)
             for i, s in enumerate(samples):
                 margin_target[i, : len(s.target)] = torch.tensor(s.target)
             bce = F.binary_cross_entropy_with_logits(logits, batch["target"])
             assert loss == pytest.approx(float(0.95 * bce + 0.05 * F.multilabel_margin_loss(proba, margin_target)), rel=1e-5)
+
+
+def test_ddi_loss_scale_follows_the_vocabulary_unless_given(tiny_dataset):
+    assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST)).ddi_loss_scale == pytest.approx(0.0005 * 131 / tiny_dataset.n_medications)
+    assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, ddi_loss_scale=0.0005)).ddi_loss_scale == 0.0005
+
+
+def test_fit_resolves_the_target_ddi_against_the_training_targets(fitted, tiny_dataset):
+    truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
+    assert truth > 0
+    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
+    given = SafeDrug(tiny_dataset, SafeDrug.Config(**{**FAST, "epochs": 1}, target_ddi=0.06), seed=0)
+    assert given.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val")).target_ddi == 0.06
 
 
 def test_padded_batch_scores_like_one_by_one(fitted, tiny_dataset):
