@@ -35,6 +35,10 @@ Deliberate differences from the published code:
   targets' ground-truth DDI rate (``baselines.layers.ddi_target``), the paper's own relation (0.06
   on MIMIC-III, whose ground truth is about 0.08). An absolute 0.06 never switches the DDI loss on
   where the ground truth is lower (synthetic cohort: 0.02). ``target_ddi=0.06`` reproduces the paper.
+  The controller's band follows the target: by default (``kp=None``) ``kp = target * 0.05 / 0.06``,
+  the paper's ratio; an absolute 0.05 over a target of 0.015 would leave the DDI weight near 0.1 at
+  rates well above the ground truth (synthetic cohort: predicted DDI 0.022 against a ground truth of
+  0.019). ``target_ddi=0.06, kp=0.05`` reproduce the paper.
 - DDI-loss scale follows the vocabulary: by default (``ddi_loss_scale=None``)
   ``0.0005 * 131 / |M|``, the reference's 0.0005 at its 131 MIMIC-III medications. The BCE is a
   mean over the |M| medications, so its gradient on one medication shrinks as 1/|M| while the
@@ -81,6 +85,7 @@ from data_prep.dataset import PreparedDataset, Sample
 
 REFERENCE_DDI_LOSS_SCALE = 0.0005  # tuned on MIMIC-III's 131 medications
 REFERENCE_MEDICATIONS = 131
+REFERENCE_KP_PER_TARGET = 0.05 / 0.06  # the paper's kp over its target DDI rate
 
 
 def ddi_loss_weight(batch_ddi_rate: float, target: float, kp: float) -> float:
@@ -181,7 +186,7 @@ class SafeDrug(TorchModel):
         mpnn_layers: int = 2
         molecule_pooling: str = "mean"  # atoms -> molecule; "sum" is the published code's choice
         target_ddi: float | None = None  # None: 0.75 x the training ground truth; 0.06: the paper
-        kp: float = 0.05  # DDI rate above target at which the loss becomes pure DDI
+        kp: float | None = None  # rate above target where the loss is pure DDI; None: target * 0.05 / 0.06
         ddi_loss_scale: float | None = None  # factor on sum_ij p_i p_j A_ij; None: 0.0005 * 131 / |M|
 
         QUICK: ClassVar[dict] = {"epochs": 5}
@@ -195,14 +200,16 @@ class SafeDrug(TorchModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.target_ddi = self.config.target_ddi  # resolved against the training data by fit
+        self.kp = self.config.kp
         self.ddi_loss_scale = self.config.ddi_loss_scale
         if self.ddi_loss_scale is None:
             self.ddi_loss_scale = REFERENCE_DDI_LOSS_SCALE * REFERENCE_MEDICATIONS / self.dataset.n_medications
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "SafeDrug":
         self.target_ddi = ddi_target(self.config.target_ddi, train, self.dataset.ddi_adj)
+        self.kp = self.config.kp if self.config.kp is not None else REFERENCE_KP_PER_TARGET * self.target_ddi
         super().fit(train, val)
-        self.fit_report["target_ddi"] = self.target_ddi
+        self.fit_report["target_ddi"], self.fit_report["kp"] = self.target_ddi, self.kp
         return self
 
     def build_network(self) -> nn.Module:
@@ -230,7 +237,7 @@ class SafeDrug(TorchModel):
         proba = torch.sigmoid(logits)
         accuracy = 0.95 * F.binary_cross_entropy_with_logits(logits, batch["target"]) + 0.05 * margin_loss(proba, batch["target"])
         rate = ddi_rate_of_predictions(proba.detach() >= self.config.threshold, self.ddi_adj)
-        weight = ddi_loss_weight(rate, self.target_ddi, self.config.kp)
+        weight = ddi_loss_weight(rate, self.target_ddi, self.kp)
         if weight == 0.0:
             return accuracy
         return (1.0 - weight) * accuracy + weight * self.ddi_loss_scale * ddi_loss(proba, self.ddi_adj)

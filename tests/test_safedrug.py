@@ -30,7 +30,7 @@ def test_same_seed_same_probabilities(fitted, tiny_dataset):
 
 
 def test_mpnn_receives_gradients_and_trains(tiny_dataset):
-    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, target_ddi=0.06), seed=0)  # no fit to resolve a relative target
+    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, target_ddi=0.06, kp=0.05), seed=0)  # no fit resolves them
     model.network = model.build_network()
     mpnn = model.network.molecules
     names = [name for name, _ in mpnn.named_parameters()]
@@ -111,8 +111,10 @@ def test_fit_resolves_the_target_ddi_against_the_training_targets(fitted, tiny_d
     truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
     assert truth > 0
     assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
-    given = SafeDrug(tiny_dataset, SafeDrug.Config(**{**FAST, "epochs": 1}, target_ddi=0.06), seed=0)
-    assert given.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val")).target_ddi == 0.06
+    assert fitted.kp == fitted.fit_report["kp"] == pytest.approx(fitted.target_ddi * 0.05 / 0.06)
+    given = SafeDrug(tiny_dataset, SafeDrug.Config(**{**FAST, "epochs": 1}, target_ddi=0.06, kp=0.05), seed=0)
+    given.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    assert (given.target_ddi, given.kp) == (0.06, 0.05)
 
 
 def test_padded_batch_scores_like_one_by_one(fitted, tiny_dataset):
