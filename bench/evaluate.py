@@ -1,4 +1,4 @@
-"""Bootstrap evaluation by patient group, significance tests and teacher retention (DESIGN.md, Evaluation).
+"""Bootstrap evaluation by patient group, significance tests and teacher retention (README, "Protocol and metrics").
 
 Per-sample metrics are computed once per model (:func:`bench.metrics.per_sample_metrics`); a bootstrap
 round then only picks rows and averages (:func:`bench.metrics.aggregate`), so ten rounds cost nothing.
@@ -121,6 +121,32 @@ def significance(
                     "p": t_test(mine[metric]["values"], theirs["values"], paired=paired),
                     "improves": mine[metric]["mean"] > theirs["mean"],
                 }
+    return out
+
+
+def against_reference(
+    summary: Mapping[str, Mapping[str, Mapping[str, dict] | None]],
+    reference: str,
+    others: Sequence[str],
+    paired: bool = True,
+    metrics: Sequence[str] = HIGHER_IS_BETTER,
+) -> dict:
+    """Each of ``others`` against one ``reference`` label (an ablation against its full model):
+    label -> group -> metric -> {"delta": reference mean - its mean, "p": t-test p-value or None}."""
+    out: dict = {}
+    for label in others:
+        out[label] = {}
+        for group in GROUPS:
+            mine, theirs = summary[label].get(group), summary[reference].get(group)
+            if mine is None or theirs is None:
+                continue
+            out[label][group] = {
+                metric: {
+                    "delta": theirs[metric]["mean"] - mine[metric]["mean"],
+                    "p": t_test(theirs[metric]["values"], mine[metric]["values"], paired=paired),
+                }
+                for metric in metrics
+            }
     return out
 
 

@@ -1,4 +1,4 @@
-"""Efficiency (DESIGN.md, Efficiency): parameters, training time, inference latency, peak memory.
+"""Efficiency (README, "Benchmarks"): parameters, training time, inference latency, peak memory.
 
 Every measurement of a model runs in a fresh process (multiprocessing "spawn"), so one model's
 allocations, caches and thread pools never inflate another's figures. Training, when the weights do

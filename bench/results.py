@@ -1,4 +1,4 @@
-"""The run folder (DESIGN.md, Results): layout, atomic writes, environment capture, resume bookkeeping.
+"""The run folder (README, "Results"): layout, atomic writes, environment capture, resume bookkeeping.
 
 ```
 results/<run-id>/
@@ -7,7 +7,8 @@ results/<run-id>/
   models/<label>.pt           weights (MedRecModel.save) + models/<label>.config.json
   predictions/<label>.npz     test probabilities, predicted sets (multi-hot), sample ids, served mask, entry key
   metrics/<label>.json        per group, per metric, the value of each bootstrap round; fit report
-  summary.json                per model, per group, per metric: mean, std, values; p-values; retention
+  summary.json                per model, per group, per metric: mean, std, values; p-values; retention;
+                              versus_full (ablate: the full model's lead over each variant, paired p)
 ```
 Every file is written to a temporary sibling and moved into place with ``os.replace``, so a killed run
 leaves either the old file or the new one. Predictions are written last for an entry and carry the

@@ -31,6 +31,7 @@ from data_prep.dataset import PROTOCOLS, PreparedDataset, Sample
 
 PROPOSED_MODELS = ("leader_t", "leader_s")
 TEACHER_MODEL = "leader_t"
+STUDENT_MODEL = "leader_s"
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,8 @@ def run_entries(
             )
 
     models = summarise(rounds_by_label)
+    # every student entry (an ablation's variants too) and every other proposed label
+    students = [label for label in dict.fromkeys([*(p.entry.label for p in plans if p.entry.model == STUDENT_MODEL), *proposed]) if label != teacher]
     summary = {
         "run": str(folder.root),
         "dataset": dataset.name,
@@ -233,7 +236,7 @@ def run_entries(
         "models": models,
         "significance": significance(models, proposed, paired=paired),
         "teacher": teacher,
-        "retention": retention(models, teacher, [label for label in proposed if label != teacher]) if teacher else {},
+        "retention": retention(models, teacher, students) if teacher else {},
         "train_seconds": {label: report.get("train_seconds") for label, report in fit_reports.items()},
     }
     write_json(folder.summary_path, summary)

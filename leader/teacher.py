@@ -56,6 +56,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -206,6 +207,16 @@ def lora_target_modules(model: nn.Module, requested: str = "auto") -> list[str]:
     )
 
 
+def peft_model(base: nn.Module, lora) -> nn.Module:
+    """``peft.get_peft_model``, without the FutureWarning that peft's own probe of the deprecated
+    ``is_gradient_checkpointing`` property raises in recent transformers on every teacher load."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(base, lora)
+
+
 def is_decoder_only(model_type: str) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -282,7 +293,7 @@ class LeaderTeacher(MedRecModel):
 
     def _build(self) -> None:
         """Load tokenizer and base model offline, add LoRA adapters and the classification head."""
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
         from transformers import AutoModel, AutoTokenizer
 
         config = self.config
@@ -312,7 +323,7 @@ class LeaderTeacher(MedRecModel):
         if pooling == "auto":
             pooling = "last" if is_decoder_only(text_config.model_type) else "mean"
         network = TeacherNetwork(
-            get_peft_model(base, lora),
+            peft_model(base, lora),
             forward_kwargs,
             text_config.hidden_size,
             self.dataset.n_medications,

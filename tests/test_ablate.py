@@ -40,7 +40,10 @@ def test_ablation_runs_the_chosen_variants_with_one_teacher(tiny_cli, teacher_se
     invoke(tiny_cli, args)
     summary = json.loads((tmp_path / "ablation" / "summary.json").read_text())
     assert list(summary["models"]) == ["LEADER(T)", "LEADER(S)", "w/o KD", "w/o align", "temperature KD"]
-    assert set(summary["retention"]) == {"LEADER(S)"}
+    assert set(summary["retention"]) == {"LEADER(S)", "w/o KD", "w/o align", "temperature KD"}  # every variant
+    assert set(summary["versus_full"]) == {"w/o KD", "w/o align", "temperature KD"}
+    full, no_kd = (summary["models"][label]["overall"]["prauc"]["mean"] for label in ("LEADER(S)", "w/o KD"))
+    assert summary["versus_full"]["w/o KD"]["overall"]["prauc"]["delta"] == pytest.approx(full - no_kd)
     assert summary["significance"]["LEADER(S)"]["overall"]["prauc"]["against"] in {"w/o KD", "w/o align", "temperature KD"}
     entries = {e["label"]: e["config"] for e in json.loads((tmp_path / "ablation" / "config.json").read_text())["entries"]}
     assert (entries["w/o KD"]["kd"], entries["w/o align"]["align"], entries["temperature KD"]["kd"]) == ("none", False, "temperature")

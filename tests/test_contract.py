@@ -1,4 +1,4 @@
-"""The contract every registered model meets (DESIGN.md, The model contract), run on ``tiny_dataset``.
+"""The contract every registered model meets (README, "Your own model"), run on ``tiny_dataset``.
 
 Parametrised over the registry: a model that is registered but fails to import fails here, it is
 never skipped. Each model trains once per configuration with a fast config (``FAST``), shared by the

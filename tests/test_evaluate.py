@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.evaluate import bootstrap_draws, bootstrap_model, describe, retention, significance, summarise, t_test
+from bench.evaluate import against_reference, bootstrap_draws, bootstrap_model, describe, retention, significance, summarise, t_test
 
 GROUPS_OF_SAMPLES = ["multi"] * 7 + ["single"] * 3
 
@@ -100,3 +100,12 @@ def test_retention_is_the_student_mean_as_a_percentage_of_the_teacher():
     result = retention(summary, "teacher", ["student", "hist"], metrics=("prauc", "jaccard"))
     assert result["student"]["overall"] == {"prauc": pytest.approx(75.0), "jaccard": pytest.approx(75.0)}
     assert "single" not in result["hist"] and result["hist"]["multi"]["prauc"] == pytest.approx(50.0)
+
+
+def test_against_reference_gives_the_reference_lead_and_a_paired_p_value():
+    summary = summary_of(full=A, variant=B, hist=[0.4] * 5)
+    result = against_reference(summary, "full", ["variant", "hist"], metrics=("prauc",))
+    cell = result["variant"]["single"]["prauc"]
+    assert cell["delta"] == pytest.approx(np.mean(A) - np.mean(B))
+    assert cell["p"] == pytest.approx(stats.ttest_rel(A, B).pvalue)
+    assert "single" not in result["hist"]  # no cell where either side cannot serve the group

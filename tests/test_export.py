@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -37,3 +38,25 @@ def test_vocabulary_pickle_needs_no_medrec_bench(tiny_dataset, tmp_path):
     out = subprocess.run([sys.executable, "-I", "-c", script, str(tmp_path / "voc_final.pkl")], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tiny_dataset.n_medications)
+
+
+def test_reference_style_reading_gives_the_harness_samples(tiny_dataset, tmp_path):
+    """Read as the reference scripts do (positional split, per-visit [diag, proc, med] lists, vocabulary
+    sizes from voc_final, SMILES per med_voc index): the same patients, visits and codes as our samples."""
+    export_safedrug(tiny_dataset, tmp_path)
+    records = dill.load(open(tmp_path / "records_final.pkl", "rb"))
+    voc = dill.load(open(tmp_path / "voc_final.pkl", "rb"))
+    counts = json.loads((tmp_path / "split.json").read_text())["patients"]
+    sizes = [len(voc[name].idx2word) for name in ("diag_voc", "pro_voc", "med_voc")]
+    assert all(0 <= code < size for patient in records for visit in patient for codes, size in zip(visit, sizes) for code in codes)
+    smiles = dill.load(open(tmp_path / "atc3toSMILES.pkl", "rb"))
+    assert [smiles[voc["med_voc"].idx2word[i]] for i in range(sizes[2])] == [list(s) for s in tiny_dataset.smiles]
+    start = 0
+    for part in ("train", "val", "test"):
+        chunk = records[start : start + counts[part]]
+        start += counts[part]
+        samples = tiny_dataset.samples(part)  # last-visit protocol: one sample per patient, its last visit
+        assert [patient[-1][2] for patient in chunk] == [list(s.target) for s in samples]
+        assert [patient[-1][0] for patient in chunk] == [list(s.diagnoses) for s in samples]
+        assert [[visit[2] for visit in patient[:-1]] for patient in chunk] == [[list(v.medications) for v in s.history] for s in samples]
+    assert start == len(records)

@@ -66,12 +66,11 @@ def test_medication_without_molecules_is_not_stuck_at_one_half(fitted, tiny_data
 
 
 def test_ddi_loss_weight_reacts_to_target():
-    assert ddi_loss_weight(0.03, target=0.06, kp=0.05) == 0.0  # below target: pure accuracy loss
-    assert ddi_loss_weight(0.06, target=0.06, kp=0.05) == 0.0
-    assert ddi_loss_weight(0.085, target=0.06, kp=0.05) == pytest.approx(0.5)
-    assert ddi_loss_weight(0.20, target=0.06, kp=0.05) == 1.0  # far above: pure DDI loss, never negative
-    # the same batch rate weighs more on DDI the lower the target
-    rates = [ddi_loss_weight(0.09, target=t, kp=0.05) for t in (0.08, 0.06, 0.04)]
+    weights = ddi_loss_weight(torch.tensor([0.03, 0.06, 0.085, 0.20]), target=0.06, kp=0.05)
+    # below or at target: pure accuracy loss; half-way through the band: 0.5; far above: pure DDI, never negative
+    assert weights.tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0])
+    # the same rate weighs more on DDI the lower the target
+    rates = [float(ddi_loss_weight(torch.tensor(0.09), target=t, kp=0.05)) for t in (0.08, 0.06, 0.04)]
     assert rates[0] < rates[1] < rates[2]
 
 
@@ -103,7 +102,7 @@ def test_loss_is_pure_ddi_far_above_target_and_pure_accuracy_below(tiny_dataset)
 
 
 def test_ddi_loss_scale_follows_the_vocabulary_unless_given(tiny_dataset):
-    assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST)).ddi_loss_scale == pytest.approx(0.0005 * 131 / tiny_dataset.n_medications)
+    assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST)).ddi_loss_scale == pytest.approx(10 * 0.0005 * 131 / tiny_dataset.n_medications)
     assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, ddi_loss_scale=0.0005)).ddi_loss_scale == 0.0005
 
 
@@ -111,10 +110,9 @@ def test_fit_resolves_the_target_ddi_against_the_training_targets(fitted, tiny_d
     truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
     assert truth > 0
     assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
-    assert fitted.kp == fitted.fit_report["kp"] == pytest.approx(fitted.target_ddi * 0.05 / 0.06)
     given = SafeDrug(tiny_dataset, SafeDrug.Config(**{**FAST, "epochs": 1}, target_ddi=0.06, kp=0.05), seed=0)
     given.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
-    assert (given.target_ddi, given.kp) == (0.06, 0.05)
+    assert given.target_ddi == 0.06
 
 
 def test_padded_batch_scores_like_one_by_one(fitted, tiny_dataset):
@@ -125,3 +123,31 @@ def test_padded_batch_scores_like_one_by_one(fitted, tiny_dataset):
     batch = list(by_length.values())
     alone = np.concatenate([fitted.predict_proba([s]) for s in batch])
     np.testing.assert_allclose(fitted.predict_proba(batch), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_each_sample_mixes_its_losses_by_its_own_ddi_rate(tiny_dataset):
+    """The reference steps one visit at a time, so beta is per visit: a batch averages per-sample mixes."""
+    samples = tiny_dataset.samples("train")[:3]
+    adj = tiny_dataset.ddi_adj
+    a, b = np.argwhere(adj > 0)[0]  # an interacting pair
+    c = next(m for m in range(len(adj)) if m not in (a, b) and adj[a, m] == 0 and adj[b, m] == 0)
+    logits = torch.full((3, len(adj)), -4.0)
+    logits[0, [a, b]] = 2.0  # rate 1: pure DDI loss
+    logits[1, [a, c]] = 2.0  # rate 0: pure accuracy loss
+    logits[2, [a, b, c]] = 2.0  # rate 1/3 with target 0.1, kp 0.4: DDI weight 7/12
+    model = SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, target_ddi=0.1, kp=0.4), seed=0)
+    model.network = model.build_network()  # sets the DDI adjacency the loss reads
+    model.logits = lambda batch: logits
+    batch = model.collate(samples)
+    loss = float(model.loss(batch, epoch=0))
+    proba = torch.sigmoid(logits)
+    expected = []
+    for i, (s, weight) in enumerate(zip(samples, (1.0, 0.0, (1 / 3 - 0.1) / 0.4))):
+        margin_target = torch.full((1, len(adj)), -1, dtype=torch.long)
+        margin_target[0, : len(s.target)] = torch.tensor(s.target)
+        accuracy = 0.95 * float(F.binary_cross_entropy_with_logits(logits[i], batch["target"][i])) + 0.05 * float(
+            F.multilabel_margin_loss(proba[i : i + 1], margin_target)
+        )
+        ddi = model.ddi_loss_scale * _hand_ddi_loss(proba[i : i + 1], adj)
+        expected.append((1 - weight) * accuracy + weight * ddi)
+    assert loss == pytest.approx(float(np.mean(expected)), rel=1e-5)

@@ -19,7 +19,7 @@ from bench.cli import main
 from bench.cli.data import dataset_from_options, dataset_options
 from bench.cli.run import parse_settings
 from bench.contract import PRESETS
-from bench.evaluate import GROUPS
+from bench.evaluate import GROUPS, against_reference
 from bench.results import RunFolder, run_id_for, write_json
 from bench.runner import Entry, run_entries
 from data_prep.dataset import PROTOCOLS
@@ -93,12 +93,20 @@ def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_
 
 
 def prauc_table(summary: dict, title: str) -> Table:
+    """PRAUC by group; in an ablation also the full model's lead over each variant and its p-value."""
+    versus = summary.get("versus_full", {})
     table = Table(title=title)
     table.add_column("entry")
     for group in GROUPS:
         table.add_column(f"PRAUC {group}", justify="right")
+    if versus:
+        table.add_column(f"{FULL_STUDENT} - entry, overall (p)", justify="right")
     for label, groups in summary["models"].items():
         cells = [f"{groups[g]['prauc']['mean']:.4f} ± {groups[g]['prauc']['std']:.4f}" if groups.get(g) else "-" for g in GROUPS]
+        if versus:
+            test = versus.get(label, {}).get("overall", {}).get("prauc")
+            p = "n/a" if test is None or test["p"] is None else f"{test['p']:.3g}"
+            cells.append("" if test is None else f"{test['delta']:+.4f} ({p})")
         table.add_row(label, *cells)
     return table
 
@@ -118,6 +126,9 @@ def ablate(family, preset, seed, rounds, protocol, settings, results_dir, run_id
     arguments = dict(command="ablate", family=family, preset=preset, seed=seed, rounds=rounds, protocol=protocol, settings=common,
                      results_dir=results_dir, run_id=run_id, device=device, drops=drops, compare=strategies, with_teacher=with_teacher)
     summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs)
+    variants = [e.label for e in entries if e.label not in (FULL_STUDENT, TEACHER)]
+    summary["versus_full"] = against_reference(summary["models"], FULL_STUDENT, variants, paired=summary["paired"])
+    write_json(RunFolder(run_dir).summary_path, summary)
     Console().print(prauc_table(summary, f"LEADER ablation ({run_dir})"))
 
 
