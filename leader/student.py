@@ -92,6 +92,7 @@ class StudentConfig(ModelConfig):
     tau: float = 1.0
     align_include_positive: bool = False  # False: eq. 11's denominator (j != i); True: CLIP's
     teacher_preset: str = "paper"  # the teacher is obtained with the student's own preset
+    teacher_seed: int | None = None  # None: the student's seed; fixed: students of several seeds share one teacher
     teacher_overrides: dict = field(default_factory=dict)
 
     QUICK: ClassVar[dict] = {"epochs": 15, "batch_size": 16, "patience": 5}
@@ -320,12 +321,16 @@ class LeaderStudent(TorchModel):
             heads["medication_projection"] = nn.Linear(d, d, bias=False)
         return heads
 
+    @property
+    def teacher_seed(self) -> int:
+        return self.seed if self.config.teacher_seed is None else self.config.teacher_seed
+
     def load_teacher_targets(self, train: Sequence[Sample], val: Sequence[Sample]) -> np.ndarray:
         """The teacher's hidden states or probabilities for the training samples, once per fit."""
         from leader.teacher import TeacherConfig, obtain_teacher
 
         teacher_config = TeacherConfig.preset(self.config.teacher_preset, **self.config.teacher_overrides)
-        teacher = obtain_teacher(self.dataset, train, val, teacher_config, self.seed, device=str(self.device))
+        teacher = obtain_teacher(self.dataset, train, val, teacher_config, self.teacher_seed, device=str(self.device))
         if self.config.kd in HIDDEN_STATE_MODES:
             targets = np.asarray(teacher.hidden_states(train), dtype=np.float32)
             expected = (len(train), teacher.hidden_size)

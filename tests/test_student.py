@@ -194,3 +194,11 @@ def test_bad_options_and_inputs_get_clear_errors(tiny_dataset, splits):
         model.collate([bad])
     with pytest.raises(ValueError, match="profile values"):
         model.collate([dataclasses.replace(splits[0][0], profile=(99, 0))])
+
+
+def test_the_teacher_seed_defaults_to_the_students_and_can_be_fixed(tiny_dataset, splits, fake_teacher):
+    """Students of several seeds can share one teacher (training-seed spread of the student alone)."""
+    train, val, _ = splits
+    LeaderStudent(tiny_dataset, quick(epochs=1), seed=3).fit(train[:6], val)
+    LeaderStudent(tiny_dataset, quick(epochs=1, teacher_seed=0), seed=5).fit(train[:6], val)
+    assert [call[-1] for call in fake_teacher.calls if call[0] == "obtain"] == [3, 0]
