@@ -388,8 +388,16 @@ class LeaderTeacher(MedRecModel):
 
     # ----- contract ---------------------------------------------------------------------------
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "LeaderTeacher":
+        """Fine-tune, or load the weights the disk cache holds for the same data, config, seed and base model
+        (so a ``leader_t`` entry of a run and every student share one fine-tuning)."""
         if not train:
             raise ValueError("leader_t: no training sample")
+        cached = self.cache_path(train, val)
+        if cached.exists() and cached.with_suffix(".config.json").exists():
+            payload = torch.load(cached, map_location=self.device, weights_only=True)
+            self.set_state(payload["state"])
+            self.fit_report = {**payload["fit_report"], "loaded_from": str(cached)}
+            return self
         seed_everything(self.seed)
         self._build()
         self.fit_report = self._train(train, val)
@@ -544,9 +552,12 @@ class LeaderTeacher(MedRecModel):
     def cache_key(self, train: Sequence[Sample], val: Sequence[Sample]) -> str:
         return teacher_cache_key(self.dataset, self.config, self.seed, train, val, self.base_fingerprint)
 
+    def cache_path(self, train: Sequence[Sample], val: Sequence[Sample]) -> Path:
+        return cache_root() / "teachers" / self.cache_key(train, val) / TEACHER_FILE
+
     def save_to_cache(self, train: Sequence[Sample], val: Sequence[Sample]) -> Path:
-        """Store the fitted teacher so :func:`obtain_teacher` (e.g. for the student) reuses it."""
-        final = cache_root() / "teachers" / self.cache_key(train, val)
+        """Store the fitted teacher so a later ``fit`` on the same data and config (e.g. the student's) loads it."""
+        final = self.cache_path(train, val).parent
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
@@ -583,8 +594,4 @@ def obtain_teacher(
 ) -> LeaderTeacher:
     """A fitted teacher: loaded from the disk cache when fine-tuned before on the same data, config and seed;
     otherwise fine-tuned now (and stored, by ``fit``)."""
-    teacher = LeaderTeacher(dataset, config, seed=seed, device=device)
-    path = cache_root() / "teachers" / teacher.cache_key(train, val) / TEACHER_FILE
-    if path.exists() and path.with_suffix(".config.json").exists():
-        return LeaderTeacher.load(path, dataset, device=device)
-    return teacher.fit(train, val)
+    return LeaderTeacher(dataset, config, seed=seed, device=device).fit(train, val)

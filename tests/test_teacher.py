@@ -160,6 +160,10 @@ def test_obtain_teacher_fine_tunes_once(tiny_dataset, tiny_paths, monkeypatch):
     again = obtain_teacher(tiny_dataset, train, val, config, seed=11)
     np.testing.assert_array_equal(again.predict_proba(test), first.predict_proba(test))
     assert again.fit_report["best_step"] == first.fit_report["best_step"]
+    # a run's leader_t entry calls fit directly: it loads the same cached weights
+    entry = LeaderTeacher(tiny_dataset, config, seed=11).fit(train, val)
+    np.testing.assert_array_equal(entry.predict_proba(test), first.predict_proba(test))
+    assert entry.fit_report["loaded_from"].endswith("teacher.pt")
 
 
 def test_long_prompts_are_truncated_to_max_length_keeping_the_instruction(tiny_dataset, encoder_teacher):
