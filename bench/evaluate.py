@@ -16,7 +16,7 @@ medications has no overall or single-visit cell (``None``, printed "-").
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -124,6 +124,23 @@ def significance(
     return out
 
 
+def _against_one(
+    summary: Mapping[str, Mapping[str, Mapping[str, dict] | None]],
+    reference: str,
+    labels: Sequence[str],
+    cell: Callable[[Mapping[str, dict], Mapping[str, dict]], dict],
+) -> dict:
+    """label -> group -> ``cell(its group cells, the reference's)``, for the groups both serve."""
+    out: dict = {}
+    for label in labels:
+        out[label] = {}
+        for group in GROUPS:
+            mine, theirs = summary[label].get(group), summary[reference].get(group)
+            if mine is not None and theirs is not None:
+                out[label][group] = cell(mine, theirs)
+    return out
+
+
 def against_reference(
     summary: Mapping[str, Mapping[str, Mapping[str, dict] | None]],
     reference: str,
@@ -133,21 +150,17 @@ def against_reference(
 ) -> dict:
     """Each of ``others`` against one ``reference`` label (an ablation against its full model):
     label -> group -> metric -> {"delta": reference mean - its mean, "p": t-test p-value or None}."""
-    out: dict = {}
-    for label in others:
-        out[label] = {}
-        for group in GROUPS:
-            mine, theirs = summary[label].get(group), summary[reference].get(group)
-            if mine is None or theirs is None:
-                continue
-            out[label][group] = {
-                metric: {
-                    "delta": theirs[metric]["mean"] - mine[metric]["mean"],
-                    "p": t_test(theirs[metric]["values"], mine[metric]["values"], paired=paired),
-                }
-                for metric in metrics
+
+    def cell(mine, theirs):
+        return {
+            metric: {
+                "delta": theirs[metric]["mean"] - mine[metric]["mean"],
+                "p": t_test(theirs[metric]["values"], mine[metric]["values"], paired=paired),
             }
-    return out
+            for metric in metrics
+        }
+
+    return _against_one(summary, reference, others, cell)
 
 
 def retention(
@@ -157,16 +170,8 @@ def retention(
     metrics: Sequence[str] = HIGHER_IS_BETTER,
 ) -> dict:
     """Each student's mean as a percentage of the teacher's, per group and metric (the paper's efficiency claim)."""
-    out: dict = {}
-    for label in students:
-        out[label] = {}
-        for group in GROUPS:
-            mine, theirs = summary[label].get(group), summary[teacher].get(group)
-            if mine is None or theirs is None:
-                continue
-            out[label][group] = {
-                metric: 100.0 * mine[metric]["mean"] / theirs[metric]["mean"]
-                for metric in metrics
-                if theirs[metric]["mean"] > 0
-            }
-    return out
+
+    def cell(mine, theirs):
+        return {metric: 100.0 * mine[metric]["mean"] / theirs[metric]["mean"] for metric in metrics if theirs[metric]["mean"] > 0}
+
+    return _against_one(summary, teacher, students, cell)
