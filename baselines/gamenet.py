@@ -168,7 +168,8 @@ class GAMENet(TorchModel):
         single_visit_memory: str = "similar_patients"  # or "graph": the reference's fact2 = fact1
         similar_patients_k: int = 10
 
-        QUICK: ClassVar[dict] = {"epochs": 5, "temperature_decay": 0.2}  # 0.2^5 ~ 0.85^50: the whole anneal
+        # 25 epochs: the plateau lasts ~15-20; 0.72^25 ~ 0.85^50, the whole anneal
+        QUICK: ClassVar[dict] = {"epochs": 25, "patience": 25, "temperature_decay": 0.72}
 
         def __post_init__(self) -> None:
             if self.gcn_normalisation not in ("row", "symmetric"):

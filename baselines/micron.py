@@ -156,7 +156,7 @@ class MICRON(TorchModel):
         add_grid: tuple = (0.5, 0.6, 0.7, 0.8, 0.9)
         remove_grid: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
 
-        QUICK: ClassVar[dict] = {"epochs": 5}
+        QUICK: ClassVar[dict] = {"epochs": 15}
 
         def __post_init__(self) -> None:
             if self.loss_weights not in ("adaptive", "fixed"):

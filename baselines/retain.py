@@ -97,7 +97,7 @@ class RETAIN(TorchModel):
         dropout: float = 0.5
         threshold: float = 0.4
 
-        QUICK: ClassVar[dict] = {"epochs": 5}
+        QUICK: ClassVar[dict] = {"epochs": 15}
 
     config_class = Config
 

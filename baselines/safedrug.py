@@ -195,7 +195,7 @@ class SafeDrug(TorchModel):
         kp: float = 0.05  # DDI rate above target at which a sample's loss becomes pure DDI
         ddi_loss_scale: float | None = None  # factor on sum_ij p_i p_j A_ij; None: 10 * 0.0005 * 131 / |M|
 
-        QUICK: ClassVar[dict] = {"epochs": 5}
+        QUICK: ClassVar[dict] = {"epochs": 25, "patience": 25}  # the plateau lasts ~14 epochs
 
         def __post_init__(self) -> None:
             if self.molecule_pooling not in ("mean", "sum"):
