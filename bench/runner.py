@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import registry
 from bench.contract import MedRecModel, ModelConfig
-from bench.evaluate import bootstrap_draws, bootstrap_model, retention, significance, summarise
+from bench.evaluate import against_reference, bootstrap_draws, bootstrap_model, retention, significance, summarise
 from bench.metrics import multi_hot, per_sample_metrics
 from bench.results import RunFolder, entry_key, environment_info, file_stem, read_json, write_json
 from data_prep.dataset import PROTOCOLS, PreparedDataset, Sample
@@ -144,6 +144,7 @@ def run_entries(
     paired: bool = True,
     proposed: Sequence[str] | None = None,
     teacher: str | None = None,
+    full_model: str | None = None,
     bootstrap_fraction: float = 0.8,
     device: str = "cpu",
     arguments: dict | None = None,
@@ -153,6 +154,7 @@ def run_entries(
 
     ``proposed``: labels tested against the best baseline (default: entries of leader_t / leader_s);
     ``teacher``: the label retention is measured against (default: the leader_t entry, if any).
+    ``full_model``: in an ablation, the label every other student entry is compared with (``versus_full``).
     ``arguments``: the command line's own arguments, recorded in config.json. ``console``: where the
     progress bars go (None: silent).
     """
@@ -168,6 +170,8 @@ def run_entries(
         teacher = next((p.entry.label for p in plans if p.entry.model == TEACHER_MODEL), None)
     elif teacher not in labels:
         raise ValueError(f"teacher label {teacher!r} is not an entry of this run; entries: {labels}")
+    if full_model is not None and full_model not in labels:
+        raise ValueError(f"full-model label {full_model!r} is not an entry of this run; entries: {labels}")
 
     folder = RunFolder(run_dir)
     run_config = {
@@ -237,6 +241,7 @@ def run_entries(
         "significance": significance(models, proposed, paired=paired),
         "teacher": teacher,
         "retention": retention(models, teacher, students) if teacher else {},
+        "versus_full": against_reference(models, full_model, [s for s in students if s != full_model], paired=paired) if full_model else {},
         "train_seconds": {label: report.get("train_seconds") for label, report in fit_reports.items()},
     }
     write_json(folder.summary_path, summary)

@@ -19,7 +19,7 @@ from bench.cli import main
 from bench.cli.data import dataset_from_options, dataset_options
 from bench.cli.run import parse_settings
 from bench.contract import PRESETS
-from bench.evaluate import GROUPS, against_reference
+from bench.evaluate import GROUPS
 from bench.results import RunFolder, run_id_for, write_json
 from bench.runner import Entry, run_entries
 from data_prep.dataset import PROTOCOLS
@@ -68,7 +68,7 @@ def run_options(command):
     return dataset_options(command)
 
 
-def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_kwargs: dict) -> tuple[dict, Path]:
+def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_kwargs: dict, full_model: str | None = None) -> tuple[dict, Path]:
     """Load the dataset, run the entries into their folder, return the summary and the folder."""
     dataset = dataset_from_options(**dataset_kwargs)
     run_dir = arguments["results_dir"] / (arguments["run_id"] or run_id_for(dataset.name, {**arguments, **dataset_kwargs}))
@@ -83,6 +83,7 @@ def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_
             preset=arguments["preset"],
             protocol=arguments["protocol"],
             proposed=proposed,
+            full_model=full_model,
             device=arguments["device"],
             arguments={**arguments, **dataset_kwargs},
             console=console,
@@ -125,10 +126,7 @@ def ablate(family, preset, seed, rounds, protocol, settings, results_dir, run_id
     proposed = [FULL_STUDENT] + ([TEACHER] if with_teacher else [])
     arguments = dict(command="ablate", family=family, preset=preset, seed=seed, rounds=rounds, protocol=protocol, settings=common,
                      results_dir=results_dir, run_id=run_id, device=device, drops=drops, compare=strategies, with_teacher=with_teacher)
-    summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs)
-    variants = [e.label for e in entries if e.label not in (FULL_STUDENT, TEACHER)]
-    summary["versus_full"] = against_reference(summary["models"], FULL_STUDENT, variants, paired=summary["paired"])
-    write_json(RunFolder(run_dir).summary_path, summary)
+    summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, full_model=FULL_STUDENT)
     Console().print(prauc_table(summary, f"LEADER ablation ({run_dir})"))
 
 
