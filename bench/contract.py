@@ -136,7 +136,11 @@ class MedRecModel(ABC):
         if meta["model"] != cls.name:
             raise ValueError(f"{path} holds a {meta['model']!r} model, not {cls.name!r}")
         model = cls(dataset, cls.config_class(**meta["config"]), seed=meta["seed"], device=device)
-        payload = torch.load(path, map_location=model.device, weights_only=True)
-        model.set_state(payload["state"])
-        model.fit_report = payload["fit_report"]
+        model.restore(path)
         return model
+
+    def restore(self, path: str | Path) -> None:
+        """Weights and fit report written by :meth:`save`, into this model (its config is taken as is)."""
+        payload = torch.load(path, map_location=self.device, weights_only=True)
+        self.set_state(payload["state"])
+        self.fit_report = payload["fit_report"]

@@ -394,9 +394,8 @@ class LeaderTeacher(MedRecModel):
             raise ValueError("leader_t: no training sample")
         cached = self.cache_path(train, val)
         if cached.exists() and cached.with_suffix(".config.json").exists():
-            payload = torch.load(cached, map_location=self.device, weights_only=True)
-            self.set_state(payload["state"])
-            self.fit_report = {**payload["fit_report"], "loaded_from": str(cached)}
+            self.restore(cached)
+            self.fit_report["loaded_from"] = str(cached)
             return self
         seed_everything(self.seed)
         self._build()
