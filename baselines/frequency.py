@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bench.contract import Capabilities, MedRecModel, ModelConfig
-from bench.metrics import multi_hot
+from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
 
 
@@ -49,6 +49,9 @@ class MostFrequent(MedRecModel):
         if self.frequency is None:
             raise RuntimeError(f"{self.name} is not fitted")
         return np.tile(self.frequency, (len(samples), 1))
+
+    def decision_rule(self) -> str:
+        return f"top {self.top_k} most frequent" if self.top_k else super().decision_rule()
 
     def predict_sets(self, samples: Sequence[Sample], proba: np.ndarray | None = None) -> list[np.ndarray]:
         if not self.top_k:

@@ -76,20 +76,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig
-from bench.metrics import multi_hot
 from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CodeSetEmbedding,
+    DDITargetMixin,
     GraphConvolutionNetwork,
     ddi_loss,
     ddi_rates,
-    ddi_target,
     last_step,
     margin_loss,
     masked_softmax,
     normalized_adjacency,
-    pad_visits,
+    visit_sequences,
 )
+from data_prep.code_sets import multi_hot
 from data_prep.dataset import PreparedDataset, Sample
 
 SINGLE_VISIT_MEMORIES = ("similar_patients", "graph")
@@ -147,7 +147,7 @@ class GAMENetNetwork(nn.Module):
         return self.output(torch.cat([query, fact1, fact2], dim=-1))
 
 
-class GAMENet(TorchModel):
+class GAMENet(DDITargetMixin, TorchModel):
     name = "gamenet"
     capabilities = Capabilities(uses_ddi=True)
 
@@ -197,9 +197,7 @@ class GAMENet(TorchModel):
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "GAMENet":
         self.training_samples = list(train)
-        self.target_ddi = ddi_target(self.config.target_ddi, train, self.dataset.ddi_adj)
         super().fit(train, val)
-        self.fit_report["target_ddi"] = self.target_ddi
         self.refresh_similar_patients()  # from the restored best weights
         self.training_samples = []
         return self
@@ -242,21 +240,13 @@ class GAMENet(TorchModel):
 
     # ----- batches and prediction --------------------------------------------------------------
     def collate(self, samples: Sequence[Sample]) -> dict:
-        diagnoses, diagnosis_mask, lengths = pad_visits([[v.diagnoses for v in s.history] + [s.diagnoses] for s in samples])
-        procedures, procedure_mask, _ = pad_visits([[v.procedures for v in s.history] + [s.procedures] for s in samples])
-        history_medications = np.zeros((len(samples), diagnoses.shape[1], self.dataset.n_medications), dtype=np.float32)
+        batch = visit_sequences(samples)
+        history_medications = np.zeros((len(samples), batch["diagnoses"].shape[1], self.dataset.n_medications), dtype=np.float32)
         for b, sample in enumerate(samples):
             if sample.history:
                 history_medications[b, : len(sample.history)] = multi_hot([v.medications for v in sample.history], self.dataset.n_medications)
-        batch = {
-            "diagnoses": diagnoses,
-            "diagnosis_mask": diagnosis_mask,
-            "procedures": procedures,
-            "procedure_mask": procedure_mask,
-            "lengths": lengths,
-            "history_medications": torch.from_numpy(history_medications),
-            "target": target_tensor(samples, self.dataset.n_medications),
-        }
+        batch["history_medications"] = torch.from_numpy(history_medications)
+        batch["target"] = target_tensor(samples, self.dataset.n_medications)
         return {key: value.to(self.device) for key, value in batch.items()}
 
     def logits(self, batch: dict) -> torch.Tensor:

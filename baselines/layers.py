@@ -1,6 +1,9 @@
 """Building blocks shared by the baselines, batched over patients (the reference code runs one at a time).
 
-- :func:`pad_visits` collates each patient's visit sequence of code sets into ``[B, T, L]`` tensors.
+- :func:`pad_visits` pads each patient's visit sequence of code sets into ``[B, T, L]`` tensors (through
+  :func:`bench.training.pad_sequences`, the one padding of code sets).
+- :func:`visit_sequences`: the diagnosis and procedure sequences (earlier visits, then the current one)
+  that GAMENet and SafeDrug read, padded.
 - :class:`CodeSetEmbedding` embeds a padded code set (one visit, or ``[B, T, L]`` visits) as the sum
   (SafeDrug, MICRON, RETAIN) or mean (GAMENet) of its codes' embeddings, dropout on each code
   embedding as the references do.
@@ -11,7 +14,10 @@
   sigmoid, from a multi-hot target), :func:`ddi_loss` (``sum_ij p_i p_j A_ij`` per sample).
 - :func:`ddi_rates` / :func:`ddi_rate_of_predictions`: DDI rate of thresholded predictions (per
   sample / pooled, the reference's ``ddi_rate_score``), which drives the DDI-loss schedules.
-- :func:`ddi_target`: the DDI rate those schedules steer to, by default relative to the data.
+- :func:`ddi_target`: the DDI rate those schedules steer to (the papers' absolute rate, or relative to
+  the data); :class:`DDITargetMixin` resolves it on the training data for GAMENet, SafeDrug and MICRON.
+- Pair counting is :func:`data_prep.code_sets.ddi_pair_counts`, the benchmark's own, so no model
+  imports evaluation code.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.metrics import ddi_rate_of_sets
+from bench.training import pad_sequences
+from data_prep.code_sets import ddi_pair_counts, ddi_rate_of_sets, pooled_ddi_rate
 from data_prep.dataset import Sample
 
 Reduction = Literal["mean", "none"]
@@ -39,15 +46,12 @@ def pad_visits(patients: Sequence[Sequence[Sequence[int]]]) -> tuple[torch.Tenso
     if not patients or any(len(visits) == 0 for visits in patients):
         raise ValueError("pad_visits needs at least one patient, each with at least one visit")
     lengths = torch.tensor([len(visits) for visits in patients], dtype=torch.long)
-    n_steps = int(lengths.max())
-    n_codes = max(1, max(len(codes) for visits in patients for codes in visits))
-    codes = np.zeros((len(patients), n_steps, n_codes), dtype=np.int64)
-    mask = np.zeros((len(patients), n_steps, n_codes), dtype=bool)
-    for b, visits in enumerate(patients):
-        for t, visit_codes in enumerate(visits):
-            codes[b, t, : len(visit_codes)] = visit_codes
-            mask[b, t, : len(visit_codes)] = True
-    return torch.from_numpy(codes), torch.from_numpy(mask), lengths
+    flat_codes, flat_mask = pad_sequences([codes for visits in patients for codes in visits])
+    real = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)  # [B, T]: visit t exists
+    codes = torch.zeros((*real.shape, flat_codes.shape[1]), dtype=torch.long)
+    mask = torch.zeros(codes.shape, dtype=torch.bool)
+    codes[real], mask[real] = flat_codes, flat_mask
+    return codes, mask, lengths
 
 
 class CodeSetEmbedding(nn.Module):
@@ -148,24 +152,15 @@ def ddi_loss(proba: torch.Tensor, ddi_adj: torch.Tensor, reduction: Reduction = 
     return per_sample.mean() if reduction == "mean" else per_sample
 
 
-def _ddi_pair_counts(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    chosen = predicted.to(ddi_adj.dtype)
-    interacting = torch.einsum("bi,ij,bj->b", chosen, ddi_adj, chosen) / 2.0
-    n = chosen.sum(1)
-    return interacting, n * (n - 1) / 2.0
-
-
 def ddi_rates(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> torch.Tensor:
     """Per-sample DDI rate of boolean predictions ``[B, M]``: interacting pairs / all pairs (0 if none)."""
-    interacting, pairs = _ddi_pair_counts(predicted, ddi_adj)
+    interacting, pairs = ddi_pair_counts(predicted.to(ddi_adj.dtype), ddi_adj)
     return torch.where(pairs > 0, interacting / pairs.clamp(min=1.0), torch.zeros_like(pairs))
 
 
 def ddi_rate_of_predictions(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> float:
-    """DDI rate pooled over the batch (as ``bench.metrics`` pools it over a test group)."""
-    interacting, pairs = _ddi_pair_counts(predicted, ddi_adj)
-    total = float(pairs.sum())
-    return float(interacting.sum()) / total if total > 0 else 0.0
+    """DDI rate pooled over the batch (as the benchmark pools it over a test group)."""
+    return pooled_ddi_rate(predicted.to(ddi_adj.dtype), ddi_adj)
 
 
 # GAMENet and SafeDrug target a DDI rate of 0.06 on MIMIC-III, whose ground-truth rate is about 0.08.
@@ -180,3 +175,23 @@ def ddi_target(configured: float | None, train: Sequence[Sample], ddi_adj: np.nd
     if configured is not None:
         return float(configured)
     return DDI_TARGET_FRACTION * ddi_rate_of_sets([s.target for s in train], ddi_adj)
+
+
+class DDITargetMixin:
+    """For a :class:`bench.training.TorchModel` whose DDI-controlled loss steers to ``config.target_ddi``:
+    ``fit`` resolves the target on the training data (:func:`ddi_target`) into ``self.target_ddi`` before
+    training and records it in the fit report. List it before ``TorchModel`` among the bases."""
+
+    def fit(self, train: Sequence[Sample], val: Sequence[Sample]):
+        self.target_ddi = ddi_target(self.config.target_ddi, train, self.dataset.ddi_adj)
+        super().fit(train, val)
+        self.fit_report["target_ddi"] = self.target_ddi
+        return self
+
+
+def visit_sequences(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+    """Diagnoses and procedures of each sample's visits (earlier ones, then the current one), padded with
+    :func:`pad_visits`: ``diagnoses``, ``diagnosis_mask``, ``procedures``, ``procedure_mask``, ``lengths``."""
+    diagnoses, diagnosis_mask, lengths = pad_visits([[*(v.diagnoses for v in s.history), s.diagnoses] for s in samples])
+    procedures, procedure_mask, _ = pad_visits([[*(v.procedures for v in s.history), s.procedures] for s in samples])
+    return {"diagnoses": diagnoses, "diagnosis_mask": diagnosis_mask, "procedures": procedures, "procedure_mask": procedure_mask, "lengths": lengths}

@@ -67,9 +67,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig
-from bench.metrics import multi_hot
 from bench.training import TorchModel, pad_sequences, target_tensor
-from baselines.layers import CodeSetEmbedding, ddi_loss, ddi_rate_of_predictions, ddi_target, margin_loss
+from baselines.layers import CodeSetEmbedding, DDITargetMixin, ddi_loss, ddi_rate_of_predictions, margin_loss
+from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
 
 LOSS_NAMES = ("bce", "margin", "ddi", "reconstruction")
@@ -138,9 +138,10 @@ class MICRONNetwork(nn.Module):
         return self.prescription(current), self.prescription(previous), self.prescription(current - previous)
 
 
-class MICRON(TorchModel):
+class MICRON(DDITargetMixin, TorchModel):
     name = "micron"
     capabilities = Capabilities(needs_history_medications=True, uses_ddi=True)
+    decides_by_threshold = False  # its add/remove rule is part of the model
 
     @dataclass
     class Config(ModelConfig):
@@ -226,9 +227,7 @@ class MICRON(TorchModel):
         self.loss_schedule.start_epoch()
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "MICRON":
-        self.target_ddi = ddi_target(self.config.target_ddi, train, self.dataset.ddi_adj)
         super().fit(train, val)
-        self.fit_report["target_ddi"] = self.target_ddi
         val = self.train_samples(val)
         if not val:
             raise ValueError("micron: no validation sample with history to choose the add/remove thresholds on")
@@ -241,6 +240,9 @@ class MICRON(TorchModel):
         return self
 
     # ----- prediction --------------------------------------------------------------------------
+    def decision_rule(self) -> str:
+        return f"previous medications, add >= {self.add_threshold:g}, remove < {self.remove_threshold:g} (validated)"
+
     def predict_sets(self, samples: Sequence[Sample], proba: np.ndarray | None = None) -> list[np.ndarray]:
         if self.add_threshold is None:
             raise RuntimeError("micron is not fitted: no add/remove thresholds")

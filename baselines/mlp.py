@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from bench.contract import Capabilities, ModelConfig
-from bench.metrics import multi_hot
 from bench.training import TorchModel, target_tensor
+from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
 
 

@@ -82,11 +82,11 @@ from bench.contract import Capabilities, ModelConfig
 from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CodeSetEmbedding,
+    DDITargetMixin,
     ddi_loss,
     ddi_rates,
-    ddi_target,
     margin_loss,
-    pad_visits,
+    visit_sequences,
 )
 from data_prep.dataset import PreparedDataset, Sample
 
@@ -178,7 +178,7 @@ class SafeDrugNetwork(nn.Module):
         return global_scores * local_scores
 
 
-class SafeDrug(TorchModel):
+class SafeDrug(DDITargetMixin, TorchModel):
     name = "safedrug"
     capabilities = Capabilities(uses_ddi=True, uses_molecules=True)
 
@@ -210,27 +210,13 @@ class SafeDrug(TorchModel):
         if self.ddi_loss_scale is None:
             self.ddi_loss_scale = BATCHED_DDI_GAIN * REFERENCE_DDI_LOSS_SCALE * REFERENCE_MEDICATIONS / self.dataset.n_medications
 
-    def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "SafeDrug":
-        self.target_ddi = ddi_target(self.config.target_ddi, train, self.dataset.ddi_adj)
-        super().fit(train, val)
-        self.fit_report["target_ddi"] = self.target_ddi
-        return self
-
     def build_network(self) -> nn.Module:
         self.ddi_adj = torch.as_tensor(self.dataset.ddi_adj, dtype=torch.float32, device=self.device)
         return SafeDrugNetwork(self.dataset, self.config)
 
     def collate(self, samples: Sequence[Sample]) -> dict:
-        diagnoses, diagnosis_mask, lengths = pad_visits([[*(v.diagnoses for v in s.history), s.diagnoses] for s in samples])
-        procedures, procedure_mask, _ = pad_visits([[*(v.procedures for v in s.history), s.procedures] for s in samples])
-        batch = {
-            "diagnoses": diagnoses,
-            "diagnosis_mask": diagnosis_mask,
-            "procedures": procedures,
-            "procedure_mask": procedure_mask,
-            "lengths": lengths,
-            "target": target_tensor(samples, self.dataset.n_medications),
-        }
+        batch = visit_sequences(samples)
+        batch["target"] = target_tensor(samples, self.dataset.n_medications)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def logits(self, batch: dict) -> torch.Tensor:

@@ -16,15 +16,12 @@ from typing import Sequence
 
 import numpy as np
 
+from data_prep.code_sets import ddi_pair_counts, ddi_rate_of_sets, multi_hot
+
+__all__ = ["PER_SAMPLE", "REPORTED", "aggregate", "ddi_rate_of_sets", "multi_hot", "per_sample_metrics", "prauc_per_sample"]
+
 PER_SAMPLE = ("prauc", "jaccard", "precision", "recall", "f1", "n_pred", "ddi_pairs", "all_pairs")
 REPORTED = ("prauc", "jaccard", "f1", "precision", "recall", "ddi_rate", "avg_meds")
-
-
-def multi_hot(sets: Sequence[Sequence[int]], n: int) -> np.ndarray:
-    out = np.zeros((len(sets), n), dtype=np.uint8)
-    for i, s in enumerate(sets):
-        out[i, list(s)] = 1
-    return out
 
 
 def prauc_per_sample(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
@@ -76,9 +73,7 @@ def per_sample_metrics(
     recall = np.divide(inter, n_true, out=np.zeros_like(inter), where=n_true > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(inter), where=denom > 0)
-    pred_f = y_pred.astype(np.float64)
-    ddi_pairs = np.einsum("ij,jk,ik->i", pred_f, ddi_adj.astype(np.float64), pred_f) / 2.0
-    all_pairs = n_pred * (n_pred - 1) / 2.0
+    ddi_pairs, all_pairs = ddi_pair_counts(y_pred.astype(np.float64), ddi_adj.astype(np.float64))
     return {
         "prauc": prauc_per_sample(y_true, proba),
         "jaccard": jaccard,
@@ -105,12 +100,3 @@ def aggregate(per_sample: dict[str, np.ndarray], index: np.ndarray | None = None
         "avg_meds": float(pick(per_sample["n_pred"]).mean()),
     }
 
-
-def ddi_rate_of_sets(sets: Sequence[Sequence[int]], ddi_adj: np.ndarray) -> float:
-    """Pooled DDI rate of medication sets (e.g. the ground truth, for `bench data info`)."""
-    pred = multi_hot(sets, ddi_adj.shape[0]).astype(np.float64)
-    n = pred.sum(1)
-    all_pairs = (n * (n - 1) / 2).sum()
-    if all_pairs == 0:
-        return 0.0
-    return float(np.einsum("ij,jk,ik->", pred, ddi_adj.astype(np.float64), pred) / 2.0 / all_pairs)

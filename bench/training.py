@@ -1,9 +1,13 @@
-"""One mini-batch training loop for every model whose training is plain gradient descent.
+"""One training loop for every model trained by gradient descent: :func:`run_training`.
+
+It shuffles with the model's seed, steps, evaluates validation PRAUC (after every epoch, or every
+``eval_every`` optimizer steps for step-based training such as the LEADER teacher's), stops early after
+``patience`` evaluations without improvement, restores the best weights, reports progress through one
+callback (``on_progress(done, total, status)``) and says in its report whether the model converged.
 
 A :class:`TorchModel` says how to build its network, collate samples into a padded batch, compute
-its loss and its logits; this module does the rest: seeded shuffling, Adam, early stopping on
-validation PRAUC with the best weights restored, batched inference, and state for save/load.
-The reference repositories train one patient at a time; here every step is a padded mini-batch.
+its loss and its logits; :func:`train_network` runs it through that loop with Adam (or the model's
+optimizer). The reference repositories train one patient at a time; here every step is a padded mini-batch.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,22 +23,147 @@ import torch
 from torch import nn
 
 from bench.contract import MedRecModel, seed_everything
-from bench.metrics import multi_hot, prauc_per_sample
+from bench.metrics import prauc_per_sample
+from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
 
-EpochCallback = Callable[..., None]
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long :func:`run_training` trains and when it evaluates.
+
+    Epoch-based (``max_steps=None``): every epoch runs its batches, then one evaluation. Step-based: at most
+    ``max_steps`` optimizer steps, an evaluation every ``eval_every`` steps and after the last one; ``epochs``
+    still caps the passes over the data, and the report says when that cap, not the step budget, ended it.
+    ``whole_batches`` drops each epoch's incomplete last batch (every step then sees ``batch_size`` samples).
+    """
+
+    batch_size: int
+    epochs: int
+    patience: int  # evaluations without improvement before stopping
+    max_steps: int | None = None
+    eval_every: int | None = None
+    whole_batches: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and not self.eval_every:
+            raise ValueError("a step-based schedule needs eval_every")
+
+
+def run_training(
+    schedule: Schedule,
+    n_train: int,
+    seed: int,
+    train_step: Callable[[np.ndarray, int], float],
+    evaluate: Callable[[], float] | None,
+    snapshot: Callable[[], Any],
+    restore: Callable[[Any], None],
+    end_of_epoch: Callable[[int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> dict:
+    """The one training loop: seeded shuffling, evaluation, early stopping, the best weights restored.
+
+    ``train_step(indices, epoch)`` takes one optimizer step on those training samples and returns its loss;
+    ``evaluate()`` scores the current weights on validation data (``None``: minus the mean training loss since
+    the last evaluation); ``snapshot``/``restore`` copy and reinstate the weights of the best evaluation.
+    ``on_progress(done, total, status)`` is called after every epoch (epoch-based) or every optimizer step
+    (step-based) with the epochs or steps done, their budget, and the latest loss and validation PRAUC.
+
+    The report: best and last epoch and step, ``stopped_by`` (``patience``, ``epochs`` or ``max_steps``) and
+    ``converged``, False when the best evaluation is the last one (the model was still improving).
+    """
+    if n_train == 0:
+        raise ValueError("no training sample")
+    step_based = schedule.max_steps is not None
+    total = schedule.max_steps if step_based else schedule.epochs
+    rng = np.random.default_rng(seed)
+    best: dict = {"score": -np.inf, "epoch": 0, "step": 0, "state": None}
+    history: list[dict] = []
+    losses: list[float] = []
+    state = {"stale": 0, "step": 0, "epoch": 0, "status": "", "eval_seconds": 0.0}
+    started = time.perf_counter()
+
+    def evaluation() -> bool:
+        """Record one evaluation; True when patience has run out."""
+        eval_started = time.perf_counter()
+        loss = float(np.mean(losses)) if losses else float("nan")
+        score = evaluate() if evaluate is not None else -loss
+        losses.clear()
+        history.append({"epoch": state["epoch"], "step": state["step"], "loss": loss, "val_prauc": score})
+        if score > best["score"]:
+            best.update(score=score, epoch=state["epoch"], step=state["step"], state=snapshot())
+            state["stale"] = 0
+        else:
+            state["stale"] += 1
+        state["status"] = f"loss {loss:.4f}  val PRAUC {score:.4f}"
+        state["eval_seconds"] += time.perf_counter() - eval_started
+        return state["stale"] >= schedule.patience
+
+    def batches(order: np.ndarray):
+        if schedule.whole_batches:
+            for k in range(max(1, len(order) // schedule.batch_size)):
+                yield order[k * schedule.batch_size : (k + 1) * schedule.batch_size]
+        else:
+            for start in range(0, len(order), schedule.batch_size):
+                yield order[start : start + schedule.batch_size]
+
+    stopped_by = "max_steps" if step_based else "epochs"
+    for epoch in range(schedule.epochs):
+        state["epoch"] = epoch + 1
+        stop = False
+        for index in batches(rng.permutation(n_train)):
+            state["step"] += 1
+            losses.append(float(train_step(index, epoch)))
+            if step_based:
+                stop = state["step"] % schedule.eval_every == 0 and evaluation()
+                if on_progress is not None:
+                    on_progress(state["step"], total, state["status"])
+                if stop or state["step"] >= schedule.max_steps:
+                    break
+        if end_of_epoch is not None:
+            end_of_epoch(epoch)
+        if not step_based:
+            stop = evaluation()
+            if on_progress is not None:
+                on_progress(epoch + 1, total, state["status"])
+        if stop:
+            stopped_by = "patience"
+            break
+        if step_based and state["step"] >= schedule.max_steps:
+            break
+    else:
+        if step_based:
+            stopped_by = "epochs"  # the passes over the data ran out before the step budget
+    if not history or history[-1]["step"] != state["step"]:  # the final weights are candidates too
+        evaluation()
+    restore(best["state"])
+    seconds = time.perf_counter() - started
+    return {
+        "best_epoch": best["epoch"],
+        "best_step": best["step"],
+        "best_val_prauc": float(best["score"]),
+        "epochs_run": state["epoch"],
+        "steps_run": state["step"],
+        "stopped_by": stopped_by,
+        "converged": best["step"] != history[-1]["step"],
+        "train_seconds": seconds,
+        "eval_seconds": state["eval_seconds"],
+        "history": history,
+    }
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], pad: int = 0, min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded LongTensor [B, L] and a bool mask [B, L] (True = real element)."""
+    """Right-padded LongTensor ``[B, L]`` and a bool mask ``[B, L]`` (True = real element); L >= ``min_len``.
+    The one padding of code sets (``baselines.layers.pad_visits`` pads visit sequences through it)."""
     length = max([min_len, *(len(s) for s in seqs)])
-    out = torch.full((len(seqs), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.bool)
+    out = np.full((len(seqs), length), pad, dtype=np.int64)
+    mask = np.zeros((len(seqs), length), dtype=bool)
     for i, s in enumerate(seqs):
-        if len(s):
-            out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, : len(s)] = True
-    return out, mask
+        out[i, : len(s)] = list(s)
+        mask[i, : len(s)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
 
 
 def target_tensor(samples: Sequence[Sample], n_medications: int) -> torch.Tensor:
@@ -48,7 +178,7 @@ class TorchModel(MedRecModel):
     """A model trained by :func:`train_network`. Subclasses implement the four abstract methods."""
 
     network: nn.Module | None = None
-    on_epoch: EpochCallback | None = None  # set by the harness to drive a progress bar
+    on_progress: ProgressCallback | None = None  # set by the harness to drive a progress bar
 
     @abstractmethod
     def build_network(self) -> nn.Module: ...
@@ -105,44 +235,32 @@ class TorchModel(MedRecModel):
 
 
 def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Sample]) -> dict:
-    """Adam over shuffled mini-batches; keep the weights of the best validation PRAUC."""
+    """The model's optimizer over shuffled mini-batches, one evaluation per epoch (:func:`run_training`)."""
     config = model.config
     if not train:
         raise ValueError(f"{model.name}: no training sample")
     optimizer = model.make_optimizer()
-    rng = np.random.default_rng(model.seed)
-    best_score, best_state, best_epoch, stale = -np.inf, None, -1, 0
-    history = []
-    started = time.perf_counter()
-    for epoch in range(config.epochs):
+
+    def train_step(index: np.ndarray, epoch: int) -> float:
         model.network.train()
-        order = rng.permutation(len(train))
-        losses = []
-        for start in range(0, len(order), config.batch_size):
-            batch_samples = [train[i] for i in order[start : start + config.batch_size]]
-            loss = model.loss(model.collate(batch_samples), epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        model.end_of_epoch(epoch)
-        score = validation_prauc(model.predict_proba(val), val, model.dataset.n_medications) if val else -float(np.mean(losses))
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_prauc": score})
-        if score > best_score:
-            best_score, best_epoch, stale = score, epoch + 1, 0
-            best_state = copy.deepcopy(model.network.state_dict())
-        else:
-            stale += 1
-        if model.on_epoch is not None:
-            model.on_epoch(epoch=epoch + 1, epochs=config.epochs, loss=history[-1]["loss"], val_prauc=score)
-        if stale >= config.patience:
-            break
-    model.network.load_state_dict(best_state)
-    model.network.eval()
-    return {
-        "best_epoch": best_epoch,
-        "best_val_prauc": float(best_score),
-        "epochs_run": len(history),
-        "train_seconds": time.perf_counter() - started,
-        "history": history,
-    }
+        loss = model.loss(model.collate([train[i] for i in index]), epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def restore(state: dict) -> None:
+        model.network.load_state_dict(state)
+        model.network.eval()
+
+    return run_training(
+        Schedule(batch_size=config.batch_size, epochs=config.epochs, patience=config.patience),
+        len(train),
+        model.seed,
+        train_step,
+        (lambda: validation_prauc(model.predict_proba(val), val, model.dataset.n_medications)) if val else None,
+        snapshot=lambda: copy.deepcopy(model.network.state_dict()),
+        restore=restore,
+        end_of_epoch=model.end_of_epoch,
+        on_progress=model.on_progress,
+    )

@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything
-from bench.training import EpochCallback, target_tensor, validation_prauc
+from bench.training import ProgressCallback, target_tensor, validation_prauc
 from data_prep.cache import cache_root, file_digest, stable_hash
 from data_prep.dataset import PreparedDataset, Sample
 from leader.prompts import PromptParts, fit_prompt, prompt_parts
@@ -266,7 +266,7 @@ class LeaderTeacher(MedRecModel):
     name = "leader_t"
     config_class = TeacherConfig
     capabilities = Capabilities(uses_profile=True, uses_teacher=False)
-    on_epoch: EpochCallback | None = None  # called at each evaluation with epoch = optimizer step
+    on_progress: ProgressCallback | None = None  # on_progress(step, max_steps, status) at each evaluation
 
     def __init__(self, dataset: PreparedDataset, config: TeacherConfig | None = None, seed: int = 0, device: str = "cpu"):
         super().__init__(dataset, config, seed, device)
@@ -436,8 +436,8 @@ class LeaderTeacher(MedRecModel):
                 stale = 0
             else:
                 stale += 1
-            if self.on_epoch is not None:
-                self.on_epoch(epoch=step, epochs=config.max_steps, loss=history[-1]["loss"], val_prauc=score)
+            if self.on_progress is not None:
+                self.on_progress(step, config.max_steps, f"loss {history[-1]['loss']:.4f}  val PRAUC {score:.4f}")
             network.train()
             eval_seconds += time.perf_counter() - eval_started
             return stale >= config.patience
