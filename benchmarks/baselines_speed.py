@@ -22,7 +22,7 @@ import tempfile
 from rich.console import Console
 from rich.table import Table
 
-MODELS = ("retain", "gamenet", "safedrug", "micron", "refine")
+MODELS = ("retain", "gamenet", "safedrug", "micron", "refine", "cognet")
 
 CHILD = """
 import json, resource, sys, time
