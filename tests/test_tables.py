@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-import shutil
-import subprocess
 
 import pytest
+from pylatexenc.latexwalker import (
+    LatexCharsNode,
+    LatexCommentNode,
+    LatexEnvironmentNode,
+    LatexGroupNode,
+    LatexMacroNode,
+    LatexMathNode,
+    LatexSpecialsNode,
+    LatexWalker,
+    LatexWalkerParseError,
+)
 
 from bench.evaluate import summarise
 from bench.tables import latex_escape, render, rich_table
@@ -100,13 +108,113 @@ def test_rich_table_has_a_column_per_group_and_metric():
     assert len(table.columns) == 10 and table.row_count == 3
 
 
-def test_latex_is_balanced_and_compiles_when_latex_is_installed(tmp_path):
+# ----- LaTeX: what pdflatex (article + booktabs) would reject, found by a LaTeX parser ---------
+TEXT_COMMANDS = {"centering", "caption", "toprule", "midrule", "bottomrule", "cmidrule", "multicolumn", "underline", "textbf", "\\", "_", "&", "%", "#", "$", "{", "}"}
+MATH_COMMANDS = {"mathbf", "underline", "pm", "_", "&", "%", "#", "{", "}"}
+RULES = {"toprule", "midrule", "bottomrule", "cmidrule"}
+
+
+def latex_errors(text: str) -> list[str]:
+    """Unbalanced braces, environments or math (the parser raises), commands LaTeX and booktabs do not
+    define, math-only commands or ``#``/``^``/``_`` outside math, ``%`` comments that swallow the rest
+    of a row, and tabular rows whose cells do not fill the column spec or that lack their ``\\``."""
+    try:
+        nodes, _, _ = LatexWalker(text, tolerant_parsing=False).get_latex_nodes()
+    except LatexWalkerParseError as exc:
+        return [f"parse error: {str(exc).splitlines()[0]}"]
+    errors: list[str] = []
+
+    def walk(nodes, math: bool, tabular_row: bool = False) -> None:
+        for node in nodes:
+            if node is None:
+                continue
+            if isinstance(node, LatexCommentNode):
+                errors.append(f"comment %{node.comment} hides the rest of its line")
+            elif isinstance(node, LatexCharsNode):
+                stray = sorted(set(node.chars) & ({"#"} if math else {"#", "^", "_"}))
+                if stray:
+                    errors.append(f"{stray} in {node.chars.strip()!r} ({'math' if math else 'text'})")
+            elif isinstance(node, LatexSpecialsNode) and node.specials_chars == "&" and not tabular_row:
+                errors.append("& outside a tabular row")
+            elif isinstance(node, LatexMacroNode):
+                if node.macroname not in (MATH_COMMANDS if math else TEXT_COMMANDS):
+                    errors.append(f"\\{node.macroname} is not defined {'in math' if math else 'in text'}")
+                walk(node.nodeargd.argnlist if node.nodeargd else [], math)
+            elif isinstance(node, LatexEnvironmentNode):
+                if node.environmentname not in ("table", "tabular"):
+                    errors.append(f"environment {node.environmentname} is not expected")
+                if node.environmentname == "tabular":
+                    errors.extend(tabular_errors(node))
+                walk(node.nodelist, math, tabular_row=node.environmentname == "tabular")
+            elif isinstance(node, (LatexGroupNode, LatexMathNode)):
+                walk(node.nodelist, math or isinstance(node, LatexMathNode))
+
+    walk(nodes, math=False)
+    return errors
+
+
+def tabular_errors(tabular: LatexEnvironmentNode) -> list[str]:
+    spec = tabular.nodeargd.argnlist[-1].latex_verbatim().strip("{}").replace(" ", "")
+    if set(spec) - set("lcr|"):
+        return [f"column spec {spec!r}: only l, c, r and | are checked"]
+    columns, errors = sum(c in "lcr" for c in spec), []
+    rows: list[list] = [[]]
+    for node in tabular.nodelist:
+        if isinstance(node, LatexMacroNode) and node.macroname == "\\":
+            rows.append([])
+        elif not (isinstance(node, LatexCharsNode) and not node.chars.strip()):
+            rows[-1].append(node)
+    for number, row in enumerate(rows, 1):
+        nodes = iter(row)
+        cells, content = 1, False
+        for node in nodes:
+            if isinstance(node, LatexMacroNode) and node.macroname in RULES:
+                if content:
+                    errors.append(f"row {number}: \\{node.macroname} after the row's content (no \\\\ before it)")
+                if node.macroname == "cmidrule":
+                    span = next(n for n in nodes if isinstance(n, LatexGroupNode)).latex_verbatim().strip("{}")
+                    first, last = (int(c) for c in span.split("-"))
+                    if not 1 <= first <= last <= columns:
+                        errors.append(f"row {number}: \\cmidrule{{{span}}} outside columns 1-{columns}")
+                continue
+            content = True
+            if isinstance(node, LatexSpecialsNode) and node.specials_chars == "&":
+                cells += 1
+            elif isinstance(node, LatexMacroNode) and node.macroname == "multicolumn":
+                cells += int(next(nodes).latex_verbatim().strip("{}")) - 1
+        if content and number == len(rows):
+            errors.append(f"row {number}: content after the last \\\\")
+        elif content and cells != columns:
+            errors.append(f"row {number}: {cells} cells, the spec {spec!r} has {columns} columns")
+    return errors
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "main",
+        "ablation",
+        pytest.param("safety", marks=pytest.mark.xfail(strict=True, reason="bench/tables.py writes the #Med header unescaped")),
+    ],
+)
+def test_latex_tables_have_nothing_pdflatex_would_reject(table):
+    assert latex_errors(render(known_summary(), "latex", table)) == []
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        ("micron & - & - & - &", "micron & - & - & - & - &", "row 4: 11 cells, the spec 'lccccccccc' has 10 columns"),
+        ("Model & PRAUC", "Model & #PRAUC", "['#'] in '#PRAUC' (text)"),
+        ("$\\mathbf{0.4600 \\pm 0.0100}$", "\\mathbf{0.4600 \\pm 0.0100}", "\\mathbf is not defined in text"),
+        ("{Overall}", "{Overall", "parse error"),
+        ("0.6200 \\pm 0.0100}$ \\\\\n\\bottomrule", "0.6200 \\pm 0.0100}$\n\\bottomrule", "\\bottomrule after the row's content"),
+        ("\\toprule", "\\toprul", "\\toprul is not defined in text"),
+        ("Model & PRAUC &", "Model & PRAUC (%) &", "comment %) &"),
+        ("\\cmidrule(lr){8-10}", "\\cmidrule(lr){8-11}", "\\cmidrule{8-11} outside columns 1-10"),
+    ],
+)
+def test_the_latex_check_finds_what_pdflatex_rejects(old, new, error):
     text = render(known_summary(), "latex")
-    assert text.count("{") == text.count("}") and text.count("$") % 2 == 0
-    assert re.search(r"\\begin\{tabular\}\{l ccc ccc ccc\}", text)
-    if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex is not installed; the parse checks above ran")
-    document = "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + text + "\\end{document}\n"
-    (tmp_path / "t.tex").write_text(document)
-    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-2000:]
+    assert latex_errors(text) == [] and old in text
+    assert any(error in found for found in latex_errors(text.replace(old, new, 1))), latex_errors(text.replace(old, new, 1))
