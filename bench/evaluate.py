@@ -1,177 +1,278 @@
-"""Bootstrap evaluation by patient group, significance tests and teacher retention (README, "Protocol and metrics").
+"""Uncertainty, significance and retention by patient group, from per-sample metrics (README, "Statistics").
 
-Per-sample metrics are computed once per model (:func:`bench.metrics.per_sample_metrics`); a bootstrap
-round then only picks rows and averages (:func:`bench.metrics.aggregate`), so ten rounds cost nothing.
+Per-sample metrics are computed once per model and seed (:func:`bench.metrics.per_sample_metrics`).
+A resample is a vector of weights over test *patients*; a cell's value under it is the weighted mean
+of its per-sample metric (DDI rate: weighted pooled ratio), so thousands of resamples cost a handful
+of matrix products. Every model and seed is evaluated under the same resamples, which pairs them.
 
-Draws are stratified by group: each round takes 80% of the multi-visit and 80% of the single-visit
-test samples, without replacement, and "overall" is their union. Every group therefore keeps the same
-size in every round (a tiny group never vanishes from a round) and overall is still 80% of the test
-set in its true group proportions. The draws come from one generator seeded by the run seed and are
-shared by every model, so rounds are paired across models. Spread is ``np.std`` (ddof 0), as in the
-reference repositories' bootstrap code.
+Two procedures (``STATS``):
 
-A model cell exists only when the model served every sample of that group: a model that needs earlier
+``bootstrap`` (default, valid). Resamples draw patients *with replacement*, stratified by patient
+group (single- / multi-visit), all of a patient's samples together. Per cell: the mean over training
+seeds; ``se`` combines the patient-level standard error of the seed-averaged metric (bootstrap) with
+the between-seed variance divided by the number of seeds, ``se^2 = se_patients^2 + sd_seeds^2 / S``
+(the two sources of variance a rerun on new patients with new seeds would show); ``ci`` is the 95%
+t interval with Welch-Satterthwaite degrees of freedom, so few seeds give honestly wide intervals.
+A comparison tests the difference of two labels the same way: the patient part from the paired
+bootstrap of the difference, the seed part from each label's between-seed variance; two-sided p from
+the t distribution. With one seed the seed part is unknown and left out (the summary says so).
+Why not a bootstrap over seeds: with 3-5 seeds it underestimates their variance badly; the
+variance-components t test is the standard small-sample answer and is checked under the null by
+``tests/test_evaluate.py`` (type-I error at or below the nominal rate).
+
+``paper`` (reproduction only). The LEADER paper's procedure: 10 rounds of 80% of the test patients
+drawn without replacement, mean +/- std over the rounds, t-test over the rounds (paired, or unpaired
+as published). Its rounds share most of their patients, so its std understates the standard error
+and its t-test rejects a true null most of the time; use it only to reproduce published tables.
+
+A cell exists only when the model served every sample of the group: a model that needs earlier
 medications has no overall or single-visit cell (``None``, printed "-").
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
-from bench.metrics import REPORTED, aggregate
+from data_prep.protocol import GROUPS
 
-GROUPS = ("overall", "multi", "single")
-HIGHER_IS_BETTER = ("prauc", "jaccard", "f1", "precision", "recall")
+STATS = ("bootstrap", "paper")
+MEAN_METRICS = ("prauc", "jaccard", "f1", "precision", "recall", "avg_meds")
+REPORTED = (*MEAN_METRICS, "ddi_rate")
+# +1: higher is better, -1: lower is better, 0: no better direction (the number of medications)
+DIRECTION = {"prauc": 1, "jaccard": 1, "f1": 1, "precision": 1, "recall": 1, "ddi_rate": -1, "avg_meds": 0}
+TESTED = tuple(m for m in REPORTED if DIRECTION[m] != 0)
+_SOURCE = {"avg_meds": "n_pred"}  # reported name -> per-sample array name
 
 
-def bootstrap_draws(sample_groups: Sequence[str], rounds: int, seed: int, fraction: float = 0.8) -> list[dict[str, np.ndarray]]:
-    """Per round, sorted test-sample indices per group ("overall" = union of the groups)."""
-    if rounds < 1:
-        raise ValueError(f"bootstrap needs at least one round, got {rounds}")
+@dataclass(frozen=True)
+class Resamples:
+    """Weights over test patients, one row per resample, shared by every model so they are paired."""
+
+    procedure: str
+    patient_of: np.ndarray  # [n_samples] patient index of each sample
+    weights: np.ndarray  # [R, n_patients]
+    seed: int
+
+    @property
+    def n_patients(self) -> int:
+        return self.weights.shape[1]
+
+
+def draw_resamples(patient_of: np.ndarray, stratum: np.ndarray, procedure: str, count: int, seed: int, fraction: float = 0.8) -> Resamples:
+    """``count`` resamples of the test patients, stratified by ``stratum`` (patient group).
+
+    bootstrap: each stratum's patients drawn with replacement, as many as it has (multinomial counts).
+    paper: each stratum's patients, ``fraction`` of them, drawn without replacement (0/1 weights).
+    """
+    if procedure not in STATS:
+        raise ValueError(f"unknown statistics procedure {procedure!r}; expected one of {STATS}")
+    if count < 2:
+        raise ValueError(f"need at least 2 resamples, got {count}")
     if not 0 < fraction <= 1:
-        raise ValueError(f"bootstrap fraction must be in (0, 1], got {fraction}")
-    sample_groups = np.asarray(sample_groups)
-    members = {g: np.flatnonzero(sample_groups == g) for g in GROUPS[1:]}
+        raise ValueError(f"resample fraction must be in (0, 1], got {fraction}")
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(rounds):
-        picked = {}
-        for group, idx in members.items():
-            size = max(1, int(round(fraction * len(idx)))) if len(idx) else 0
-            picked[group] = np.sort(rng.choice(idx, size=size, replace=False)) if size else idx
-        picked["overall"] = np.sort(np.concatenate([picked[g] for g in GROUPS[1:]]))
-        draws.append(picked)
-    return draws
+    weights = np.zeros((count, len(stratum)), dtype=np.float64)
+    for value in np.unique(stratum):
+        members = np.flatnonzero(stratum == value)
+        if procedure == "bootstrap":
+            weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)), size=count)
+        else:
+            size = max(1, int(round(fraction * len(members))))
+            for r in range(count):
+                weights[r, rng.choice(members, size=size, replace=False)] = 1.0
+    return Resamples(procedure, np.asarray(patient_of), weights, seed)
 
 
-def bootstrap_model(
-    per_sample: Mapping[str, np.ndarray],
-    served: np.ndarray,
-    sample_groups: Sequence[str],
-    draws: Sequence[Mapping[str, np.ndarray]],
-) -> dict[str, dict[str, list[float]] | None]:
-    """Per group, per reported metric, the value of each round; ``None`` for a group the model cannot serve."""
-    sample_groups = np.asarray(sample_groups)
+def cell_values(per_sample: Mapping[str, np.ndarray], served: np.ndarray, members: Mapping[str, np.ndarray], resamples: Resamples) -> dict:
+    """group -> metric -> (point estimate on all patients, value under each resample); None: not served.
+
+    Per patient, the sums of each metric over its samples in the group; a resample's value is then a
+    weighted ratio of sums, exactly the mean (or pooled DDI rate) over the resampled samples.
+    """
     served = np.asarray(served, dtype=bool)
-    out: dict[str, dict[str, list[float]] | None] = {}
-    for group in GROUPS:
-        in_group = np.ones(len(sample_groups), bool) if group == "overall" else sample_groups == group
-        if not in_group.any() or not served[in_group].all():
+    n_patients = resamples.n_patients
+    out: dict = {}
+    for group, mask in members.items():
+        if not mask.any() or not served[mask].all():
             out[group] = None
             continue
-        rounds = [aggregate(per_sample, draw[group]) for draw in draws]
-        out[group] = {metric: [r[metric] for r in rounds] for metric in REPORTED}
+        patients = resamples.patient_of[mask]
+
+        def per_patient(values: np.ndarray) -> np.ndarray:
+            return np.bincount(patients, weights=np.asarray(values, dtype=np.float64)[mask], minlength=n_patients)
+
+        def ratio(numerator: np.ndarray, denominator: np.ndarray) -> tuple[float, np.ndarray]:
+            point = numerator.sum() / denominator.sum() if denominator.sum() > 0 else 0.0
+            num, den = resamples.weights @ numerator, resamples.weights @ denominator
+            return float(point), np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+        counts = per_patient(np.ones(len(mask)))
+        cells = {metric: ratio(per_patient(per_sample[_SOURCE.get(metric, metric)]), counts) for metric in MEAN_METRICS}
+        cells["ddi_rate"] = ratio(per_patient(per_sample["ddi_pairs"]), per_patient(per_sample["all_pairs"]))
+        out[group] = cells
     return out
 
 
-def describe(values: Sequence[float]) -> dict:
-    """mean, std and the per-round values of one cell."""
-    array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std()), "values": [float(v) for v in array]}
+@dataclass(frozen=True)
+class CellData:
+    """One label's cell across seeds: point estimates [S] and resample values [S, R]."""
+
+    points: np.ndarray
+    replicates: np.ndarray
+
+    @property
+    def seeds(self) -> int:
+        return len(self.points)
+
+    @property
+    def mean(self) -> float:
+        return float(self.points.mean())
+
+    def seed_variance_of_mean(self) -> float:
+        return float(self.points.var(ddof=1)) / self.seeds if self.seeds > 1 else 0.0
 
 
-def summarise(rounds_by_label: Mapping[str, Mapping[str, Mapping[str, list[float]] | None]]) -> dict:
-    """label -> group -> metric -> {mean, std, values}; ``None`` groups stay ``None``."""
-    return {
-        label: {
-            group: None if cells is None else {metric: describe(values) for metric, values in cells.items()}
-            for group, cells in groups.items()
+def collect(values_by_seed: Sequence[Mapping]) -> dict:
+    """Per-seed :func:`cell_values` of one label -> group -> metric -> :class:`CellData` (None: not served)."""
+    out: dict = {}
+    for group in GROUPS:
+        if any(v[group] is None for v in values_by_seed):
+            out[group] = None
+            continue
+        out[group] = {
+            metric: CellData(
+                np.array([v[group][metric][0] for v in values_by_seed]),
+                np.stack([v[group][metric][1] for v in values_by_seed]),
+            )
+            for metric in REPORTED
         }
-        for label, groups in rounds_by_label.items()
+    return out
+
+
+def _welch_df(se_patients: float, n_patients: int, seed_parts: Sequence[tuple[float, int]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of ``se_patients^2 + sum(seed variance parts)``."""
+    total = se_patients**2 + sum(part for part, _ in seed_parts)
+    denominator = se_patients**4 / max(n_patients - 1, 1) + sum(part**2 / (s - 1) for part, s in seed_parts if s > 1 and part > 0)
+    return float(total**2 / denominator) if denominator > 0 else float("inf")
+
+
+def describe(cell: CellData, procedure: str, n_patients: int) -> dict:
+    """The summary of one cell (JSON-able)."""
+    mean = cell.mean
+    seed_values = [float(v) for v in cell.points]
+    if procedure == "paper":
+        rounds = cell.replicates.ravel()  # every seed's rounds pooled, as the paper pools its rounds
+        return {"mean": mean, "std": float(rounds.std()), "pm": float(rounds.std()), "seeds": seed_values}
+    averaged = cell.replicates.mean(axis=0)
+    se_patients = float(averaged.std(ddof=1))
+    seed_part = cell.seed_variance_of_mean()
+    se = float(np.sqrt(se_patients**2 + seed_part))
+    df = _welch_df(se_patients, n_patients, [(seed_part, cell.seeds)])
+    half = float(stats.t.ppf(0.975, df)) * se if se > 0 else 0.0
+    return {
+        "mean": mean,
+        "se": se,
+        "se_patients": se_patients,
+        "seed_sd": float(cell.points.std(ddof=1)) if cell.seeds > 1 else None,
+        "ci": [mean - half, mean + half],
+        "patient_ci": [float(v) for v in np.percentile(averaged, [2.5, 97.5])],
+        "pm": half,
+        "seeds": seed_values,
     }
 
 
-def t_test(a: Sequence[float], b: Sequence[float], paired: bool = True) -> float | None:
-    """Two-sided p-value (scipy); ``None`` when it is undefined (e.g. identical rounds)."""
-    result = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b)
-    p = float(result.pvalue)
-    return None if np.isnan(p) else p
+def compare(a: CellData, b: CellData, procedure: str, n_patients: int, paired: bool = True) -> dict:
+    """a - b: the difference, its standard error (bootstrap) and a two-sided p-value."""
+    delta = a.mean - b.mean
+    if procedure == "paper":
+        ra, rb = a.replicates.ravel(), b.replicates.ravel()
+        result = stats.ttest_rel(ra, rb) if paired else stats.ttest_ind(ra, rb)
+        p = float(result.pvalue)
+        return {"delta": delta, "p": None if np.isnan(p) else p}
+    difference = a.replicates.mean(axis=0) - b.replicates.mean(axis=0)
+    se_patients = float(difference.std(ddof=1))
+    seed_parts = [(a.seed_variance_of_mean(), a.seeds), (b.seed_variance_of_mean(), b.seeds)]
+    se = float(np.sqrt(se_patients**2 + sum(part for part, _ in seed_parts)))
+    if se == 0:
+        return {"delta": delta, "se": 0.0, "p": None if delta == 0 else 0.0, "df": None}
+    df = _welch_df(se_patients, n_patients, seed_parts)
+    p = float(2 * stats.t.sf(abs(delta) / se, df))
+    return {"delta": delta, "se": se, "p": p, "df": df}
 
 
-def significance(
-    summary: Mapping[str, Mapping[str, Mapping[str, dict] | None]],
-    proposed: Sequence[str],
-    paired: bool = True,
-    metrics: Sequence[str] = HIGHER_IS_BETTER,
-) -> dict:
-    """Each proposed model against the best baseline (highest mean) of each group x metric column.
+def summarise(data: Mapping[str, Mapping], procedure: str, n_patients: int) -> dict:
+    """label -> group -> metric -> :func:`describe`; ``None`` groups stay ``None``."""
+    return {
+        label: {group: None if cells is None else {m: describe(c, procedure, n_patients) for m, c in cells.items()} for group, cells in groups.items()}
+        for label, groups in data.items()
+    }
 
-    Returns label -> group -> metric -> {"against": baseline label, "p": p-value or None, "improves":
-    whether the proposed mean is higher}; a table stars only significant improvements.
-    Baselines are every label not in ``proposed``.
+
+def improves(metric: str, delta: float) -> bool:
+    return DIRECTION[metric] * delta > 0
+
+
+def significance(data: Mapping[str, Mapping], proposed: Sequence[str], procedure: str, n_patients: int, paired: bool = True) -> dict:
+    """Each proposed label against the best baseline (best mean) of each group x metric column.
+
+    label -> group -> metric -> {"against", "delta", "p", "improves", ...}. Baselines are every label
+    not in ``proposed``. Stars (tables) mark a significant improvement; Holm's correction across a
+    table's columns is applied where the table is made (:func:`holm`).
     """
-    baselines = [label for label in summary if label not in proposed]
+    baselines = [label for label in data if label not in proposed]
     out: dict = {}
     for label in proposed:
         out[label] = {}
         for group in GROUPS:
-            mine = summary[label].get(group)
-            candidates = [b for b in baselines if summary[b].get(group) is not None]
+            mine = data[label].get(group)
+            candidates = [b for b in baselines if data[b].get(group) is not None]
             if mine is None or not candidates:
                 continue
             out[label][group] = {}
-            for metric in metrics:
-                best = max(candidates, key=lambda b: summary[b][group][metric]["mean"])
-                theirs = summary[best][group][metric]
-                out[label][group][metric] = {
-                    "against": best,
-                    "p": t_test(mine[metric]["values"], theirs["values"], paired=paired),
-                    "improves": mine[metric]["mean"] > theirs["mean"],
+            for metric in TESTED:
+                best = max(candidates, key=lambda b: DIRECTION[metric] * data[b][group][metric].mean)
+                test = compare(mine[metric], data[best][group][metric], procedure, n_patients, paired)
+                out[label][group][metric] = {"against": best, **test, "improves": improves(metric, test["delta"])}
+    return out
+
+
+def against_reference(data: Mapping[str, Mapping], reference: str, others: Sequence[str], procedure: str, n_patients: int, paired: bool = True) -> dict:
+    """Each of ``others`` against one ``reference`` (an ablation against its full model):
+    label -> group -> metric -> {"delta": reference - label, "p", ...}."""
+    out: dict = {}
+    for label in others:
+        out[label] = {}
+        for group in GROUPS:
+            mine, theirs = data[label].get(group), data[reference].get(group)
+            if mine is not None and theirs is not None:
+                out[label][group] = {m: compare(theirs[m], mine[m], procedure, n_patients, paired) for m in TESTED}
+    return out
+
+
+def retention(summary: Mapping[str, Mapping], teacher: str, students: Sequence[str]) -> dict:
+    """Each student's mean as a percentage of the teacher's, per group and metric (the paper's efficiency claim)."""
+    out: dict = {}
+    for label in students:
+        out[label] = {}
+        for group in GROUPS:
+            mine, theirs = summary[label].get(group), summary[teacher].get(group)
+            if mine is not None and theirs is not None:
+                out[label][group] = {
+                    m: 100.0 * mine[m]["mean"] / theirs[m]["mean"] for m in TESTED if DIRECTION[m] > 0 and theirs[m]["mean"] > 0
                 }
     return out
 
 
-def _against_one(
-    summary: Mapping[str, Mapping[str, Mapping[str, dict] | None]],
-    reference: str,
-    labels: Sequence[str],
-    cell: Callable[[Mapping[str, dict], Mapping[str, dict]], dict],
-) -> dict:
-    """label -> group -> ``cell(its group cells, the reference's)``, for the groups both serve."""
-    out: dict = {}
-    for label in labels:
-        out[label] = {}
-        for group in GROUPS:
-            mine, theirs = summary[label].get(group), summary[reference].get(group)
-            if mine is not None and theirs is not None:
-                out[label][group] = cell(mine, theirs)
-    return out
-
-
-def against_reference(
-    summary: Mapping[str, Mapping[str, Mapping[str, dict] | None]],
-    reference: str,
-    others: Sequence[str],
-    paired: bool = True,
-    metrics: Sequence[str] = HIGHER_IS_BETTER,
-) -> dict:
-    """Each of ``others`` against one ``reference`` label (an ablation against its full model):
-    label -> group -> metric -> {"delta": reference mean - its mean, "p": t-test p-value or None}."""
-
-    def cell(mine, theirs):
-        return {
-            metric: {
-                "delta": theirs[metric]["mean"] - mine[metric]["mean"],
-                "p": t_test(theirs[metric]["values"], mine[metric]["values"], paired=paired),
-            }
-            for metric in metrics
-        }
-
-    return _against_one(summary, reference, others, cell)
-
-
-def retention(
-    summary: Mapping[str, Mapping[str, Mapping[str, dict] | None]],
-    teacher: str,
-    students: Sequence[str],
-    metrics: Sequence[str] = HIGHER_IS_BETTER,
-) -> dict:
-    """Each student's mean as a percentage of the teacher's, per group and metric (the paper's efficiency claim)."""
-
-    def cell(mine, theirs):
-        return {metric: 100.0 * mine[metric]["mean"] / theirs[metric]["mean"] for metric in metrics if theirs[metric]["mean"] > 0}
-
-    return _against_one(summary, teacher, students, cell)
+def holm(pvalues: Mapping[object, float | None]) -> dict[object, float | None]:
+    """Holm-Bonferroni adjusted p-values (family-wise error across the given tests); ``None`` stays ``None``."""
+    present = sorted(((p, key) for key, p in pvalues.items() if p is not None), key=lambda item: item[0])
+    adjusted: dict[object, float | None] = {key: None for key, p in pvalues.items() if p is None}
+    running = 0.0
+    for rank, (p, key) in enumerate(present):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        adjusted[key] = running
+    return adjusted

@@ -36,6 +36,7 @@ from bench.contract import MedRecModel
 from bench.results import RunFolder, read_json
 from bench.runner import Entry
 from data_prep.dataset import PreparedDataset, Sample
+from data_prep.protocol import served
 
 
 def _in_fresh_process(function, *args):
@@ -71,10 +72,6 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _served(model_class: type[MedRecModel], samples: Sequence[Sample]) -> list[Sample]:
-    return [s for s in samples if s.history or not model_class.capabilities.needs_history_medications]
-
-
 def _train_in_child(dataset: PreparedDataset, entry: Entry, preset: str, seed: int, protocol: str, device: str, threads: int, weights: str) -> float:
     torch.set_num_threads(threads)
     model_class = registry.get(entry.model)
@@ -90,7 +87,8 @@ def measure_model(dataset: PreparedDataset, entry: Entry, weights: str, protocol
     torch.set_num_threads(threads)
     model_class = registry.get(entry.model)
     model = model_class.load(weights, dataset, device=device)
-    test = _served(model_class, dataset.samples("test", protocol))
+    samples = dataset.samples("test", protocol)
+    test = [s for s, ok in zip(samples, served(samples, model_class.capabilities.needs_history_medications)) if ok]
     if not test:
         raise ValueError(f"{entry.label}: no test sample it can serve")
     trainable, total = count_parameters(model)
@@ -152,7 +150,7 @@ def profile_entries(
     latency: bool = True,
     memory: bool = True,
 ) -> dict:
-    """One row per entry; weights come from ``run_dir`` when given (no training), else are trained here."""
+    """One row per entry; weights come from ``run_dir`` when given (no training; its unit at ``seed``), else are trained here."""
     labels = [e.label for e in entries]
     if reference is not None and reference not in labels:
         raise ValueError(f"reference {reference!r} is not among the profiled models {labels}")
@@ -164,10 +162,10 @@ def profile_entries(
     with tempfile.TemporaryDirectory(prefix="medrec-profile-") as scratch:
         for entry in entries:
             if folder is not None:
-                weights = folder.model_path(entry.label)
+                weights = folder.model_path(entry.label, seed)
                 if not weights.exists():
-                    raise FileNotFoundError(f"{folder.root} holds no trained {entry.label!r} ({weights} is missing)")
-                metrics_path = folder.metrics_path(entry.label)
+                    raise FileNotFoundError(f"{folder.root} holds no trained {entry.label!r} at seed {seed} ({weights} is missing)")
+                metrics_path = folder.metrics_path(entry.label, seed)
                 train_seconds = read_json(metrics_path).get("fit_report", {}).get("train_seconds") if metrics_path.exists() else None
             else:
                 weights = Path(scratch) / f"{entry.label}.pt"

@@ -2,19 +2,21 @@
 
 ```
 results/<run-id>/
-  config.json                 arguments, preset, seed, protocol, every entry's model config
-  environment.json            versions, git commit, dataset fingerprint, platform, device
-  models/<label>.pt           weights (MedRecModel.save) + models/<label>.config.json
-  predictions/<label>.npz     test probabilities, predicted sets (multi-hot), sample ids, served mask, entry key
-  metrics/<label>.json        per group, per metric, the value of each bootstrap round; fit report
-  summary.json                per model, per group, per metric: mean, std, values; p-values; retention;
-                              versus_full (ablate: the full model's lead over each variant, paired p)
+  config.json                       arguments, preset, seeds, protocol, statistics, every entry's model config
+  models/<label>.seed<k>.pt         weights (MedRecModel.save) + .config.json + .key.json (what trained them)
+  predictions/<label>.seed<k>.npz   validation and test probabilities, predicted sets (multi-hot), served
+                                    masks, test sample ids, the unit's key
+  metrics/<label>.seed<k>.json      fit report, decision rule and threshold, environment (versions, git
+                                    commit, device) of the process that trained it
+  summary.json                      per model, group, metric: mean, interval, seed values; tests; retention
 ```
 Every file is written to a temporary sibling and moved into place with ``os.replace``, so a killed run
-leaves either the old file or the new one. Predictions are written last for an entry and carry the
-entry's key (model, config, seed, dataset, protocol): an entry is complete exactly when its
-predictions file exists with a matching key, and a rerun skips it. Only JSON and ``.npz`` without
-pickles are read back, plus model weights through ``torch.load(weights_only=True)``.
+leaves either the old file or the new one. A unit is one entry at one training seed. Its key covers
+the model, config, seed, dataset, protocol, decision rule, a digest of the model's code (its module
+and every project module it imports) and the torch / transformers / peft versions; predictions are
+written last and carry it, so a unit is complete exactly when its predictions exist with a matching
+key, and changed code or libraries retrain instead of reusing. Only JSON and ``.npz`` without pickles
+are read back, plus model weights through ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data_prep.cache import stable_hash
+from data_prep.cache import source_digest, stable_hash
 
 SUMMARY = "summary.json"
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` fills a temporary sibling of ``path``, which then replaces ``path`` atomically."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -52,7 +56,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return _atomic(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=_json_default)))
+    return write_with(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=_json_default)))
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
@@ -60,7 +64,11 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
 
-    return _atomic(Path(path), write)
+    return write_with(path, write)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_with(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: str | Path) -> Any:
@@ -103,52 +111,42 @@ class RunFolder:
         return self.root / "config.json"
 
     @property
-    def environment_path(self) -> Path:
-        return self.root / "environment.json"
-
-    @property
     def summary_path(self) -> Path:
         return self.root / SUMMARY
 
-    def model_path(self, label: str) -> Path:
-        return self.root / "models" / f"{file_stem(label)}.pt"
+    def model_path(self, label: str, seed: int) -> Path:
+        return self.root / "models" / f"{file_stem(label)}.seed{seed}.pt"
 
-    def predictions_path(self, label: str) -> Path:
-        return self.root / "predictions" / f"{file_stem(label)}.npz"
+    def predictions_path(self, label: str, seed: int) -> Path:
+        return self.root / "predictions" / f"{file_stem(label)}.seed{seed}.npz"
 
-    def metrics_path(self, label: str) -> Path:
-        return self.root / "metrics" / f"{file_stem(label)}.json"
+    def metrics_path(self, label: str, seed: int) -> Path:
+        return self.root / "metrics" / f"{file_stem(label)}.seed{seed}.json"
 
     # ----- resume --------------------------------------------------------------------------------
-    def trained_model(self, label: str, model_name: str, config: dict, seed: int) -> Path | None:
-        """The saved weights of this exact entry, if a previous run finished training it."""
-        weights = self.model_path(label)
-        meta_path = weights.with_suffix(".config.json")
-        if not (weights.exists() and meta_path.exists()):
+    def trained_model(self, label: str, seed: int, key: str) -> Path | None:
+        """The saved weights of this unit when a previous run trained them with the same key."""
+        weights = self.model_path(label, seed)
+        stamp = weights.with_suffix(".key.json")
+        if not (weights.exists() and stamp.exists()):
             return None
-        meta = read_json(meta_path)
-        same = meta.get("model") == model_name and meta.get("seed") == seed and meta.get("config") == _jsonable(config)
-        return weights if same else None
+        return weights if read_json(stamp).get("key") == key else None
 
-    def write_predictions(self, label: str, key: str, *, proba: np.ndarray, predicted: np.ndarray, sample_ids: list[str], served: np.ndarray) -> Path:
-        return write_npz(
-            self.predictions_path(label),
-            proba=proba.astype(np.float32),
-            predicted=predicted.astype(np.uint8),
-            sample_ids=np.asarray(sample_ids, dtype=str),
-            served=served.astype(bool),
-            entry_key=np.asarray(key),
-        )
+    def mark_trained(self, label: str, seed: int, key: str) -> None:
+        write_json(self.model_path(label, seed).with_suffix(".key.json"), {"key": key})
 
-    def finished_predictions(self, label: str, key: str) -> dict[str, np.ndarray] | None:
-        """The stored predictions when they were made by this exact entry, else ``None``."""
-        path = self.predictions_path(label)
+    def write_predictions(self, label: str, seed: int, key: str, *, sample_ids: list[str], **arrays: np.ndarray) -> Path:
+        return write_npz(self.predictions_path(label, seed), sample_ids=np.asarray(sample_ids, dtype=str), entry_key=np.asarray(key), **arrays)
+
+    def finished_predictions(self, label: str, seed: int, key: str) -> dict[str, np.ndarray] | None:
+        """The stored predictions when they were made by this exact unit, else ``None``."""
+        path = self.predictions_path(label, seed)
         if not path.exists():
             return None
         with np.load(path, allow_pickle=False) as stored:
             if str(stored["entry_key"]) != key:
                 return None
-            return {name: stored[name] for name in ("proba", "predicted", "sample_ids", "served")}
+            return {name: stored[name] for name in stored.files if name != "entry_key"}
 
     def require(self) -> "RunFolder":
         """For commands that only read a run: one clear error when it is not there."""
@@ -159,8 +157,18 @@ class RunFolder:
         return self
 
 
-def entry_key(model_name: str, config: dict, seed: int, dataset_fingerprint: str, protocol: str) -> str:
-    return stable_hash(model_name, _jsonable(config), seed, dataset_fingerprint, protocol)
+FRAMEWORKS = ("torch", "transformers", "peft")
+
+
+def weights_key(model_class: type, config: dict, seed: int, dataset_fingerprint: str, protocol: str) -> str:
+    """What determines a unit's trained weights: model, config, seed, data, protocol, code and frameworks."""
+    code = source_digest(model_class.__module__)
+    return stable_hash(model_class.name, _jsonable(config), seed, dataset_fingerprint, protocol, code, {f: _version(f) for f in FRAMEWORKS})
+
+
+def entry_key(weights: str, decision: str) -> str:
+    """What determines a unit's predictions: its weights and the run's decision rule."""
+    return stable_hash(weights, decision)
 
 
 def _jsonable(obj: Any) -> Any:

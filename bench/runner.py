@@ -1,13 +1,16 @@
-"""Run a list of entries (label, registered model, config overrides) into a run folder and summarise them.
+"""Run a list of entries (label, registered model, config overrides) over training seeds into a run folder.
 
 ``bench run`` is one list of entries (one per model); an ablation or a sweep is just another list
-(``Entry("w/o KD", "leader_s", {"alpha": 0})``) through the same :func:`run_entries`, so every table of
-a paper comes from the same splits, the same bootstrap draws and the same files.
+(``Entry("w/o KD", "leader_s", {"kd": "none"})``) through the same :func:`run_entries`, so every
+table of a paper comes from the same splits, the same resamples and the same files.
 
-Per entry: config = ``Model.config_class.preset(preset, **overrides)``; fit on train with early stopping
-on val (skipped when the run folder already holds this entry's weights); predict the test samples the
-model can serve; per-sample metrics once; bootstrap rounds by group; then across entries t-tests and
-teacher retention. Resuming is by files (see :mod:`bench.results`): a finished entry is never refit.
+Per entry and training seed (one resumable unit): config = ``Model.config_class.preset(preset,
+**overrides)``; fit on train with early stopping on validation (skipped when the run folder holds
+this unit's weights); predict the validation and test samples the model serves (the protocol says
+which); the decision rule turns probabilities into sets (the model's own, or one threshold tuned on
+validation); per-sample metrics once. Then, across units: resamples of the test patients shared by
+every unit, cell statistics over patients and seeds, tests against the best baseline, retention.
+Resuming is by files (see :mod:`bench.results`): a finished unit is never refit.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import registry
 from bench.contract import MedRecModel, ModelConfig
-from bench.evaluate import against_reference, bootstrap_draws, bootstrap_model, retention, significance, summarise
-from bench.metrics import multi_hot, per_sample_metrics
-from bench.results import RunFolder, entry_key, environment_info, file_stem, read_json, write_json
-from data_prep.dataset import PROTOCOLS, PreparedDataset, Sample
+from bench.decisions import DECISIONS, tune_threshold
+from bench.evaluate import STATS, against_reference, cell_values, collect, draw_resamples, retention, significance, summarise
+from bench.metrics import aggregate, multi_hot, per_sample_metrics
+from bench.results import RunFolder, entry_key, environment_info, file_stem, read_json, weights_key, write_json
+from data_prep.dataset import PreparedDataset, Sample
+from data_prep.protocol import get_protocol, group_members, patient_strata, served
 
 PROPOSED_MODELS = ("leader_t", "leader_s")
 TEACHER_MODEL = "leader_t"
 STUDENT_MODEL = "leader_s"
+DEFAULT_RESAMPLES = {"bootstrap": 1000, "paper": 10}
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,13 @@ class _Planned:
     entry: Entry
     model_class: type[MedRecModel]
     config: ModelConfig
-    key: str
 
 
-def _plan(dataset: PreparedDataset, entries: Sequence[Entry], seed: int, preset: str, protocol: str) -> list[_Planned]:
+class ModelOutputError(ValueError):
+    """A model returned probabilities the metrics cannot score (wrong shape, NaN, infinite)."""
+
+
+def _plan(entries: Sequence[Entry], preset: str) -> list[_Planned]:
     """Resolve every model and config before anything trains, so a typo fails in a second, not an hour in."""
     if not entries:
         raise ValueError("no entry to run")
@@ -72,17 +81,16 @@ def _plan(dataset: PreparedDataset, entries: Sequence[Entry], seed: int, preset:
             config = model_class.config_class.preset(preset, **entry.overrides)
         except (TypeError, ValueError) as error:
             raise ValueError(f"entry {entry.label!r}: {error}") from None
-        key = entry_key(entry.model, config.to_dict(), seed, dataset.fingerprint, protocol)
-        planned.append(_Planned(entry, model_class, config, key))
+        planned.append(_Planned(entry, model_class, config))
     return planned
 
 
 def _check_resume(folder: RunFolder, run_config: dict) -> None:
-    """A folder made by other data, seed or protocol cannot be resumed: its files would mix two runs."""
+    """A folder made by other data or another protocol cannot be resumed: its files would mix two runs."""
     if not folder.config_path.exists():
         return
     previous = read_json(folder.config_path)
-    for key in ("dataset_fingerprint", "seed", "protocol"):
+    for key in ("dataset_fingerprint", "protocol"):
         if previous.get(key) != run_config[key]:
             raise ValueError(
                 f"{folder.root} holds a run with {key}={previous.get(key)!r}, not {run_config[key]!r}; "
@@ -90,46 +98,124 @@ def _check_resume(folder: RunFolder, run_config: dict) -> None:
             )
 
 
-def _train_or_load(plan: _Planned, folder: RunFolder, dataset: PreparedDataset, train: list[Sample], val: list[Sample], seed: int, device: str, progress: Progress | None) -> MedRecModel:
-    """The entry's fitted model: its saved weights when an earlier run trained it, else trained now."""
-    config_dict = plan.config.to_dict()
-    weights = folder.trained_model(plan.entry.label, plan.entry.model, config_dict, seed)
+class _Display:
+    """Progress of each unit: a rich bar on a terminal, otherwise a log line per tenth of the work."""
+
+    def __init__(self, console: Console | None):
+        self.console = console
+        self.progress = None
+        if console is not None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description:<22}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=console,
+                disable=not console.is_terminal,
+            )
+
+    def __enter__(self):
+        return self.progress.__enter__() if self.progress is not None else nullcontext()
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def start(self, name: str, total: int):
+        """A callback ``(done, total, status)`` for this unit's training loop."""
+        if self.progress is None:
+            return lambda done, total, status: None
+        task = self.progress.add_task(name, total=total, status="")
+        logged = [-1]
+
+        def update(done: int, total: int, status: str) -> None:
+            self.progress.update(task, completed=done, total=total, status=status)
+            tenth = 10 * done // max(total, 1)
+            if not self.console.is_terminal and (tenth > logged[0] or done == total):
+                logged[0] = tenth
+                self.console.log(f"{name}: {done}/{total} {status}")
+
+        return update
+
+    def note(self, name: str, status: str) -> None:
+        if self.progress is not None:
+            self.progress.add_task(name, total=1, completed=1, status=status)
+            if not self.console.is_terminal:
+                self.console.log(f"{name}: {status}")
+
+
+def _train_or_load(plan: _Planned, folder: RunFolder, dataset: PreparedDataset, train: list[Sample], val: list[Sample], seed: int, key: str, device: str, display: _Display) -> MedRecModel:
+    """The unit's fitted model: its saved weights when an earlier run trained them alike, else trained now."""
+    label = plan.entry.label
+    weights = folder.trained_model(label, seed, key)
     if weights is not None:
         return plan.model_class.load(weights, dataset, device=device)
     model = plan.model_class(dataset, plan.config, seed=seed, device=device)
-    task = None
-    if progress is not None:
-        # models without an epoch loop (no on_epoch hook) show one step
-        epochs = plan.config.epochs if hasattr(model, "on_epoch") else 1
-        task = progress.add_task(plan.entry.label, total=epochs, status="")
-
-        def on_epoch(epoch: int, epochs: int, loss: float, val_prauc: float) -> None:
-            progress.update(task, completed=epoch, total=epochs, status=f"loss {loss:.4f}  val PRAUC {val_prauc:.4f}")
-
-        model.on_epoch = on_epoch
+    # models without a training loop (no on_progress hook) show one step
+    report = display.start(f"{label} (seed {seed})", 1)
+    if hasattr(model, "on_progress"):
+        model.on_progress = report
     started = time.perf_counter()
     model.fit(train, val)
     model.fit_report.setdefault("train_seconds", time.perf_counter() - started)
-    if task is not None:
-        progress.update(task, completed=progress.tasks[task].total)
-    model.save(folder.model_path(plan.entry.label))
+    report(1, 1, "trained")
+    model.save(folder.model_path(label, seed))
+    folder.mark_trained(label, seed, key)
     return model
 
 
-def _predict(model: MedRecModel, test: list[Sample]) -> dict[str, np.ndarray]:
-    """Probabilities and sets for every test sample the model can serve (rows of the others stay 0)."""
+def _probabilities(model: MedRecModel, label: str, samples: list[Sample], mask: np.ndarray) -> np.ndarray:
+    """Probabilities for the served samples (rows of the others stay 0); unscorable output fails the entry."""
+    proba = np.zeros((len(samples), model.dataset.n_medications), dtype=np.float32)
+    if mask.any():
+        chosen = np.asarray(model.predict_proba([s for s, ok in zip(samples, mask) if ok]), dtype=np.float32)
+        if chosen.shape != (int(mask.sum()), model.dataset.n_medications):
+            raise ModelOutputError(f"{label}: predict_proba returned shape {chosen.shape}, expected {(int(mask.sum()), model.dataset.n_medications)}")
+        if not np.isfinite(chosen).all():
+            raise ModelOutputError(f"{label}: predict_proba returned {int((~np.isfinite(chosen)).sum())} NaN or infinite values; the entry is not scored")
+        proba[mask] = chosen
+    return proba
+
+
+def _predict(model: MedRecModel, label: str, val: list[Sample], test: list[Sample], decision: str) -> dict:
+    """Validation and test probabilities and sets under the run's decision rule, and the rule used."""
+    needs_history = model.capabilities.needs_history_medications
+    out: dict = {}
+    for part, samples in (("val", val), ("test", test)):
+        mask = served(samples, needs_history)
+        out[f"{part}_served"] = mask
+        out[f"{part}_proba"] = _probabilities(model, label, samples, mask)
+    if decision != "paper" and model.decides_by_threshold:
+        metric = decision.removeprefix("tuned-")
+        mask = out["val_served"]
+        threshold = tune_threshold(out["val_proba"][mask], [s.target for s, ok in zip(val, mask) if ok], metric)
+        rule = {"rule": f"threshold tuned on validation {metric}", "threshold": threshold}
+        sets = {part: [np.flatnonzero(row >= threshold) for row in out[f"{part}_proba"]] for part in ("val", "test")}
+    else:
+        rule = {"rule": model.decision_rule(), "threshold": None}
+        sets = {}
+        for part, samples in (("val", val), ("test", test)):
+            mask = out[f"{part}_served"]
+            chosen = model.predict_sets([s for s, ok in zip(samples, mask) if ok], out[f"{part}_proba"][mask]) if mask.any() else []
+            rows = iter(chosen)
+            sets[part] = [next(rows) if ok else np.array([], dtype=np.int64) for ok in mask]
     n_meds = model.dataset.n_medications
-    served = np.array([bool(s.history) or not model.capabilities.needs_history_medications for s in test])
-    chosen = [s for s, ok in zip(test, served) if ok]
-    proba = np.zeros((len(test), n_meds), dtype=np.float32)
-    predicted = np.zeros((len(test), n_meds), dtype=np.uint8)
-    if chosen:
-        chosen_proba = np.asarray(model.predict_proba(chosen), dtype=np.float32)
-        if chosen_proba.shape != (len(chosen), n_meds):
-            raise ValueError(f"{model.name}.predict_proba returned shape {chosen_proba.shape}, expected {(len(chosen), n_meds)}")
-        proba[served] = chosen_proba
-        predicted[served] = multi_hot(model.predict_sets(chosen, chosen_proba), n_meds)
-    return {"proba": proba, "predicted": predicted, "served": served}
+    for part in ("val", "test"):
+        out[f"{part}_predicted"] = multi_hot(sets[part], n_meds)
+    out["decision"] = rule
+    return out
+
+
+def _validation_scores(stored: dict, val: list[Sample], dataset: PreparedDataset) -> dict:
+    """Point estimates on the validation samples the model served, per group (for choosing, never test)."""
+    per_sample = per_sample_metrics(stored["val_proba"], [np.flatnonzero(r) for r in stored["val_predicted"]], [s.target for s in val], dataset.ddi_adj)
+    mask = stored["val_served"]
+    out = {}
+    for group, members in group_members(val).items():
+        chosen = np.flatnonzero(members & mask)
+        out[group] = aggregate(per_sample, chosen) if members.any() and mask[members].all() else None
+    return out
 
 
 def run_entries(
@@ -137,30 +223,44 @@ def run_entries(
     entries: Sequence[Entry],
     run_dir: str | Path,
     *,
-    seed: int = 0,
-    rounds: int = 10,
+    seeds: Sequence[int] = (0,),
     preset: str = "paper",
     protocol: str = "last-visit",
+    stats: str = "bootstrap",
+    resamples: int | None = None,
+    resample_seed: int = 0,
     paired: bool = True,
+    holm: bool = False,
+    decision: str = "paper",
     proposed: Sequence[str] | None = None,
     teacher: str | None = None,
     full_model: str | None = None,
-    bootstrap_fraction: float = 0.8,
     device: str = "cpu",
     arguments: dict | None = None,
     console: Console | None = None,
 ) -> dict:
-    """Train (or reuse), predict, evaluate every entry; write the run folder; return the summary.
+    """Train (or reuse), predict, evaluate every entry at every seed; write the run folder; return the summary.
 
+    ``stats``: "bootstrap" (valid, default) or "paper" (the LEADER paper's rounds, for reproduction);
+    ``resamples``: bootstrap resamples or paper rounds [1000 / 10]; ``paired``: the paper procedure's
+    t-test; ``holm``: tables correct stars across their columns. ``decision``: "paper" (each model's
+    rule), "tuned-jaccard" or "tuned-f1" (one threshold per unit chosen on validation).
     ``proposed``: labels tested against the best baseline (default: entries of leader_t / leader_s);
     ``teacher``: the label retention is measured against (default: the leader_t entry, if any).
     ``full_model``: in an ablation, the label every other student entry is compared with (``versus_full``).
     ``arguments``: the command line's own arguments, recorded in config.json. ``console``: where the
-    progress bars go (None: silent).
+    progress goes (None: silent).
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    plans = _plan(dataset, entries, seed, preset, protocol)
+    task = get_protocol(protocol)
+    if stats not in STATS:
+        raise ValueError(f"unknown statistics procedure {stats!r}; expected one of {STATS}")
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown decision rule {decision!r}; expected one of {DECISIONS}")
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("give at least one training seed")
+    resamples = DEFAULT_RESAMPLES[stats] if resamples is None else resamples
+    plans = _plan(entries, preset)
     labels = [p.entry.label for p in plans]
     proposed = [p.entry.label for p in plans if p.entry.model in PROPOSED_MODELS] if proposed is None else list(proposed)
     unknown = sorted(set(proposed) - set(labels))
@@ -178,12 +278,12 @@ def run_entries(
         "arguments": arguments or {},
         "dataset": dataset.name,
         "dataset_fingerprint": dataset.fingerprint,
-        "seed": seed,
+        "seeds": seeds,
         "preset": preset,
-        "protocol": protocol,
-        "rounds": rounds,
-        "bootstrap_fraction": bootstrap_fraction,
-        "paired": paired,
+        "protocol": task.name,
+        "stats": stats,
+        "resamples": resamples,
+        "decision": decision,
         "proposed": proposed,
         "teacher": teacher,
         "entries": [
@@ -192,74 +292,96 @@ def run_entries(
     }
     _check_resume(folder, run_config)
     write_json(folder.config_path, run_config)
-    write_json(folder.environment_path, environment_info(dataset.fingerprint, device))
 
-    train, val, test = (dataset.samples(part, protocol) for part in ("train", "val", "test"))
+    train, val, test = (task.samples(dataset, part) for part in ("train", "val", "test"))
     if not test:
         raise ValueError(f"dataset {dataset.name!r} has no test sample")
-    groups = [s.group for s in test]
-    sample_ids = [s.sample_id for s in test]
-    draws = bootstrap_draws(groups, rounds, seed, bootstrap_fraction)
+    members = group_members(test)
+    patient_of, stratum = patient_strata(test)
+    draws = draw_resamples(patient_of, stratum, stats, resamples, resample_seed)
+    test_ids = [s.sample_id for s in test]
+    environment = environment_info(dataset.fingerprint, device)
 
-    progress = _progress(console) if console is not None else None
-    rounds_by_label, fit_reports = {}, {}
-    with progress if progress is not None else nullcontext():
+    display = _Display(console)
+    cells, validation, fits, decisions = {}, {}, {}, {}
+    with display:
         for plan in plans:
             label = plan.entry.label
-            stored = folder.finished_predictions(label, plan.key)
-            if stored is None:
-                model = _train_or_load(plan, folder, dataset, train, val, seed, device, progress)
-                stored = _predict(model, test)
-                folder.write_predictions(label, plan.key, sample_ids=sample_ids, **stored)
-                fit_reports[label] = model.fit_report
-            else:
-                if list(stored["sample_ids"]) != sample_ids:
-                    raise ValueError(f"{folder.predictions_path(label)} lists other test samples than this dataset's")
-                fit_reports[label] = _stored_fit_report(folder, label)
-                if progress is not None:
-                    progress.add_task(label, total=1, completed=1, status="reused from the run folder")
-            per_sample = per_sample_metrics(stored["proba"], [np.flatnonzero(r) for r in stored["predicted"]], [s.target for s in test], dataset.ddi_adj)
-            rounds_by_label[label] = bootstrap_model(per_sample, stored["served"], groups, draws)
-            write_json(
-                folder.metrics_path(label),
-                {"label": label, "model": plan.entry.model, "rounds": rounds_by_label[label], "fit_report": fit_reports[label]},
-            )
+            values_by_seed, val_by_seed = [], []
+            fits[label], decisions[label] = {}, {}
+            for seed in seeds:
+                trained = weights_key(plan.model_class, plan.config.to_dict(), seed, dataset.fingerprint, task.name)
+                key = entry_key(trained, decision)
+                stored = folder.finished_predictions(label, seed, key)
+                if stored is None:
+                    model = _train_or_load(plan, folder, dataset, train, val, seed, trained, device, display)
+                    stored = _predict(model, label, val, test, decision)
+                    record = {"label": label, "model": plan.entry.model, "seed": seed, "fit_report": model.fit_report,
+                              "decision": stored["decision"], "environment": environment}
+                    write_json(folder.metrics_path(label, seed), record)
+                    folder.write_predictions(label, seed, key, sample_ids=test_ids, **{k: v for k, v in stored.items() if k != "decision"})
+                else:
+                    if list(stored["sample_ids"]) != test_ids:
+                        raise ValueError(f"{folder.predictions_path(label, seed)} lists other test samples than this dataset's")
+                    record = read_json(folder.metrics_path(label, seed))
+                    display.note(f"{label} (seed {seed})", "reused from the run folder")
+                fits[label][seed], decisions[label][seed] = record["fit_report"], record["decision"]
+                per_sample = per_sample_metrics(stored["test_proba"], [np.flatnonzero(r) for r in stored["test_predicted"]], [s.target for s in test], dataset.ddi_adj)
+                values_by_seed.append(cell_values(per_sample, stored["test_served"], members, draws))
+                val_by_seed.append(_validation_scores(stored, val, dataset))
+            cells[label] = collect(values_by_seed)
+            validation[label] = _mean_over_seeds(val_by_seed)
 
-    models = summarise(rounds_by_label)
+    n_patients = draws.n_patients
+    models = summarise(cells, stats, n_patients)
     # every student entry (an ablation's variants too) and every other proposed label
     students = [label for label in dict.fromkeys([*(p.entry.label for p in plans if p.entry.model == STUDENT_MODEL), *proposed]) if label != teacher]
     summary = {
         "run": str(folder.root),
         "dataset": dataset.name,
-        "protocol": protocol,
-        "seed": seed,
-        "rounds": rounds,
-        "paired": paired,
-        "entries": [{"label": p.entry.label, "model": p.entry.model, "proposed": p.entry.label in proposed} for p in plans],
-        "test_samples": {g: int(sum(1 for x in groups if x == g)) for g in ("multi", "single")},
+        "protocol": task.name,
+        "preset": preset,
+        "seeds": seeds,
+        "stats": {"procedure": stats, "resamples": resamples, "resample_seed": resample_seed, "paired": paired, "holm": holm},
+        "decision": decision,
+        "entries": [_entry_summary(p, proposed, seeds, decisions, fits) for p in plans],
+        "test_samples": {g: int(m.sum()) for g, m in members.items()},
+        "test_patients": n_patients,
         "models": models,
-        "significance": significance(models, proposed, paired=paired),
+        "validation": validation,
+        "significance": significance(cells, proposed, stats, n_patients, paired),
         "teacher": teacher,
         "retention": retention(models, teacher, students) if teacher else {},
-        "versus_full": against_reference(models, full_model, [s for s in students if s != full_model], paired=paired) if full_model else {},
-        "train_seconds": {label: report.get("train_seconds") for label, report in fit_reports.items()},
+        "versus_full": against_reference(cells, full_model, [s for s in students if s != full_model], stats, n_patients, paired) if full_model else {},
+        "train_seconds": {label: {seed: fit.get("train_seconds") for seed, fit in by_seed.items()} for label, by_seed in fits.items()},
     }
     write_json(folder.summary_path, summary)
     return summary
 
 
-def _stored_fit_report(folder: RunFolder, label: str) -> dict:
-    path = folder.metrics_path(label)
-    return read_json(path).get("fit_report", {}) if path.exists() else {}
+def _mean_over_seeds(by_seed: list[dict]) -> dict:
+    """group -> metric -> mean over seeds of the validation point estimates (None: not served)."""
+    out = {}
+    for group, first in by_seed[0].items():
+        out[group] = None if first is None or any(v[group] is None for v in by_seed) else {
+            metric: float(np.mean([v[group][metric] for v in by_seed])) for metric in first
+        }
+    return out
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<18}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-    )
-
+def _entry_summary(plan: _Planned, proposed: Sequence[str], seeds: Sequence[int], decisions: dict, fits: dict) -> dict:
+    label = plan.entry.label
+    out = {
+        "label": label,
+        "model": plan.entry.model,
+        "proposed": label in proposed,
+        "decision": {seed: decisions[label][seed] for seed in seeds},
+        "converged": {seed: fits[label][seed].get("converged") for seed in seeds},
+    }
+    note = getattr(plan.model_class, "table_note", "")
+    if note:
+        out["note"] = note
+    teacher_seed = getattr(plan.config, "teacher_seed", "absent")
+    if teacher_seed != "absent":
+        out["teacher_seed"] = {seed: seed if teacher_seed is None else teacher_seed for seed in seeds}
+    return out

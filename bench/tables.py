@@ -2,9 +2,13 @@
 
 Layouts follow the LEADER paper: ``main`` is Tables IV/V (models x {Overall, Multi-visit, Single-visit}
 x {PRAUC, Jaccard, F1}), ``ablation`` is Table VI (PRAUC by group, one row per label), ``safety`` adds
-DDI rate and the average number of recommended medications. Each cell is "mean ± std"; per column the
-best mean is bold and the second underlined (ties share the mark); a star marks a proposed model that
-beats the column's best baseline with a t-test p < 0.05; a model that cannot serve a group reads "-".
+DDI rate and the average number of recommended medications. Each cell is "mean ± spread": with the
+default statistics the half-width of the 95% interval over test patients and training seeds, with
+``--stats paper`` the std over the paper's rounds. Per column the best mean is bold and the second
+underlined (ties share the mark); a star marks a proposed model that beats the column's best baseline
+(p < 0.05, Holm-corrected across the row's columns when the run or the table asks for it); a model
+that cannot serve a group reads "-". Every rendering says which procedure, seeds and decision rules
+made it (:func:`notes`).
 """
 
 from __future__ import annotations
@@ -16,30 +20,44 @@ from typing import Mapping, Sequence
 
 from rich.table import Table
 
-from bench.evaluate import GROUPS
+from bench.evaluate import DIRECTION, holm as holm_adjust
+from data_prep.protocol import GROUPS
 
 TABLES = ("main", "ablation", "safety")
 FORMATS = ("latex", "markdown", "csv")
 TABLE_METRICS = {"main": ("prauc", "jaccard", "f1"), "ablation": ("prauc",), "safety": ("ddi_rate", "avg_meds")}
 GROUP_TITLES = {"overall": "Overall", "multi": "Multi-visit", "single": "Single-visit"}
 METRIC_TITLES = {"prauc": "PRAUC", "jaccard": "Jaccard", "f1": "F1", "precision": "Precision", "recall": "Recall", "ddi_rate": "DDI", "avg_meds": "#Med"}
-# +1: higher is better, -1: lower is better, 0: not ranked (the number of medications has no best)
-DIRECTION = {"prauc": 1, "jaccard": 1, "f1": 1, "precision": 1, "recall": 1, "ddi_rate": -1, "avg_meds": 0}
 ALPHA = 0.05
 
 
 @dataclass(frozen=True)
 class Cell:
     mean: float
-    std: float
+    spread: float  # half-width of the 95% interval, or the paper procedure's std
     rank: int | None  # 0 best, 1 second, None otherwise
     star: bool
+    p: float | None  # the test's p-value against the column's best baseline (Holm-adjusted when asked)
 
 
-def cells(summary: Mapping, metrics: Sequence[str]) -> dict[str, dict[tuple[str, str], Cell | None]]:
+def _pvalues(summary: Mapping, metrics: Sequence[str], holm: bool) -> dict[str, dict[tuple[str, str], float | None]]:
+    """label -> (group, metric) -> p of the proposed labels; Holm across the row's columns when asked."""
+    out = {}
+    for label, groups in summary.get("significance", {}).items():
+        raw = {(g, m): groups.get(g, {}).get(m, {}).get("p") for g in GROUPS for m in metrics if m in groups.get(g, {})}
+        out[label] = holm_adjust(raw) if holm else raw
+    return out
+
+
+def _holm(summary: Mapping, holm: bool | None) -> bool:
+    return bool(summary.get("stats", {}).get("holm")) if holm is None else holm
+
+
+def cells(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> dict[str, dict[tuple[str, str], Cell | None]]:
     """label -> (group, metric) -> Cell, with ranks per column and stars from the stored p-values."""
     models = summary["models"]
     significance = summary.get("significance", {})
+    pvalues = _pvalues(summary, metrics, _holm(summary, holm))
     out: dict[str, dict[tuple[str, str], Cell | None]] = {label: {} for label in models}
     for group in GROUPS:
         for metric in metrics:
@@ -51,9 +69,39 @@ def cells(summary: Mapping, metrics: Sequence[str]) -> dict[str, dict[tuple[str,
                     out[label][(group, metric)] = None
                     continue
                 test = significance.get(label, {}).get(group, {}).get(metric)
-                star = test is not None and test["improves"] and test["p"] is not None and test["p"] < ALPHA
-                out[label][(group, metric)] = Cell(stats["mean"], stats["std"], ranks.get(label), star)
+                p = pvalues.get(label, {}).get((group, metric))
+                star = test is not None and test["improves"] and p is not None and p < ALPHA
+                out[label][(group, metric)] = Cell(stats["mean"], stats["pm"], ranks.get(label), star, p)
     return out
+
+
+def notes(summary: Mapping, holm: bool | None = None) -> list[str]:
+    """What made the numbers: statistics, seeds, decision rules, models' own notes, unconverged units."""
+    stats = summary.get("stats", {})
+    seeds = summary.get("seeds", [])
+    if stats.get("procedure") == "paper":
+        spread = f"± std over {stats.get('resamples')} rounds of 80% of the test patients (the LEADER paper's procedure; its t-test is not valid)"
+        test = f"{'paired' if stats.get('paired', True) else 'unpaired'} t-test over the rounds"
+    else:
+        spread = f"± half-width of the 95% interval over test patients ({stats.get('resamples')} bootstrap resamples)" + (
+            f" and {len(seeds)} training seeds" if len(seeds) > 1 else "; one training seed, so seed variance is not included")
+        test = "paired bootstrap of the difference" + (" with seed variance (Welch t)" if len(seeds) > 1 else "")
+    correction = ", Holm-corrected across the row" if _holm(summary, holm) else ""
+    lines = [
+        f"{summary.get('dataset', '')}, protocol {summary.get('protocol', '?')}, seeds {','.join(map(str, seeds))}: mean {spread}.",
+        f"Best in bold, second underlined; * p < {ALPHA} against the column's best baseline ({test}{correction}); - the model cannot serve the group.",
+    ]
+    rules = {}
+    for entry in summary.get("entries", []):
+        decisions = {d["rule"] + (f" {d['threshold']:g}" if d.get("threshold") is not None else "") for d in entry.get("decision", {}).values()}
+        rules[entry["label"]] = "; ".join(sorted(decisions))
+        if entry.get("note"):
+            lines.append(f"{entry['label']}: {entry['note']}")
+        unconverged = [seed for seed, ok in entry.get("converged", {}).items() if ok is False]
+        if unconverged:
+            lines.append(f"{entry['label']}: not converged at seed(s) {', '.join(map(str, unconverged))} (best validation epoch was the last)")
+    lines.insert(2, "Decision rules: " + "; ".join(f"{label}: {rule}" for label, rule in rules.items()) + ".")
+    return lines
 
 
 def _ranks(means: Mapping[str, float], direction: int) -> dict[str, int]:
@@ -63,13 +111,13 @@ def _ranks(means: Mapping[str, float], direction: int) -> dict[str, int]:
     return {label: distinct.index(round(v, 12)) for label, v in means.items() if distinct.index(round(v, 12)) < 2}
 
 
-def render(summary: Mapping, fmt: str, table: str = "main") -> str:
+def render(summary: Mapping, fmt: str, table: str = "main", holm: bool | None = None) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
     metrics = TABLE_METRICS[table]
-    return {"latex": latex, "markdown": markdown, "csv": to_csv}[fmt](summary, metrics)
+    return {"latex": latex, "markdown": markdown, "csv": to_csv}[fmt](summary, metrics, holm)
 
 
 # ----- LaTeX -------------------------------------------------------------------------------------
@@ -83,7 +131,7 @@ def latex_escape(text: str) -> str:
 def _latex_cell(cell: Cell | None) -> str:
     if cell is None:
         return "-"
-    body = f"{cell.mean:.4f} \\pm {cell.std:.4f}"
+    body = f"{cell.mean:.4f} \\pm {cell.spread:.4f}"
     if cell.rank == 0:
         body = f"\\mathbf{{{body}}}"
     elif cell.rank == 1:
@@ -91,9 +139,9 @@ def _latex_cell(cell: Cell | None) -> str:
     return f"${body}{'^{*}' if cell.star else ''}$"
 
 
-def latex(summary: Mapping, metrics: Sequence[str]) -> str:
+def latex(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
     """A ``table`` environment (needs booktabs), in the layout of the paper's Tables IV/V/VI."""
-    grid = cells(summary, metrics)
+    grid = cells(summary, metrics, holm)
     n = len(metrics)
     lines = [
         r"\begin{table}[t]",
@@ -102,7 +150,7 @@ def latex(summary: Mapping, metrics: Sequence[str]) -> str:
         r"\toprule",
         " & ".join(["", *(f"\\multicolumn{{{n}}}{{c}}{{{GROUP_TITLES[g]}}}" for g in GROUPS)]) + r" \\",
         " ".join(f"\\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(GROUPS))),
-        " & ".join(["Model", *(METRIC_TITLES[m] for _ in GROUPS for m in metrics)]) + r" \\",
+        " & ".join(["Model", *(latex_escape(METRIC_TITLES[m]) for _ in GROUPS for m in metrics)]) + r" \\",
         r"\midrule",
     ]
     for label, first_proposed in _rows(summary):
@@ -110,7 +158,7 @@ def latex(summary: Mapping, metrics: Sequence[str]) -> str:
             lines.append(r"\midrule")
         row = [latex_escape(label), *(_latex_cell(grid[label][(g, m)]) for g in GROUPS for m in metrics)]
         lines.append(" & ".join(row) + r" \\")
-    caption = f"{latex_escape(summary.get('dataset', ''))}: mean $\\pm$ std over {summary.get('rounds', '?')} bootstrap rounds; best in bold, second underlined; $^{{*}}$: $p < {ALPHA}$ against the best baseline."
+    caption = latex_escape(" ".join(notes(summary, holm))).replace("±", r"$\pm$").replace("<", "$<$")
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -131,7 +179,7 @@ def _rows(summary: Mapping) -> list[tuple[str, bool]]:
 def _plain_cell(cell: Cell | None, bold: tuple[str, str], underline: tuple[str, str], star: str) -> str:
     if cell is None:
         return "-"
-    body = f"{cell.mean:.4f} ± {cell.std:.4f}"
+    body = f"{cell.mean:.4f} ± {cell.spread:.4f}"
     if cell.rank == 0:
         body = f"{bold[0]}{body}{bold[1]}"
     elif cell.rank == 1:
@@ -139,37 +187,42 @@ def _plain_cell(cell: Cell | None, bold: tuple[str, str], underline: tuple[str, 
     return body + (star if cell.star else "")
 
 
-def markdown(summary: Mapping, metrics: Sequence[str]) -> str:
-    grid = cells(summary, metrics)
+def markdown(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+    grid = cells(summary, metrics, holm)
     header = ["Model", *(f"{GROUP_TITLES[g]} {METRIC_TITLES[m]}" for g in GROUPS for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", *(":---:" for _ in header[1:])]) + "|"]
     for label, _ in _rows(summary):
         row = [label.replace("|", r"\|"), *(_plain_cell(grid[label][(g, m)], ("**", "**"), ("<u>", "</u>"), r"\*") for g in GROUPS for m in metrics)]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *notes(summary, holm)]) + "\n"
 
 
-def to_csv(summary: Mapping, metrics: Sequence[str]) -> str:
-    """Long format, one row per model x group x metric; empty mean/std for "-" cells."""
-    grid = cells(summary, metrics)
+def to_csv(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+    """Long format, one row per model x group x metric; empty cells for "-"; seeds' values ';'-joined."""
+    grid = cells(summary, metrics, holm)
     significance = summary.get("significance", {})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "group", "metric", "mean", "std", "rank", "p_value", "against"])
+    writer.writerow(["model", "group", "metric", "mean", "spread", "ci_low", "ci_high", "seed_sd", "seed_values", "rank", "p_value", "against"])
     for label, _ in _rows(summary):
         for group in GROUPS:
             for metric in metrics:
                 cell = grid[label][(group, metric)]
+                stats = (summary["models"][label].get(group) or {}).get(metric, {})
                 test = significance.get(label, {}).get(group, {}).get(metric) or {}
+                ci = stats.get("ci") or ["", ""]
                 writer.writerow(
                     [
                         label,
                         group,
                         metric,
                         "" if cell is None else f"{cell.mean:.6f}",
-                        "" if cell is None else f"{cell.std:.6f}",
+                        "" if cell is None else f"{cell.spread:.6f}",
+                        *(f"{v:.6f}" if v != "" else "" for v in ci),
+                        "" if stats.get("seed_sd") is None else f"{stats['seed_sd']:.6f}",
+                        ";".join(f"{v:.6f}" for v in stats.get("seeds", [])),
                         "" if cell is None or cell.rank is None else cell.rank + 1,
-                        "" if test.get("p") is None else f"{test['p']:.6g}",
+                        "" if cell is None or cell.p is None else f"{cell.p:.6g}",
                         test.get("against", ""),
                     ]
                 )
@@ -181,7 +234,7 @@ def rich_table(summary: Mapping, table: str = "main") -> Table:
     metrics = TABLE_METRICS[table]
     grid = cells(summary, metrics)
     title = {"main": "Effectiveness", "ablation": "Ablation (PRAUC)", "safety": "Safety: DDI rate and #medications"}[table]
-    out = Table(title=f"{title} — {summary.get('dataset', '')}, {summary.get('rounds', '?')} bootstrap rounds (mean ± std)")
+    out = Table(title=f"{title} — {summary.get('dataset', '')}", caption="\n".join(notes(summary)), caption_justify="left")
     out.add_column("Model", style="bold")
     for group in GROUPS:
         for metric in metrics:

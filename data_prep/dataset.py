@@ -21,16 +21,15 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from data_prep.molecules import MoleculeSet
+    from data_prep.protocol import Protocol
 
 SPLITS = ("train", "val", "test")
-Protocol = Literal["last-visit", "all-visits"]
-PROTOCOLS: tuple[str, ...] = ("last-visit", "all-visits")
 FORMAT_VERSION = 1
 
 
@@ -39,7 +38,9 @@ class Visit:
     """One admission: code indices into the dataset's vocabularies.
 
     ``conditions`` holds the latent conditions of the synthetic cohort (empty for real data); an
-    oracle that knows them bounds what any model can reach.
+    oracle that knows them bounds what any model can reach. ``profile``, when the source records
+    one per admission, is the profile at this visit (age then, this admission's insurance, ...), so
+    a sample of an earlier visit never sees a later admission's values; empty: the patient's.
     """
 
     diagnoses: tuple[int, ...]
@@ -47,6 +48,7 @@ class Visit:
     medications: tuple[int, ...]
     admit_time: str = ""
     conditions: tuple[str, ...] = ()
+    profile: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +66,8 @@ class Patient:
 class Sample:
     """One prediction: earlier visits and the current visit's codes -> the current medication set.
 
-    ``group`` is "single" when there is no earlier visit (the model sees no medication history) and
-    "multi" otherwise. Under the default last-visit protocol this equals the patient's group.
+    ``group`` (see :mod:`data_prep.protocol`): "single" for a single-visit patient, "multi" for a
+    visit with earlier visits, "first" for the first visit of a multi-visit patient.
     """
 
     patient_id: str
@@ -75,11 +77,14 @@ class Sample:
     target: tuple[int, ...]
     profile: tuple[int, ...]
     visit_number: int  # 1-based index of the current visit in the patient's record
+    patient_visits: int  # visits in the patient's whole record
     conditions: tuple[str, ...] = ()
 
     @property
     def group(self) -> str:
-        return "multi" if self.history else "single"
+        if self.patient_visits == 1:
+            return "single"
+        return "multi" if self.history else "first"
 
     @property
     def sample_id(self) -> str:
@@ -171,32 +176,11 @@ class PreparedDataset:
         )
 
     # ----- protocol samples --------------------------------------------------------------------
-    def samples(self, part: str, protocol: Protocol = "last-visit") -> list[Sample]:
-        """Samples of one split, in patient order (stable, so predictions line up across models).
+    def samples(self, part: str, protocol: "str | Protocol" = "last-visit") -> list[Sample]:
+        """Samples of one split under a protocol (:mod:`data_prep.protocol`; LEADER's last visit by default)."""
+        from data_prep.protocol import get_protocol
 
-        ``last-visit`` (LEADER's protocol, the default): one sample per patient, target = the last
-        visit's medications. ``all-visits`` (SafeDrug lineage): every visit is a sample.
-        """
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-        out: list[Sample] = []
-        for patient in self.patients_in(part):
-            positions = range(len(patient.visits)) if protocol == "all-visits" else [len(patient.visits) - 1]
-            for t in positions:
-                current = patient.visits[t]
-                out.append(
-                    Sample(
-                        patient_id=patient.patient_id,
-                        history=patient.visits[:t],
-                        diagnoses=current.diagnoses,
-                        procedures=current.procedures,
-                        target=current.medications,
-                        profile=patient.profile,
-                        visit_number=t + 1,
-                        conditions=current.conditions,
-                    )
-                )
-        return out
+        return get_protocol(protocol).samples(self, part)
 
     # ----- molecules (derived from SMILES, never stored) ----------------------------------------
     @cached_property
@@ -269,7 +253,8 @@ def _patient_to_json(p: Patient) -> list:
     return [
         p.patient_id,
         list(p.profile),
-        [[list(v.diagnoses), list(v.procedures), list(v.medications), v.admit_time, list(v.conditions)] for v in p.visits],
+        # a per-visit profile is stored only when the source has one, so other datasets keep their fingerprint
+        [[list(v.diagnoses), list(v.procedures), list(v.medications), v.admit_time, list(v.conditions), *([list(v.profile)] if v.profile else [])] for v in p.visits],
     ]
 
 
@@ -278,7 +263,7 @@ def _patient_from_json(raw: list) -> Patient:
     return Patient(
         patient_id=pid,
         profile=tuple(profile),
-        visits=tuple(Visit(tuple(d), tuple(p), tuple(m), t, tuple(c)) for d, p, m, t, c in visits),
+        visits=tuple(Visit(tuple(d), tuple(p), tuple(m), t, tuple(c), tuple(*at_visit)) for d, p, m, t, c, *at_visit in visits),
     )
 
 

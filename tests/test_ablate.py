@@ -11,6 +11,7 @@ from teacher_fixtures import make_tiny_teacher
 
 import bench.cli.leader as leader_cli
 from bench.cli import main
+from bench.cli.leader import choose_on_validation
 from data_prep.cache import cache_root
 
 
@@ -36,7 +37,7 @@ def invoke(runner, args):
 
 def test_ablation_runs_the_chosen_variants_with_one_teacher(tiny_cli, teacher_settings, tmp_path):
     args = ["ablate", "leader", "--drop", "kd", "--drop", "align", "--compare", "temperature-kd", "--with-teacher",
-            "--preset", "quick", "--rounds", "3", "--results-dir", str(tmp_path), "--run-id", "ablation", *teacher_settings]
+            "--preset", "quick", "--resamples", "30", "--results-dir", str(tmp_path), "--run-id", "ablation", *teacher_settings]
     teachers = cache_root() / "teachers"
     before = set(teachers.iterdir()) if teachers.exists() else set()
     invoke(tiny_cli, args)
@@ -61,7 +62,7 @@ def test_without_drop_or_compare_the_four_table_vi_variants_run():
 
 
 def test_sweep_writes_results_plot_and_data(tiny_cli, teacher_settings, tmp_path):
-    args = ["sweep", "leader", "--param", "beta", "--values", "0.1,0", "--preset", "quick", "--rounds", "3",
+    args = ["sweep", "leader", "--param", "beta", "--values", "0.1,0", "--preset", "quick", "--resamples", "30",
             "--results-dir", str(tmp_path), "--run-id", "sweep", *teacher_settings]
     invoke(tiny_cli, args)
     folder = tmp_path / "sweep"
@@ -70,9 +71,21 @@ def test_sweep_writes_results_plot_and_data(tiny_cli, teacher_settings, tmp_path
     with open(folder / "sweep_beta.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [(float(r["value"]), r["group"]) for r in rows[:3]] == [(0.1, "overall"), (0.1, "multi"), (0.1, "single")]
-    assert float(rows[0]["prauc_mean"]) == pytest.approx(summary["models"]["beta=0.1"]["overall"]["prauc"]["mean"])
-    assert json.loads((folder / "sweep_beta.json").read_text())["values"] == [0.1, 0.0]
+    assert float(rows[0]["test_prauc"]) == pytest.approx(summary["models"]["beta=0.1"]["overall"]["prauc"]["mean"])
+    assert float(rows[0]["val_prauc"]) == pytest.approx(summary["validation"]["beta=0.1"]["overall"]["prauc"])
+    written = json.loads((folder / "sweep_beta.json").read_text())
+    assert written["values"] == [0.1, 0.0]
+    best_on_validation = max(summary["validation"], key=lambda label: summary["validation"][label]["overall"]["prauc"])
+    assert written["chosen_on_validation"] == best_on_validation
+    assert {r["chosen"] for r in rows if r["value"] == ("0.1" if best_on_validation == "beta=0.1" else "0.0")} == {"True"}
     assert (folder / "sweep_beta.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_sweep_chooses_on_validation_whatever_test_says():
+    """Test PRAUC favours one value, validation PRAUC the other: validation decides."""
+    cell = lambda v: {"overall": {"prauc": {"mean": v}}}
+    summary = {"models": {"a": cell(0.9), "b": cell(0.1)}, "validation": {"a": {"overall": {"prauc": 0.2}}, "b": {"overall": {"prauc": 0.3}}}}
+    assert choose_on_validation(summary, ["a", "b"]) == "b"
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,9 @@ def test_samples_follow_the_last_visit_protocol(tiny_dataset):
 def test_all_visits_protocol_makes_one_sample_per_visit(tiny_dataset):
     samples = tiny_dataset.samples("train", protocol="all-visits")
     assert len(samples) == sum(len(p.visits) for p in tiny_dataset.patients_in("train"))
-    assert sum(s.group == "single" for s in samples) == len(tiny_dataset.patients_in("train"))
+    patients = tiny_dataset.patients_in("train")
+    assert sum(s.group == "single" for s in samples) == sum(p.group == "single" for p in patients)
+    assert sum(s.group == "first" for s in samples) == sum(p.group == "multi" for p in patients)
     with pytest.raises(ValueError, match="unknown protocol"):
         tiny_dataset.samples("train", protocol="every-visit")
 

@@ -13,7 +13,7 @@ def word_count(text: str) -> int:
 
 
 def make_sample(history: tuple[Visit, ...], diagnoses=(0, 2), procedures=(1,), profile=(2, 0)) -> Sample:
-    return Sample("p1", history, diagnoses, procedures, target=(3,), profile=profile, visit_number=len(history) + 1)
+    return Sample("p1", history, diagnoses, procedures, target=(3,), profile=profile, visit_number=len(history) + 1, patient_visits=len(history) + 1)
 
 
 def test_single_visit_prompt_has_no_history(tiny_dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,33 +23,88 @@ ENTRIES = [Entry("freq", "freq"), Entry("MLP h8", "mlp", {"hidden_dim": 8, "epoc
 
 
 def run(dataset, run_dir, entries=ENTRIES, **kwargs):
-    return run_entries(dataset, entries, run_dir, seed=1, rounds=4, preset="quick", **kwargs)
+    return run_entries(dataset, entries, run_dir, **{"seeds": [1], "resamples": 20, "preset": "quick"} | kwargs)
 
 
 def test_a_run_writes_every_file_and_a_complete_summary(tiny_dataset, tmp_path):
     summary = run(tiny_dataset, tmp_path / "r")
     folder = RunFolder(tmp_path / "r")
     for label in ("freq", "MLP h8"):
-        assert folder.model_path(label).exists() and folder.model_path(label).with_suffix(".config.json").exists()
-        assert folder.metrics_path(label).exists() and folder.predictions_path(label).exists()
-    assert folder.model_path("MLP h8").name == "MLP_h8.pt"
+        assert folder.model_path(label, 1).exists() and folder.model_path(label, 1).with_suffix(".config.json").exists()
+        assert folder.metrics_path(label, 1).exists() and folder.predictions_path(label, 1).exists()
+    assert folder.model_path("MLP h8", 1).name == "MLP_h8.seed1.pt"
     config = json.loads(folder.config_path.read_text())
-    assert config["entries"][1]["config"]["hidden_dim"] == 8 and config["seed"] == 1
-    environment = json.loads(folder.environment_path.read_text())
-    assert environment["dataset_fingerprint"] == tiny_dataset.fingerprint and environment["versions"]["torch"]
+    assert config["entries"][1]["config"]["hidden_dim"] == 8 and config["seeds"] == [1]
+    record = json.loads(folder.metrics_path("MLP h8", 1).read_text())
+    assert record["environment"]["dataset_fingerprint"] == tiny_dataset.fingerprint and record["environment"]["versions"]["torch"]
+    assert record["decision"] == {"rule": "threshold 0.5", "threshold": None}
     cell = summary["models"]["MLP h8"]["overall"]["prauc"]
-    assert len(cell["values"]) == 4 and cell["mean"] == pytest.approx(np.mean(cell["values"]))
+    assert cell["seeds"] == [cell["mean"]] and cell["ci"][0] < cell["mean"] < cell["ci"][1] and cell["seed_sd"] is None
+    assert summary["validation"]["MLP h8"]["overall"]["prauc"] > 0
     assert json.loads(folder.summary_path.read_text())["models"] == summary["models"]
-    with np.load(folder.predictions_path("freq")) as stored:
-        assert stored["proba"].shape == (len(tiny_dataset.samples("test")), tiny_dataset.n_medications)
+    with np.load(folder.predictions_path("freq", 1)) as stored:
+        assert stored["test_proba"].shape == (len(tiny_dataset.samples("test")), tiny_dataset.n_medications)
+        assert stored["val_proba"].shape == (len(tiny_dataset.samples("val")), tiny_dataset.n_medications)
         assert list(stored["sample_ids"]) == [s.sample_id for s in tiny_dataset.samples("test")]
 
 
 def test_same_seed_gives_identical_numbers(tiny_dataset, tmp_path):
     first, second = run(tiny_dataset, tmp_path / "a"), run(tiny_dataset, tmp_path / "b")
     assert first["models"] == second["models"]
-    with np.load(RunFolder(tmp_path / "a").predictions_path("MLP h8")) as a, np.load(RunFolder(tmp_path / "b").predictions_path("MLP h8")) as b:
-        np.testing.assert_array_equal(a["proba"], b["proba"])
+    with np.load(RunFolder(tmp_path / "a").predictions_path("MLP h8", 1)) as a, np.load(RunFolder(tmp_path / "b").predictions_path("MLP h8", 1)) as b:
+        np.testing.assert_array_equal(a["test_proba"], b["test_proba"])
+
+
+def test_seeds_are_units_of_one_folder_and_a_rerun_trains_nothing(tiny_dataset, tmp_path, monkeypatch):
+    summary = run(tiny_dataset, tmp_path / "r", seeds=[0, 1, 2])
+    cell = summary["models"]["MLP h8"]["multi"]["prauc"]
+    assert len(cell["seeds"]) == 3 and cell["mean"] == pytest.approx(np.mean(cell["seeds"]))
+    assert cell["seed_sd"] == pytest.approx(np.std(cell["seeds"], ddof=1)) and cell["seed_sd"] > 0
+    assert summary["models"]["MLP h8"]["multi"]["prauc"]["seeds"][1] == run(tiny_dataset, tmp_path / "one", seeds=[1])["models"]["MLP h8"]["multi"]["prauc"]["mean"]
+    monkeypatch.setattr(CurrentVisitMLP, "fit", lambda self, t, v: pytest.fail("retrained"))
+    monkeypatch.setattr(MostFrequent, "fit", lambda self, t, v: pytest.fail("retrained"))
+    assert run(tiny_dataset, tmp_path / "r", seeds=[0, 1, 2])["models"] == summary["models"]
+    fewer = run(tiny_dataset, tmp_path / "r", seeds=[2, 0])
+    assert fewer["models"]["MLP h8"]["multi"]["prauc"]["seeds"] == [cell["seeds"][2], cell["seeds"][0]]
+
+
+def test_changed_model_code_retrains_instead_of_reusing(tiny_dataset, tmp_path, monkeypatch):
+    run(tiny_dataset, tmp_path / "r", entries=ENTRIES[1:])
+    trained = []
+    original = CurrentVisitMLP.fit
+    monkeypatch.setattr(CurrentVisitMLP, "fit", lambda self, t, v: trained.append(1) or original(self, t, v))
+    run(tiny_dataset, tmp_path / "r", entries=ENTRIES[1:])
+    assert trained == []
+    monkeypatch.setattr("bench.results.source_digest", lambda module: "edited")
+    run(tiny_dataset, tmp_path / "r", entries=ENTRIES[1:])
+    assert trained == [1]
+
+
+def test_tuned_thresholds_are_chosen_on_validation_only(tiny_dataset, tmp_path):
+    summary = run(tiny_dataset, tmp_path / "a", decision="tuned-jaccard")
+    (mlp,) = [e for e in summary["entries"] if e["label"] == "MLP h8"]
+    decision = mlp["decision"][1]
+    assert decision["rule"] == "threshold tuned on validation jaccard" and 0 < decision["threshold"] < 1
+    # other test labels: other test metrics, the same threshold
+    relabelled = dataclasses.replace(tiny_dataset, patients=[
+        p if tiny_dataset.split[p.patient_id] != "test" else dataclasses.replace(
+            p, visits=(*p.visits[:-1], dataclasses.replace(p.visits[-1], medications=(0, 1, 2)))) for p in tiny_dataset.patients])
+    other = run(relabelled, tmp_path / "b", decision="tuned-jaccard")
+    (mlp_other,) = [e for e in other["entries"] if e["label"] == "MLP h8"]
+    assert mlp_other["decision"][1] == decision
+    assert other["models"]["MLP h8"]["overall"]["jaccard"]["mean"] != summary["models"]["MLP h8"]["overall"]["jaccard"]["mean"]
+
+
+def test_non_finite_probabilities_fail_their_entry_with_its_name(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(MostFrequent, "predict_proba", lambda self, samples: np.full((len(samples), tiny_dataset.n_medications), np.nan))
+    with pytest.raises(runner.ModelOutputError, match="freq: predict_proba returned .* NaN"):
+        run(tiny_dataset, tmp_path / "r")
+
+
+def test_the_paper_procedure_reports_round_spread(tiny_dataset, tmp_path):
+    summary = run(tiny_dataset, tmp_path / "r", stats="paper", resamples=5)
+    cell = summary["models"]["MLP h8"]["overall"]["prauc"]
+    assert cell["pm"] == cell["std"] and "ci" not in cell and summary["stats"]["procedure"] == "paper"
 
 
 def test_an_interrupted_run_completes_without_retraining_finished_models(tiny_dataset, tmp_path, monkeypatch):
@@ -60,7 +116,7 @@ def test_an_interrupted_run_completes_without_retraining_finished_models(tiny_da
         with pytest.raises(KeyboardInterrupt):
             run(tiny_dataset, tmp_path / "r")
     folder = RunFolder(tmp_path / "r")
-    assert folder.predictions_path("freq").exists() and not folder.predictions_path("MLP h8").exists()
+    assert folder.predictions_path("freq", 1).exists() and not folder.predictions_path("MLP h8", 1).exists()
     assert not list(folder.root.rglob("*.tmp"))
 
     def must_not_train(self, train, val):
@@ -82,10 +138,10 @@ def test_changed_overrides_retrain_only_that_entry(tiny_dataset, tmp_path, monke
     assert trained == [4]
 
 
-def test_a_folder_of_another_seed_is_not_resumed(tiny_dataset, tmp_path):
+def test_a_folder_of_another_protocol_is_not_resumed(tiny_dataset, tmp_path):
     run(tiny_dataset, tmp_path / "r", entries=ENTRIES[:1])
-    with pytest.raises(ValueError, match="seed"):
-        run_entries(tiny_dataset, ENTRIES[:1], tmp_path / "r", seed=2, rounds=2, preset="quick")
+    with pytest.raises(ValueError, match="protocol"):
+        run(tiny_dataset, tmp_path / "r", entries=ENTRIES[:1], protocol="all-visits")
 
 
 class HistoryOnly(MostFrequent):
@@ -104,8 +160,8 @@ def test_history_models_get_dashes_and_proposed_models_get_tests(tiny_dataset, t
     assert summary["retention"]["H"]["multi"]["prauc"] == pytest.approx(
         100 * summary["models"]["H"]["multi"]["prauc"]["mean"] / summary["models"]["freq"]["multi"]["prauc"]["mean"]
     )
-    with np.load(RunFolder(tmp_path / "r").predictions_path("H")) as stored:
-        assert not stored["served"][[s.group == "single" for s in tiny_dataset.samples("test")]].any()
+    with np.load(RunFolder(tmp_path / "r").predictions_path("H", 1)) as stored:
+        assert not stored["test_served"][[s.group == "single" for s in tiny_dataset.samples("test")]].any()
 
 
 @pytest.mark.parametrize(
@@ -135,7 +191,7 @@ def cli(tiny_dataset, monkeypatch):
 
 
 def test_bench_run_prints_tables_resumes_and_feeds_bench_table(cli, tmp_path):
-    args = ["run", "--models", "freq,mlp", "--preset", "quick", "--rounds", "3", "--results-dir", str(tmp_path)]
+    args = ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "30", "--results-dir", str(tmp_path)]
     first = cli.invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "Effectiveness" in first.output and "Multi-visit" in first.output and "freq" in first.output
@@ -168,11 +224,11 @@ def test_profiler_measures_saved_weights(tiny_dataset, tmp_path):
     """The measurement a fresh process runs, called in-process: spawning costs more than this test's budget."""
     run(tiny_dataset, tmp_path / "r")
     folder = RunFolder(tmp_path / "r")
-    mlp = measure_model(tiny_dataset, ENTRIES[1], str(folder.model_path("MLP h8")), "last-visit", "cpu", 1, 3, True, True)
+    mlp = measure_model(tiny_dataset, ENTRIES[1], str(folder.model_path("MLP h8", 1)), "last-visit", "cpu", 1, 3, True, True)
     assert mlp["params_trainable"] == mlp["params_total"] == (18 * 8 + 8) + (8 * 8 + 8)
     assert mlp["latency_ms_per_patient"] > 0 and mlp["latency_ms_batch1"] > 0
     assert mlp["peak_memory_mb"] >= 0 and mlp["memory_kind"] == "rss above baseline"
-    freq = measure_model(tiny_dataset, ENTRIES[0], str(folder.model_path("freq")), "last-visit", "cpu", 1, 3, False, True)
+    freq = measure_model(tiny_dataset, ENTRIES[0], str(folder.model_path("freq", 1)), "last-visit", "cpu", 1, 3, False, True)
     assert (freq["params_trainable"], freq["params_total"]) == (0, tiny_dataset.n_medications) and "latency_ms_batch1" not in freq
     rows = [mlp, freq | {"latency_ms_per_patient": 2 * mlp["latency_ms_per_patient"]}]
     add_ratios(rows, "MLP h8")

@@ -18,32 +18,41 @@ from pylatexenc.latexwalker import (
     LatexWalkerParseError,
 )
 
-from bench.evaluate import summarise
-from bench.tables import latex_escape, render, rich_table
+from bench.tables import latex_escape, notes, render, rich_table
+
+
+def cell(values):
+    """mean ± half-width as a bootstrap summary holds them (here: the two values' mean and half their gap)."""
+    mean, pm = sum(values) / 2, abs(values[1] - values[0]) / 2
+    return {"mean": mean, "pm": pm, "ci": [mean - pm, mean + pm], "seed_sd": None, "seeds": [mean]}
 
 
 def cells(prauc, jaccard, f1):
-    return {"prauc": prauc, "jaccard": jaccard, "f1": f1, "ddi_rate": [0.05, 0.07], "avg_meds": [10.0, 12.0]}
+    return {"prauc": cell(prauc), "jaccard": cell(jaccard), "f1": cell(f1), "ddi_rate": cell([0.05, 0.07]), "avg_meds": cell([10.0, 12.0])}
 
 
 def known_summary():
-    models = summarise(
-        {
-            "freq": {g: cells([0.50, 0.52], [0.30, 0.30], [0.40, 0.42]) for g in ("overall", "multi", "single")},
-            "micron": {"overall": None, "multi": cells([0.70, 0.72], [0.45, 0.47], [0.60, 0.62]), "single": None},
-            "leader_s": {g: cells([0.7488, 0.7538], [0.40, 0.42], [0.61, 0.63]) for g in ("overall", "multi", "single")},
-        }
-    )
+    models = {
+        "freq": {g: cells([0.50, 0.52], [0.30, 0.30], [0.40, 0.42]) for g in ("overall", "multi", "single")},
+        "micron": {"overall": None, "multi": cells([0.70, 0.72], [0.45, 0.47], [0.60, 0.62]), "single": None},
+        "leader_s": {g: cells([0.7488, 0.7538], [0.40, 0.42], [0.61, 0.63]) for g in ("overall", "multi", "single")},
+    }
     significance = {
         "leader_s": {
             "overall": {"prauc": {"against": "freq", "p": 0.001, "improves": True}, "jaccard": {"against": "freq", "p": 0.2, "improves": True}},
-            "multi": {"prauc": {"against": "micron", "p": 0.01, "improves": True}, "jaccard": {"against": "micron", "p": 0.001, "improves": False}},
+            "multi": {"prauc": {"against": "micron", "p": 0.03, "improves": True}, "jaccard": {"against": "micron", "p": 0.001, "improves": False}},
         }
     }
+    rules = {"freq": "top 8 most frequent", "micron": "previous medications, add >= 0.7, remove < 0.3 (validated)", "leader_s": "threshold 0.5"}
     return {
         "dataset": "synth",
-        "rounds": 2,
-        "entries": [{"label": "freq", "proposed": False}, {"label": "micron", "proposed": False}, {"label": "leader_s", "proposed": True}],
+        "protocol": "last-visit",
+        "seeds": [0],
+        "stats": {"procedure": "bootstrap", "resamples": 1000, "paired": True, "holm": False},
+        "entries": [
+            {"label": label, "proposed": label == "leader_s", "decision": {"0": {"rule": rule, "threshold": None}}, "converged": {"0": label != "micron"}}
+            for label, rule in rules.items()
+        ],
         "models": models,
         "significance": significance,
     }
@@ -65,7 +74,7 @@ def test_latex_marks_best_second_stars_and_dashes():
     assert leader[1] == r"$\mathbf{0.4100 \pm 0.0100}$"
     # multi Jaccard: significant but worse than micron: no star
     assert micron[4] == r"$\mathbf{0.4600 \pm 0.0100}$" and leader[4] == r"$\underline{0.4100 \pm 0.0100}$"
-    assert leader[3] == r"$\mathbf{0.7513 \pm 0.0025}^{*}$"
+    assert leader[3] == r"$\mathbf{0.7513 \pm 0.0025}^{*}$"  # p = 0.03
     assert micron[0] == micron[6] == "-" and len(micron) == len(freq) == 9
     assert r"\multicolumn{3}{c}{Single-visit}" in text and text.count(r"\midrule") == 2  # header rule + rule before proposed
 
@@ -91,8 +100,28 @@ def test_markdown_and_csv():
     rows = list(csv.DictReader(io.StringIO(render(known_summary(), "csv"))))
     assert len(rows) == 3 * 3 * 3
     first = next(r for r in rows if r["model"] == "leader_s" and r["group"] == "overall" and r["metric"] == "prauc")
-    assert first == {"model": "leader_s", "group": "overall", "metric": "prauc", "mean": "0.751300", "std": "0.002500", "rank": "1", "p_value": "0.001", "against": "freq"}
+    assert first == {"model": "leader_s", "group": "overall", "metric": "prauc", "mean": "0.751300", "spread": "0.002500", "ci_low": "0.748800",
+                     "ci_high": "0.753800", "seed_sd": "", "seed_values": "0.751300", "rank": "1", "p_value": "0.001", "against": "freq"}
     assert next(r for r in rows if r["model"] == "micron" and r["group"] == "single")["mean"] == ""
+
+
+def test_holm_removes_a_star_that_does_not_survive_the_rows_correction():
+    rows = latex_rows(render(known_summary(), "latex", holm=True))
+    assert rows["leader\\_s"][0] == r"$\mathbf{0.7513 \pm 0.0025}^{*}$"  # 0.001 x 4
+    assert rows["leader\\_s"][3] == r"$\mathbf{0.7513 \pm 0.0025}$"  # 0.03 x 2 = 0.06
+    summary = known_summary()
+    summary["stats"]["holm"] = True
+    assert render(summary, "latex") == render(known_summary(), "latex", holm=True)
+
+
+def test_every_rendering_says_how_its_numbers_were_made():
+    text = "\n".join(notes(known_summary()))
+    assert "95% interval over test patients (1000 bootstrap resamples); one training seed" in text
+    assert "freq: top 8 most frequent" in text and "leader_s: threshold 0.5" in text
+    assert "micron: not converged at seed(s) 0" in text
+    paper = known_summary() | {"stats": {"procedure": "paper", "resamples": 10, "paired": False}}
+    assert "std over 10 rounds" in "\n".join(notes(paper)) and "unpaired t-test" in "\n".join(notes(paper))
+    assert "Decision rules" in render(known_summary(), "latex") and "Decision rules" in render(known_summary(), "markdown")
 
 
 def test_bad_format_or_table_and_escaping():
@@ -194,7 +223,7 @@ def tabular_errors(tabular: LatexEnvironmentNode) -> list[str]:
     [
         "main",
         "ablation",
-        pytest.param("safety", marks=pytest.mark.xfail(strict=True, reason="bench/tables.py writes the #Med header unescaped")),
+        "safety",
     ],
 )
 def test_latex_tables_have_nothing_pdflatex_would_reject(table):

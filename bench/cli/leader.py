@@ -1,8 +1,10 @@
 """``bench ablate leader`` (the LEADER paper's Table VI) and ``bench sweep leader`` (its Figures 2-3).
 
 Both are lists of :class:`bench.runner.Entry` run by :func:`bench.runner.run_entries`, so every
-variant sees the same split, the same bootstrap draws and the same teacher (fine-tuned once, from
-the teacher cache), and its results are stored like any ``bench run``.
+variant sees the same split, the same resamples and the same teacher (fine-tuned once, from the
+teacher cache), and its results are stored like any ``bench run``. Nothing is chosen on test: the
+sweep picks its value by validation PRAUC and plots validation beside test; the ablation table
+gives validation PRAUC beside the test columns.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from bench import tables
 from bench.cli import main
 from bench.cli.data import dataset_from_options, dataset_options
-from bench.cli.run import parse_settings
+from bench.cli.run import evaluation_arguments, evaluation_options, parse_settings
 from bench.contract import PRESETS
-from bench.evaluate import GROUPS
-from bench.results import RunFolder, run_id_for, write_json
+from bench.results import RunFolder, run_id_for, write_json, write_with
 from bench.runner import Entry, run_entries
-from data_prep.dataset import PROTOCOLS
+from data_prep.protocol import GROUPS
 
 FULL_STUDENT = "LEADER(S)"
 TEACHER = "LEADER(T)"
@@ -52,12 +54,10 @@ def parse_list(raw: str, known: dict | None, option: str) -> list[str]:
 def run_options(command):
     """Options shared by ablate and sweep (besides the dataset's)."""
     for option in reversed(
-        [
+        [  # each item decorates the command (evaluation_options adds several options)
             click.argument("family", type=click.Choice(["leader"])),
             click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True),
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--rounds", type=click.IntRange(min=2), default=10, show_default=True, help="Bootstrap rounds."),
-            click.option("--protocol", type=click.Choice(PROTOCOLS), default="last-visit", show_default=True),
+            evaluation_options,
             click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="leader_s option for every entry (JSON values), e.g. batch_size=16 or teacher_overrides='{\"teacher_path\": \"...\"}'."),
             click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True),
             click.option("--run-id", help="Run folder name (default: derived from the arguments, so a rerun resumes)."),
@@ -78,10 +78,8 @@ def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_
             dataset,
             entries,
             run_dir,
-            seed=arguments["seed"],
-            rounds=arguments["rounds"],
             preset=arguments["preset"],
-            protocol=arguments["protocol"],
+            **evaluation_arguments(arguments),
             proposed=proposed,
             full_model=full_model,
             device=arguments["device"],
@@ -94,16 +92,19 @@ def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_
 
 
 def prauc_table(summary: dict, title: str) -> Table:
-    """PRAUC by group; in an ablation also the full model's lead over each variant and its p-value."""
+    """Validation PRAUC, test PRAUC by group; in an ablation also the full model's lead over each variant and its p-value."""
     versus = summary.get("versus_full", {})
-    table = Table(title=title)
+    table = Table(title=title, caption="\n".join(tables.notes(summary)), caption_justify="left")
     table.add_column("entry")
+    table.add_column("val PRAUC", justify="right")
     for group in GROUPS:
-        table.add_column(f"PRAUC {group}", justify="right")
+        table.add_column(f"test PRAUC {group}", justify="right")
     if versus:
         table.add_column(f"{FULL_STUDENT} - entry, overall (p)", justify="right")
     for label, groups in summary["models"].items():
-        cells = [f"{groups[g]['prauc']['mean']:.4f} ± {groups[g]['prauc']['std']:.4f}" if groups.get(g) else "-" for g in GROUPS]
+        validation = summary["validation"][label]["overall"]
+        cells = ["-" if validation is None else f"{validation['prauc']:.4f}"]
+        cells += [f"{groups[g]['prauc']['mean']:.4f} ± {groups[g]['prauc']['pm']:.4f}" if groups.get(g) else "-" for g in GROUPS]
         if versus:
             test = versus.get(label, {}).get("overall", {}).get("prauc")
             p = "n/a" if test is None or test["p"] is None else f"{test['p']:.3g}"
@@ -117,14 +118,15 @@ def prauc_table(summary: dict, title: str) -> Table:
 @click.option("--drop", "drops", multiple=True, type=click.Choice(list(DROPS)), help="A Table VI variant (repeatable); default: all four unless --compare is given.")
 @click.option("--compare", default="", help=f"DistilLLM-Med strategies, comma-separated: {', '.join(STRATEGIES)}.")
 @click.option("--with-teacher", is_flag=True, help="Add LEADER(T) as an entry, so the summary holds each student's retention of it.")
-def ablate(family, preset, seed, rounds, protocol, settings, results_dir, run_id, device, drops, compare, with_teacher, **dataset_kwargs) -> None:
+def ablate(family, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, drops, compare, with_teacher, **dataset_kwargs) -> None:
     """Run the full LEADER(S) and its ablated variants on the same splits and bootstrap draws."""
     strategies = parse_list(compare, STRATEGIES, "--compare")
     drops = list(dict.fromkeys(drops)) or ([] if strategies else list(DROPS))
     common = parse_settings(settings)
     entries = ablation_entries(drops, strategies, common, with_teacher)
     proposed = [FULL_STUDENT] + ([TEACHER] if with_teacher else [])
-    arguments = dict(command="ablate", family=family, preset=preset, seed=seed, rounds=rounds, protocol=protocol, settings=common,
+    arguments = dict(command="ablate", family=family, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
+                     unpaired=unpaired, holm=holm, decision=decision, settings=common,
                      results_dir=results_dir, run_id=run_id, device=device, drops=drops, compare=strategies, with_teacher=with_teacher)
     summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, full_model=FULL_STUDENT)
     Console().print(prauc_table(summary, f"LEADER ablation ({run_dir})"))
@@ -143,8 +145,8 @@ def ablation_entries(drops: Sequence[str], strategies: Sequence[str], common: di
 @run_options
 @click.option("--param", type=click.Choice(SWEEP_PARAMETERS), required=True, help="alpha (KD weight, Fig. 2) or beta (alignment weight, Fig. 3).")
 @click.option("--values", "raw_values", required=True, help="Comma-separated values, e.g. 0.1,0.2,0.4,0.8.")
-def sweep(family, preset, seed, rounds, protocol, settings, results_dir, run_id, device, param, raw_values, **dataset_kwargs) -> None:
-    """Train one LEADER(S) per value of alpha or beta; plot PRAUC by group against the value."""
+def sweep(family, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, param, raw_values, **dataset_kwargs) -> None:
+    """Train one LEADER(S) per value of alpha or beta; choose the value on validation; plot validation and test PRAUC."""
     try:
         values = [float(v) for v in parse_list(raw_values, None, "--values")]
     except ValueError:
@@ -153,48 +155,70 @@ def sweep(family, preset, seed, rounds, protocol, settings, results_dir, run_id,
         raise click.BadParameter("give at least one value", param_hint="--values")
     common = parse_settings(settings)
     entries = [Entry(f"{param}={value:g}", "leader_s", {**common, param: value}) for value in values]
-    arguments = dict(command="sweep", family=family, preset=preset, seed=seed, rounds=rounds, protocol=protocol, settings=common,
+    arguments = dict(command="sweep", family=family, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
+                     unpaired=unpaired, holm=holm, decision=decision, settings=common,
                      results_dir=results_dir, run_id=run_id, device=device, param=param, values=values)
     summary, run_dir = execute(entries, [], arguments, dataset_kwargs)
-    written = write_sweep(summary, param, values, [e.label for e in entries], RunFolder(run_dir).root)
+    labels = [e.label for e in entries]
+    written = write_sweep(summary, param, values, labels, RunFolder(run_dir).root)
     Console().print(prauc_table(summary, f"LEADER sweep of {param} ({run_dir})"))
+    best = choose_on_validation(summary, labels)
+    Console().print(f"chosen on validation PRAUC: {best} (test PRAUC {summary['models'][best]['overall']['prauc']['mean']:.4f}, reported, not used to choose)")
     Console().print("wrote " + ", ".join(str(p) for p in written))
 
 
+def choose_on_validation(summary: dict, labels: Sequence[str], metric: str = "prauc") -> str:
+    """The label with the best overall validation ``metric`` (mean over seeds); test plays no part."""
+    return max(labels, key=lambda label: summary["validation"][label]["overall"][metric])
+
+
+SWEEP_COLUMNS = ["param", "value", "group", "val_prauc", "test_prauc", "test_prauc_pm", "chosen"]
+
+
 def write_sweep(summary: dict, param: str, values: Sequence[float], labels: Sequence[str], folder: Path) -> list[Path]:
-    """sweep_<param>.json / .csv (value, group, PRAUC mean, std) and sweep_<param>.png (Figures 2-3)."""
+    """sweep_<param>.json / .csv (value, group, validation PRAUC, test PRAUC and interval, the chosen value)
+    and sweep_<param>.png (Figures 2-3: validation PRAUC, which chooses, beside test PRAUC), all atomic."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chosen = choose_on_validation(summary, labels)
     rows = []
     for value, label in zip(values, labels):
         for group in GROUPS:
-            cell = summary["models"][label].get(group)
-            if cell is not None:
-                rows.append({"param": param, "value": value, "group": group, "prauc_mean": cell["prauc"]["mean"], "prauc_std": cell["prauc"]["std"]})
+            cell, validation = summary["models"][label].get(group), summary["validation"][label].get(group)
+            if cell is not None and validation is not None:
+                rows.append({"param": param, "value": value, "group": group, "val_prauc": validation["prauc"], "test_prauc": cell["prauc"]["mean"],
+                             "test_prauc_pm": cell["prauc"]["pm"], "chosen": label == chosen})
     json_path, csv_path, png_path = (folder / f"sweep_{param}.{ext}" for ext in ("json", "csv", "png"))
-    write_json(json_path, {"param": param, "values": list(values), "run": str(folder), "points": rows})
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["param", "value", "group", "prauc_mean", "prauc_std"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_json(json_path, {"param": param, "values": list(values), "run": str(folder), "chosen_on_validation": chosen, "points": rows})
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_with(csv_path, write_csv)
 
     # values at evenly spaced positions in the given order, as the paper's figures (beta: 0.1 ... 0)
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    positions = range(len(values))
+    figure, (on_validation, on_test) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    positions = list(range(len(values)))
     for group in GROUPS:
         points = {r["value"]: r for r in rows if r["group"] == group}
         if len(points) == len(values):
-            axis.errorbar(positions, [points[v]["prauc_mean"] for v in values], yerr=[points[v]["prauc_std"] for v in values],
-                          marker="o", capsize=3, label=group)
-    axis.set_xticks(list(positions), [f"{v:g}" for v in values])
-    axis.set_xlabel(param)
-    axis.set_ylabel("PRAUC")
-    axis.set_title(f"LEADER(S): PRAUC against {param}")
-    axis.legend()
+            on_validation.plot(positions, [points[v]["val_prauc"] for v in values], marker="o", label=group)
+            on_test.errorbar(positions, [points[v]["test_prauc"] for v in values], yerr=[points[v]["test_prauc_pm"] for v in values],
+                             marker="o", capsize=3, label=group)
+    for axis, title in ((on_validation, "validation (chooses)"), (on_test, "test (95% interval)")):
+        axis.set_xticks(positions, [f"{v:g}" for v in values])
+        axis.set_xlabel(param)
+        axis.axvline(labels.index(chosen), color="grey", linestyle=":", linewidth=1)
+        axis.set_title(f"LEADER(S) PRAUC, {title}")
+        axis.legend()
+    on_validation.set_ylabel("PRAUC")
     figure.tight_layout()
-    figure.savefig(png_path, dpi=150)
+    write_with(png_path, lambda tmp: figure.savefig(tmp, dpi=150, format="png"))
     plt.close(figure)
     return [json_path, csv_path, png_path]

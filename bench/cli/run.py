@@ -18,11 +18,13 @@ from bench import registry, tables
 from bench.cli import main
 from bench.cli.data import dataset_from_options, dataset_options
 from bench.contract import PRESETS
+from bench.decisions import DECISIONS
+from bench.evaluate import STATS
 from bench.profiler import profile_entries, rich_profile
-from bench.results import RunFolder, read_json, run_id_for, write_json
+from bench.results import RunFolder, read_json, run_id_for, write_json, write_text
 from bench.runner import Entry, run_entries
 from data_prep.cache import stable_hash
-from data_prep.dataset import PROTOCOLS
+from data_prep.protocol import PROTOCOLS
 
 WIDE = 200  # a table printed into a file or pipe is not wrapped to 80 columns
 
@@ -41,6 +43,49 @@ def _models(spec: str) -> list[str]:
 
 def _labels(spec: str | None) -> list[str] | None:
     return None if spec is None else [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def parse_seeds(_ctx, _param, raw: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in raw.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{raw!r} is not a comma-separated list of integers") from None
+    if not seeds:
+        raise click.BadParameter("give at least one seed")
+    return list(dict.fromkeys(seeds))
+
+
+def evaluation_options(command):
+    """Seeds, protocol, statistics and decision rule: shared by ``run``, ``ablate`` and ``sweep``."""
+    options = [
+        click.option("--seeds", callback=parse_seeds, default="0", show_default=True,
+                     help="Training seeds, comma-separated (e.g. 0,1,2,3,4): each model is trained once per seed; seed spread enters every interval and test."),
+        click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="last-visit", show_default=True,
+                     help="; ".join(f"{p.name}: {p.description}" for p in PROTOCOLS.values())),
+        click.option("--stats", type=click.Choice(STATS), default="bootstrap", show_default=True,
+                     help="bootstrap: patients resampled with replacement, paired tests, seeds as a variance source; paper: the LEADER paper's 80% rounds and t-test (reproduction only, not valid)."),
+        click.option("--resamples", type=click.IntRange(min=2), help="Bootstrap resamples [1000], or rounds with --stats paper [10]."),
+        click.option("--unpaired", is_flag=True, help="With --stats paper: the paper's unpaired t-test instead of the paired one."),
+        click.option("--holm", is_flag=True, help="Holm-correct the stars across the columns of each table row."),
+        click.option("--decision", type=click.Choice(DECISIONS), default="paper", show_default=True,
+                     help="Sets from each model's paper rule, or one threshold per model tuned on validation Jaccard / F1 (models that decode their own sets keep them)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def evaluation_arguments(values: dict) -> dict:
+    """The :func:`evaluation_options` values as :func:`bench.runner.run_entries` keywords."""
+    return {
+        "seeds": values["seeds"],
+        "protocol": values["protocol"],
+        "stats": values["stats"],
+        "resamples": values["resamples"],
+        "paired": not values["unpaired"],
+        "holm": values["holm"],
+        "decision": values["decision"],
+    }
 
 
 def parse_settings(settings: Sequence[str]) -> dict:
@@ -92,28 +137,23 @@ def model_entries(names: Sequence[str], teacher_path: Path | None, gguf_file: st
 @main.command("run")
 @click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list of registered models.")
 @dataset_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of model initialisation, shuffling and bootstrap draws.")
 @click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True, help="Model configs: the paper's or quick.")
-@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True, help="Bootstrap rounds (80% of the test set each).")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="last-visit", show_default=True, help="One sample per patient, or every visit.")
-@click.option("--unpaired", is_flag=True, help="Unpaired t-test (the paper's) instead of the paired one.")
+@evaluation_options
 @click.option("--proposed", help="Comma-separated labels tested against the best baseline [leader_t, leader_s when run].")
 @click.option("--retention-of", "teacher", help="Label whose scores the proposed models' retention is measured against [leader_t when run].")
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
 @click.option("--run-id", help="Folder name under --results-dir [derived from the arguments, so a rerun resumes].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def run_command(models_spec, seed, preset, rounds, protocol, unpaired, proposed, teacher, teacher_path, gguf_file, settings, device, run_id, results_dir, **data_kwargs):
+def run_command(models_spec, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, proposed, teacher, teacher_path, gguf_file, settings, device, run_id, results_dir, **data_kwargs):
     """Train, evaluate and tabulate models; rerunning the same command resumes the same run folder."""
     names = _models(models_spec)
     entries = model_entries(names, teacher_path, gguf_file, settings)
+    evaluation = evaluation_arguments(locals())
     arguments = {
         "models": names,
-        "seed": seed,
         "preset": preset,
-        "rounds": rounds,
-        "protocol": protocol,
-        "paired": not unpaired,
+        **evaluation,
         "proposed": _labels(proposed),
         "teacher": teacher,
         "overrides": {e.label: e.overrides for e in entries if e.overrides},
@@ -129,11 +169,8 @@ def run_command(models_spec, seed, preset, rounds, protocol, unpaired, proposed,
             dataset,
             entries,
             run_dir,
-            seed=seed,
-            rounds=rounds,
             preset=preset,
-            protocol=protocol,
-            paired=not unpaired,
+            **evaluation,
             proposed=_labels(proposed),
             teacher=teacher,
             device=device,
@@ -151,19 +188,19 @@ def run_command(models_spec, seed, preset, rounds, protocol, unpaired, proposed,
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A run folder, results/<run-id>.")
 @click.option("--format", "fmt", type=click.Choice(tables.FORMATS), default="latex", show_default=True)
 @click.option("--table", "table", type=click.Choice(tables.TABLES), default="main", show_default=True, help="main: Tables IV/V; ablation: Table VI; safety: DDI and #meds.")
+@click.option("--holm/--no-holm", default=None, help="Holm-correct the stars across each row's columns [as the run was made].")
 @click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of standard output.")
-def table_command(run_dir, fmt, table, out):
+def table_command(run_dir, fmt, table, holm, out):
     """Render a finished run's summary as LaTeX, Markdown or CSV (nothing is retrained)."""
     try:
         summary = read_json(RunFolder(run_dir).require().summary_path)
-        text = tables.render(summary, fmt, table)
+        text = tables.render(summary, fmt, table, holm=holm)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise click.ClickException(str(error)) from None
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write_text(out, text)
         click.echo(f"wrote {out}", err=True)
 
 
@@ -173,8 +210,8 @@ def table_command(run_dir, fmt, table, out):
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure inference latency.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak inference memory.")
 @click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="last-visit", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed (of the run folder's units, with --run).")
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="last-visit", show_default=True)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Reuse this run folder's trained weights instead of training.")
 @click.option("--reference", help="Model whose latency and memory the others are divided by, e.g. leader_t.")
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True, help="Batch-size-1 calls timed per model.")
@@ -196,7 +233,9 @@ def profile_command(models_spec, latency, memory, preset, seed, protocol, run_di
         previous = read_json(RunFolder(run_dir).config_path)
         if previous.get("dataset_fingerprint") != dataset.fingerprint:
             raise click.ClickException(f"{run_dir} was run on other data than --dataset {dataset.name} with these options")
-        preset, seed, protocol = previous["preset"], previous["seed"], previous["protocol"]
+        preset, protocol = previous["preset"], previous["protocol"]
+        if seed not in previous["seeds"]:
+            raise click.ClickException(f"{run_dir} trained seeds {previous['seeds']}, not --seed {seed}")
     console = _console()
     with console.status("profiling: each model in a fresh process"):
         try:
