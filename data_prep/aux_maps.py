@@ -29,6 +29,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_prep.tables import DataError, read_header, read_table
 
@@ -132,15 +134,12 @@ def load_ndc_to_rxcui(path: str | Path) -> dict[str, str]:
 def normalise_ndc(hyphenated: pd.Series) -> pd.Series:
     """Hyphenated NDCs (4-4-2, 5-3-2, 5-4-1) -> the 11-digit 5-4-2 form MIMIC writes (NA if malformed).
 
-    A plain loop: on 300k NDCs it is several times faster than pandas' split/zfill string methods."""
-
-    def eleven(ndc: object) -> str | None:
-        parts = ndc.split("-") if isinstance(ndc, str) else ()
-        if len(parts) != 3 or not all(p.isdigit() and len(p) <= w for p, w in zip(parts, (5, 4, 2))):
-            return None
-        return parts[0].zfill(5) + parts[1].zfill(4) + parts[2].zfill(2)
-
-    return pd.Series([eleven(ndc) for ndc in hyphenated], index=hyphenated.index, dtype=object)
+    Vectorised with pyarrow's regex and padding kernels (300k NDCs in a fraction of a second)."""
+    text = pa.array(hyphenated.astype(object).where(hyphenated.notna(), None).tolist(), type=pa.string())
+    parts = pc.extract_regex(text, r"^(?P<labeler>\d{1,5})-(?P<product>\d{1,4})-(?P<package>\d{1,2})$")
+    padded = [pc.utf8_lpad(parts.field(name), width, padding="0") for name, width in (("labeler", 5), ("product", 4), ("package", 2))]
+    eleven = pc.if_else(parts.is_valid(), pc.binary_join_element_wise(*padded, ""), pa.scalar(None, pa.string()))
+    return pd.Series(eleven.to_pylist(), index=hyphenated.index, dtype=object)
 
 
 @memo_by_file
@@ -167,8 +166,19 @@ class NdcMapping:
     coverage: dict
 
 
-def map_ndc_to_atc3(ndc: pd.Series, ndc_to_rxcui: dict[str, str], rxcui_atc: pd.DataFrame, *, ndc_fallback: bool = True) -> NdcMapping:
-    """Map 11-digit NDCs to ATC3 via RXCUI, then (``ndc_fallback``) via the NDC column of the ATC table."""
+def map_ndc_to_atc3(
+    ndc: pd.Series,
+    ndc_to_rxcui: dict[str, str],
+    rxcui_atc: pd.DataFrame,
+    *,
+    ndc_fallback: bool = True,
+    rows: np.ndarray | None = None,
+) -> NdcMapping:
+    """Map 11-digit NDCs to ATC3 via RXCUI, then (``ndc_fallback``) via the NDC column of the ATC table.
+
+    ``ndc`` may be one value per prescription row, or each distinct NDC once with ``rows`` giving
+    how many rows it stands for (the fast path: 15 million rows hold a few thousand NDCs); the
+    coverage figures count rows either way."""
     by_rxcui = rxcui_atc.dropna(subset=["rxcui", "atc3"]).drop_duplicates("rxcui").set_index("rxcui")["atc3"]
     via_rxcui = ndc.map(ndc_to_rxcui).map(by_rxcui)
     if ndc_fallback:
@@ -176,19 +186,16 @@ def map_ndc_to_atc3(ndc: pd.Series, ndc_to_rxcui: dict[str, str], rxcui_atc: pd.
         mapped = via_rxcui.fillna(ndc.map(by_ndc))
     else:
         mapped = via_rxcui
-    present = ndc.notna() & (ndc != "0")
-    distinct = ndc[present].unique()
-    distinct_mapped = ndc[mapped.notna()].unique()
-    distinct_rxcui = ndc[via_rxcui.notna()].unique()
-    rows = len(ndc)
+    weight = np.ones(len(ndc), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    present = (ndc.notna() & (ndc != "0")).to_numpy()
     coverage = {
-        "prescription_rows": rows,
-        "rows_with_ndc": int(present.sum()),
-        "rows_mapped_via_rxcui": int(via_rxcui.notna().sum()),
-        "rows_mapped": int(mapped.notna().sum()),
-        "distinct_ndcs": len(distinct),
-        "distinct_ndcs_mapped_via_rxcui": len(distinct_rxcui),
-        "distinct_ndcs_mapped": len(distinct_mapped),
+        "prescription_rows": int(weight.sum()),
+        "rows_with_ndc": int(weight[present].sum()),
+        "rows_mapped_via_rxcui": int(weight[via_rxcui.notna().to_numpy()].sum()),
+        "rows_mapped": int(weight[mapped.notna().to_numpy()].sum()),
+        "distinct_ndcs": ndc[present].nunique(),
+        "distinct_ndcs_mapped_via_rxcui": ndc[via_rxcui.notna()].nunique(),
+        "distinct_ndcs_mapped": ndc[mapped.notna()].nunique(),
         "ndc_fallback": ndc_fallback,
     }
     return NdcMapping(mapped, coverage)

@@ -49,20 +49,23 @@ from data_prep.aux_maps import (
 )
 from data_prep import code_names
 from data_prep.dataset import Patient, PreparedDataset, Visit, Vocabulary, assemble
-from data_prep.tables import DataError, find_table, read_table
+from data_prep.tables import NO_TIME, DataError, EncodedTable, find_table, read_encoded, read_table
 
 CODE_KINDS = ("diagnoses", "procedures", "medications")
 PROFILE_FIELDS = ["age", "gender", "insurance", "ethnicity", "marital_status"]
 AGE_BANDS = ["<18", "18-39", "40-64", "65-79", "80+", "unknown"]
 MISSING = "UNKNOWN"
 SINGULAR = {"diagnoses": "diagnosis", "procedures": "procedure"}
+PrescriptionWindow = Literal["first-hours", "first-start-date", "all"]
+PRESCRIPTION_WINDOWS = ("first-hours", "first-start-date", "all")
 
 
 @dataclass(frozen=True)
 class MimicOptions:
     """The pipeline's choices; defaults are the LEADER paper's (see the module docstring)."""
 
-    first_hours: float | None = 24.0  # None keeps every prescription of the admission
+    prescription_window: PrescriptionWindow = "first-hours"  # which prescriptions count (module docstring)
+    first_hours: float = 24.0  # the "first-hours" window
     ndc_fallback: bool = True
     require_smiles: bool = True
     top_diagnoses: int | None = 2000  # None keeps every code
@@ -74,6 +77,7 @@ class MimicOptions:
     ddi_side_effects: SideEffectSelection = "most-frequent"
     ddi_top_k: int = 40
     split_seed: int = 0
+    max_unknown_code_share: float = 0.5  # more rows with codes unknown to the ICD tables is an error
 
     def __post_init__(self) -> None:
         kinds = tuple(self.required_code_kinds)
@@ -84,6 +88,12 @@ class MimicOptions:
             raise ValueError(f"ddi_side_effects must be one of {SIDE_EFFECT_SELECTIONS}, got {self.ddi_side_effects!r}")
         if self.ddi_source not in ("auto", "twosides", "pairs"):
             raise ValueError(f"ddi_source must be auto, twosides or pairs, got {self.ddi_source!r}")
+        if self.prescription_window not in PRESCRIPTION_WINDOWS:
+            raise ValueError(f"prescription_window must be one of {PRESCRIPTION_WINDOWS}, got {self.prescription_window!r}")
+        if self.first_hours is None or self.first_hours <= 0:
+            raise ValueError(f"first_hours must be a positive number of hours, got {self.first_hours!r} (prescription_window='all' keeps every prescription)")
+        if not 0 <= self.max_unknown_code_share <= 1:
+            raise ValueError(f"max_unknown_code_share must be within [0, 1], got {self.max_unknown_code_share}")
         if self.min_visits < 1:
             raise ValueError(f"min_visits must be at least 1, got {self.min_visits}")
 
@@ -137,73 +147,163 @@ def locate(version: str, root: str | Path, aux: str | Path) -> MimicInputs:
 
 
 # ----- the pipeline ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CodePairs:
+    """Distinct (admission, code) pairs of one kind: ``visit`` indexes the admissions frame, ``code``
+    indexes ``codes``."""
+
+    visit: np.ndarray
+    code: np.ndarray
+    codes: list[str]
+
+    @classmethod
+    def from_rows(cls, visit: np.ndarray, code: np.ndarray, codes: list[str]) -> "CodePairs":
+        """Rows with an admission (``visit >= 0``) and a code (``code >= 0``), duplicates dropped."""
+        keep = (visit >= 0) & (code >= 0)
+        key = unique_ints(visit[keep].astype(np.int64) * max(len(codes), 1) + code[keep])
+        return cls(key // max(len(codes), 1), key % max(len(codes), 1), codes)
+
+    def most_frequent(self, k: int | None) -> "CodePairs":
+        """Keep the k codes found in the most visits (ties broken by code, so the choice is stable)."""
+        if k is None:
+            return self
+        counts = np.bincount(self.code, minlength=len(self.codes))
+        ranked = sorted(np.flatnonzero(counts).tolist(), key=lambda c: (-counts[c], self.codes[c]))
+        keep = np.zeros(len(self.codes), dtype=bool)
+        keep[ranked[:k]] = True
+        return self.where(keep[self.code])
+
+    def where(self, mask: np.ndarray) -> "CodePairs":
+        return CodePairs(self.visit[mask], self.code[mask], self.codes)
+
+
 def read_mimic(inputs: MimicInputs, options: MimicOptions) -> PreparedDataset:
     """Run the pipeline of the module docstring on located inputs."""
     layout, tables = inputs.layout, inputs.tables
     admissions = _read_admissions(tables["admissions"], layout)
-    medications, coverage, rows_in_window = _read_medications(inputs, admissions, options)
-    codes = {
-        "diagnoses": _read_codes(tables["diagnoses_icd"], layout),
-        "procedures": _read_codes(tables["procedures_icd"], layout),
-        "medications": medications,
-    }
-    limits = {"diagnoses": options.top_diagnoses, "procedures": options.top_procedures, "medications": options.top_medications}
-    known_visits = set(admissions["hadm_id"])
-    codes = {kind: _most_frequent(pairs[pairs["hadm_id"].isin(known_visits)], limits[kind]) for kind, pairs in codes.items()}
+    position = {hadm: i for i, hadm in enumerate(admissions["hadm_id"])}
+    join_rates: dict[str, dict] = {}
+    codes = {}
+    for kind, table in (("diagnoses", "diagnoses_icd"), ("procedures", "procedures_icd")):
+        codes[kind], join_rates[table] = _read_codes(tables[table], layout, position, kind, options)
+    codes["medications"], medication_meta, join_rates["prescriptions"] = _read_medications(inputs, admissions, position, options)
+    kept = select_visits(admissions, codes, options, source=f"{layout.name} ({inputs.tables['admissions'].parent})", join_rates=join_rates)
+    profiles, profile_values = _profiles(kept.visits, tables["patients"], layout)
+    diag_names, diag_unnamed = _icd_names(inputs, "diagnoses", kept.vocabularies["diagnoses"])
+    proc_names, proc_unnamed = _icd_names(inputs, "procedures", kept.vocabularies["procedures"])
+    return finish_dataset(
+        layout.name,
+        kept,
+        profiles,
+        profile_values,
+        inputs.aux,
+        options,
+        names={"diagnoses": diag_names, "procedures": proc_names},
+        meta={
+            "source": layout.name,
+            "options": dataclasses.asdict(options),
+            **medication_meta,
+            "admissions": len(admissions),
+            "visits": len(kept.visits),
+            "join_rates": join_rates,
+            "unnamed_codes": {"diagnoses": diag_unnamed, "procedures": proc_unnamed},
+            "files": {role: str(path) for role, path in inputs.files().items()},
+        },
+    )
 
-    kept = set(known_visits)
+
+@dataclass(frozen=True)
+class KeptVisits:
+    """The visits that survive the pipeline (admissions rows, sorted by subject, time, id), each
+    kind's vocabulary and each visit's sorted code indices (aligned with ``visits``)."""
+
+    visits: pd.DataFrame
+    vocabularies: dict[str, list[str]]
+    codes: dict[str, list[tuple[int, ...]]]
+
+
+def select_visits(admissions: pd.DataFrame, codes: dict[str, CodePairs], options, *, source: str, join_rates: dict) -> KeptVisits:
+    """Top-k codes, visits that have every required kind, patients with ``min_visits``; vocabularies
+    are the codes that remain, sorted. ``admissions`` has subject_id, hadm_id and admittime."""
+    limits = {"diagnoses": options.top_diagnoses, "procedures": options.top_procedures, "medications": options.top_medications}
+    codes = {kind: pairs.most_frequent(limits[kind]) for kind, pairs in codes.items()}
+    kept = np.ones(len(admissions), dtype=bool)
     for kind in options.required_code_kinds:
-        kept &= set(codes[kind]["hadm_id"])
-    visits = admissions[admissions["hadm_id"].isin(kept)].sort_values(["subject_id", "admittime", "hadm_id"])
+        has = np.zeros(len(admissions), dtype=bool)
+        has[codes[kind].visit] = True
+        kept &= has
+    visits = admissions[kept].sort_values(["subject_id", "admittime", "hadm_id"])
     visit_counts = visits.groupby("subject_id")["hadm_id"].transform("size")
     visits = visits[visit_counts >= options.min_visits]
-    codes = {kind: pairs[pairs["hadm_id"].isin(set(visits["hadm_id"]))] for kind, pairs in codes.items()}
-
-    vocab_codes = {kind: sorted(pairs["code"].unique()) for kind, pairs in codes.items()}
-    by_visit = {kind: _codes_by_visit(pairs, vocab_codes[kind]) for kind, pairs in codes.items()}
-    profiles, profile_values = _profiles(visits, tables["patients"], layout)
-    patients = []
-    for subject_id, rows in visits.groupby("subject_id", sort=True):
-        patient_visits = tuple(
-            Visit(
-                diagnoses=by_visit["diagnoses"].get(hadm, ()),
-                procedures=by_visit["procedures"].get(hadm, ()),
-                medications=by_visit["medications"].get(hadm, ()),
-                admit_time=admit.isoformat(),
-            )
-            for hadm, admit in zip(rows["hadm_id"], rows["admittime"])
+    if visits.empty:
+        rates = ", ".join(f"{table} {_share(rate)}" for table, rate in join_rates.items())
+        raise DataError(
+            f"{source}: no patient is left after preprocessing (rows whose hadm_id joins admissions: {rates}); "
+            "check that hadm_id is written the same way in every table (e.g. 142345, not 142345.0) and the pipeline options"
         )
-        patients.append(Patient(str(subject_id), patient_visits, profiles[subject_id]))
+    final = np.zeros(len(admissions), dtype=bool)
+    final[visits.index.to_numpy()] = True
+    vocabularies, per_visit = {}, {}
+    for kind, pairs in codes.items():
+        pairs = pairs.where(final[pairs.visit])
+        used = np.flatnonzero(np.bincount(pairs.code, minlength=len(pairs.codes)))
+        vocabulary = sorted(pairs.codes[c] for c in used.tolist())
+        rank = np.full(len(pairs.codes), -1, dtype=np.int64)
+        position = {code: i for i, code in enumerate(vocabulary)}
+        rank[used] = [position[pairs.codes[c]] for c in used.tolist()]
+        vocabularies[kind] = vocabulary
+        per_visit[kind] = _codes_by_visit(pairs.visit, rank[pairs.code], len(vocabulary), visits.index.to_numpy())
+    return KeptVisits(visits, vocabularies, per_visit)
 
-    aux = inputs.aux
+
+def _share(rate: dict) -> str:
+    return f"{100 * rate['joined'] / max(rate['rows'], 1):.0f}%" if rate["rows"] else "no rows"
+
+
+def _codes_by_visit(visit: np.ndarray, index: np.ndarray, vocabulary_size: int, order: np.ndarray) -> list[tuple[int, ...]]:
+    """Per visit of ``order`` (admission positions), its sorted code indices: one sort, one split."""
+    key = unique_ints(visit.astype(np.int64) * max(vocabulary_size, 1) + index)
+    visit_of_key, index_of_key = key // max(vocabulary_size, 1), (key % max(vocabulary_size, 1)).tolist()
+    bounds_lo = np.searchsorted(visit_of_key, order, side="left").tolist()
+    bounds_hi = np.searchsorted(visit_of_key, order, side="right").tolist()
+    return [tuple(index_of_key[lo:hi]) for lo, hi in zip(bounds_lo, bounds_hi)]
+
+
+def finish_dataset(name, kept: KeptVisits, profiles, profile_values, aux: AuxFiles, options, *, names: dict, meta: dict) -> PreparedDataset:
+    """Patients from the kept visits, medication names, SMILES and the DDI graph from the aux files."""
+    visits = kept.visits
+    admit = visits["admittime"]
+    admit_text = (
+        np.datetime_as_string(admit.to_numpy("datetime64[s]"), unit="s").tolist()
+        if (admit.dt.microsecond == 0).all() and (admit.dt.nanosecond == 0).all()
+        else [t.isoformat() for t in admit]
+    )
+    subjects = visits["subject_id"].tolist()
+    patients = []
+    start = 0
+    for end in range(1, len(subjects) + 1):
+        if end == len(subjects) or subjects[end] != subjects[start]:
+            patient_visits = tuple(
+                Visit(kept.codes["diagnoses"][v], kept.codes["procedures"][v], kept.codes["medications"][v], admit_text[v]) for v in range(start, end)
+            )
+            patients.append(Patient(str(subjects[start]), patient_visits, profiles[subjects[start]]))
+            start = end
     smiles = load_atc3_smiles(aux.atc3_smiles)
     atc_names = load_atc_names(aux.atc_names)
-    med_codes = vocab_codes["medications"]
+    med_codes = kept.vocabularies["medications"]
     ddi_pairs, ddi_source = _ddi_pairs(aux, options)
-    diag_names, diag_unnamed = _icd_names(inputs, "diagnoses", vocab_codes["diagnoses"])
-    proc_names, proc_unnamed = _icd_names(inputs, "procedures", vocab_codes["procedures"])
     return assemble(
-        name=layout.name,
+        name=name,
         patients=patients,
-        diagnoses=Vocabulary("diagnosis", vocab_codes["diagnoses"], diag_names),
-        procedures=Vocabulary("procedure", vocab_codes["procedures"], proc_names),
+        diagnoses=Vocabulary("diagnosis", kept.vocabularies["diagnoses"], names["diagnoses"]),
+        procedures=Vocabulary("procedure", kept.vocabularies["procedures"], names["procedures"]),
         medications=Vocabulary("medication", med_codes, [atc_names.get(code, f"ATC class {code}") for code in med_codes]),
         profile_fields=list(PROFILE_FIELDS),
         profile_values=profile_values,
         ddi_adj=ddi_adjacency(ddi_pairs, med_codes),
         smiles=[smiles.get(code, []) for code in med_codes],
         seed=options.split_seed,
-        meta={
-            "source": layout.name,
-            "options": dataclasses.asdict(options),
-            "mapping_coverage": coverage,
-            "mapped_rows_within_first_hours": rows_in_window,
-            "admissions": len(admissions),
-            "visits": len(visits),
-            "ddi_source": ddi_source,
-            "unnamed_codes": {"diagnoses": diag_unnamed, "procedures": proc_unnamed},
-            "files": {role: str(path) for role, path in inputs.files().items()},
-        },
+        meta={**meta, "ddi_source": ddi_source},
     )
 
 
@@ -214,7 +314,7 @@ def _read_admissions(path: Path, layout: Layout) -> pd.DataFrame:
     if table["hadm_id"].duplicated().any():
         raise DataError(f"{path}: hadm_id {table.loc[table['hadm_id'].duplicated(), 'hadm_id'].iloc[0]} appears twice")
     table["admittime"] = _parse_times(table["admittime"], path, "admittime")
-    return table.dropna(subset=["admittime"])
+    return table.dropna(subset=["admittime"]).reset_index(drop=True)
 
 
 def _parse_times(values: pd.Series, path: Path, column: str) -> pd.Series:
@@ -225,59 +325,158 @@ def _parse_times(values: pd.Series, path: Path, column: str) -> pd.Series:
     return parsed
 
 
-def _read_codes(path: Path, layout: Layout) -> pd.DataFrame:
-    """(hadm_id, code) pairs, codes as strings; MIMIC-IV codes prefixed by their ICD version."""
-    columns = ["hadm_id", layout.code_column] + (["icd_version"] if layout.versioned_codes else [])
-    table = read_table(path, columns, code_columns=[layout.code_column]).dropna()
-    code = table[layout.code_column].str.strip()
+def _admission_of(table: EncodedTable, position: dict[str, int]) -> tuple[np.ndarray, dict]:
+    """Per row, the admission position of its hadm_id (-1 when empty or not in admissions), and the
+    join rate: rows with an hadm_id, and how many of them join."""
+    lookup = np.array([position.get(h, -1) for h in table.values["hadm_id"]] + [-1], dtype=np.int64)
+    ids = table.ids["hadm_id"]
+    visit = lookup[ids]  # id -1 picks the trailing -1
+    with_id = int((ids >= 0).sum())
+    return visit, {"rows": with_id, "joined": int((visit >= 0).sum())}
+
+
+def _read_codes(path: Path, layout: Layout, position: dict[str, int], kind: str, options: MimicOptions) -> tuple[CodePairs, dict]:
+    """Distinct (admission, code) pairs, codes as strings; MIMIC-IV codes prefixed by their ICD version."""
+    column = layout.code_column
+    columns = ["hadm_id", column] + (["icd_version"] if layout.versioned_codes else [])
+    table = read_encoded(path, columns, code_columns=[column])
+    visit, join_rate = _admission_of(table, position)
+    code_ids = table.ids[column]
+    valid = (table.ids["hadm_id"] >= 0) & (code_ids >= 0)
+    bare = [code.strip() for code in table.values[column]]
     if layout.versioned_codes:
-        code = _versioned(code, table["icd_version"], path)
-    return pd.DataFrame({"hadm_id": table["hadm_id"], "code": code}).drop_duplicates()
+        version_ids = table.ids["icd_version"]
+        valid &= version_ids >= 0
+        versions = [v.strip() for v in table.values["icd_version"]]
+        bad = np.array([v not in ("9", "10") for v in versions] + [False])
+        wrong = valid & bad[version_ids]
+        if wrong.any():
+            raise DataError(f"{path}: column icd_version must be 9 or 10, found {versions[version_ids[np.argmax(wrong)]]!r}")
+        key = code_ids.astype(np.int64) * len(versions) + version_ids
+        used, inverse = unique_ints(key[valid], return_inverse=True)
+        texts = [f"ICD{versions[k % len(versions)]}:{bare[k // len(versions)]}" for k in used.tolist()]
+    else:
+        used, inverse = unique_ints(code_ids[valid], return_inverse=True)
+        texts = [bare[k] for k in used.tolist()]
+    codes, remap = _dedupe(texts)
+    row_code = np.full(len(code_ids), -1, dtype=np.int64)
+    row_code[valid] = remap[inverse]
+    check_known_codes(path, column, codes, np.bincount(row_code[valid], minlength=len(codes)), kind, layout.versioned_codes, options)
+    return CodePairs.from_rows(visit, row_code, codes), join_rate
 
 
-def _versioned(code: pd.Series, version: pd.Series, path: Path) -> pd.Series:
-    version = version.str.strip()
-    bad = ~version.isin(["9", "10"])
-    if bad.any():
-        raise DataError(f"{path}: column icd_version must be 9 or 10, found {version[bad].iloc[0]!r}")
-    return "ICD" + version + ":" + code
+def unique_ints(values: np.ndarray, *, return_inverse: bool = False):
+    """Sorted distinct values (and each input's index among them), by one sort: numpy's own
+    ``np.unique`` is many times slower on millions of integers here."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]] if len(ordered) else np.zeros(0, dtype=bool)
+    distinct = ordered[first]
+    if not return_inverse:
+        return distinct
+    inverse = np.empty(len(values), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return distinct, inverse
 
 
-def _read_medications(inputs: MimicInputs, admissions: pd.DataFrame, options: MimicOptions) -> tuple[pd.DataFrame, dict, int]:
+def _dedupe(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct texts in first-seen order, and each input's index among them."""
+    index: dict[str, int] = {}
+    remap = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.int64)
+    return list(index), remap
+
+
+def check_known_codes(path: Path, column: str, codes: list[str], rows: np.ndarray, kind: str, versioned: bool, options) -> None:
+    """Fail when codes are clearly not the code system's (the ICD tables of data_prep.code_names are
+    offline): more than ``max_unknown_code_share`` of the rows hold unknown codes, or no code starts
+    with 0 while codes that are known only with a leading 0 are common (a spreadsheet dropped the zeros:
+    ``0389`` became ``389``)."""
+    total = int(rows.sum())
+    if not total:
+        return
+    unknown_rows = padded_rows = zero_rows = 0
+    examples, padded_examples = [], []
+    for code, count in zip(codes, rows.tolist()):
+        version, bare = code[3:].split(":", 1) if versioned else ("9", code)
+        names = _code_names(kind, version)
+        zero_rows += count * bare.startswith("0")
+        if bare in names:
+            continue
+        unknown_rows += count
+        examples.append(code)
+        padded = next((p for p in ("0" + bare, "00" + bare) if p in names), None)
+        if padded:
+            padded_rows += count
+            padded_examples.append(f"{code!r} -> {padded!r}")
+    if not zero_rows and padded_rows >= 0.01 * total and len(padded_examples) >= 3:
+        raise DataError(
+            f"{path}: column {column} has no code starting with 0, but {padded_rows} rows hold codes known only with a leading zero "
+            f"({', '.join(padded_examples[:3])}): the leading zeros were lost (a spreadsheet?) - re-export the table with codes as text"
+        )
+    if unknown_rows > options.max_unknown_code_share * total:
+        raise DataError(
+            f"{path}: column {column}: {100 * unknown_rows / total:.0f}% of rows hold codes unknown to the ICD {kind} code system "
+            f"(e.g. {', '.join(repr(c) for c in examples[:3])}); codes must be written as MIMIC writes them (no dots, leading zeros kept) "
+            "- or raise max_unknown_code_share"
+        )
+
+
+def _read_medications(inputs: MimicInputs, admissions: pd.DataFrame, position: dict[str, int], options: MimicOptions) -> tuple[CodePairs, dict, dict]:
+    """(admission, ATC3) pairs under the chosen prescription window, the mapping coverage and the rows
+    each window rule keeps, and the hadm_id join rate."""
     path, start_column = inputs.tables["prescriptions"], inputs.layout.start_column
-    table = read_table(path, ["hadm_id", start_column, "ndc"], code_columns=["ndc"])
-    ndc = table["ndc"].str.strip()
+    table = read_encoded(path, ["hadm_id", "ndc"], time_columns=[start_column], code_columns=["ndc"])
+    visit, join_rate = _admission_of(table, position)
+    ndc_ids = table.ids["ndc"]
+    ndcs, remap = _dedupe([v.strip() for v in table.values["ndc"]])
+    rows = np.bincount(remap[ndc_ids[ndc_ids >= 0]], minlength=len(ndcs))
     mapping = map_ndc_to_atc3(
-        ndc, load_ndc_to_rxcui(inputs.aux.ndc_to_rxcui), load_rxcui_to_atc(inputs.aux.rxcui_to_atc), ndc_fallback=options.ndc_fallback
+        pd.Series(ndcs + [None], dtype=object),
+        load_ndc_to_rxcui(inputs.aux.ndc_to_rxcui),
+        load_rxcui_to_atc(inputs.aux.rxcui_to_atc),
+        ndc_fallback=options.ndc_fallback,
+        rows=np.append(rows, (ndc_ids < 0).sum()),
     )
-    rows = pd.DataFrame({"hadm_id": table["hadm_id"], "code": mapping.atc3}).dropna()
-    if options.first_hours is not None:
-        start = _parse_times(table.loc[rows.index, start_column], path, start_column)
-        admit = rows["hadm_id"].map(admissions.set_index("hadm_id")["admittime"])
-        rows = rows[start < admit + pd.Timedelta(hours=options.first_hours)]
-    rows_in_window = len(rows)
+    atc3 = mapping.atc3.iloc[:-1]
+    codes, code_of_atc = _dedupe([a for a in atc3 if isinstance(a, str)])
+    code_of_ndc = np.full(len(ndcs) + 1, -1, dtype=np.int64)  # the last entry: an empty NDC
+    code_of_ndc[np.flatnonzero(atc3.notna().to_numpy())] = code_of_atc
+    row_code = code_of_ndc[np.where(ndc_ids >= 0, remap[np.maximum(ndc_ids, 0)], len(ndcs))]
+    mapped = (table.ids["hadm_id"] >= 0) & (row_code >= 0)
+
+    start = table.times[start_column]
+    kept_by_window = _window_rows(visit, start, ndc_ids, table.values["ndc"], admissions, options.first_hours)
+    if options.prescription_window != "all":
+        bad = [row for row in sorted(table.bad_times[start_column]) if mapped[row]]
+        if bad:
+            text = table.bad_times[start_column][bad[0]]
+            raise DataError(f"{path}: column {start_column} holds values that are not date-times, e.g. {text!r}")
+    in_window = mapped & kept_by_window[options.prescription_window]
+    rows_in_window = int(in_window.sum())
     if options.require_smiles:
-        rows = rows[rows["code"].isin(load_atc3_smiles(inputs.aux.atc3_smiles))]
-    return rows.drop_duplicates(), mapping.coverage, rows_in_window
+        with_smiles = np.array([c in load_atc3_smiles(inputs.aux.atc3_smiles) for c in codes] + [False])
+        in_window &= with_smiles[row_code]
+    meta = {
+        "mapping_coverage": mapping.coverage,
+        "mapped_rows_within_first_hours": rows_in_window,
+        "prescription_rows_by_window": {rule: int((mapped & (visit >= 0) & keep).sum()) for rule, keep in kept_by_window.items()},
+    }
+    return CodePairs.from_rows(np.where(in_window, visit, -1), row_code, codes), meta, join_rate
 
 
-def _most_frequent(pairs: pd.DataFrame, k: int | None) -> pd.DataFrame:
-    """Keep the k codes found in the most visits (ties broken by code, so the choice is stable)."""
-    if k is None:
-        return pairs
-    counts = pairs.groupby("code").size().reset_index(name="visits").sort_values(["visits", "code"], ascending=[False, True])
-    return pairs[pairs["code"].isin(set(counts["code"].head(k)))]
-
-
-def _codes_by_visit(pairs: pd.DataFrame, vocabulary: list[str]) -> dict[str, tuple[int, ...]]:
-    """hadm_id -> sorted code indices, by one sort and one split rather than a Python loop per row."""
-    index = pd.Categorical(pairs["code"], categories=vocabulary).codes
-    frame = pd.DataFrame({"hadm_id": pairs["hadm_id"].to_numpy(), "index": index}).sort_values(["hadm_id", "index"])
-    hadm, idx = frame["hadm_id"].to_numpy(), frame["index"].to_numpy()
-    if not len(hadm):
-        return {}
-    starts = np.flatnonzero(np.r_[True, hadm[1:] != hadm[:-1]])
-    return {h: tuple(chunk.tolist()) for h, chunk in zip(hadm[starts], np.split(idx, starts[1:]))}
+def _window_rows(visit, start, ndc_ids, ndc_values, admissions: pd.DataFrame, first_hours: float) -> dict[str, np.ndarray]:
+    """Which prescription rows each rule of :data:`PRESCRIPTION_WINDOWS` keeps (see MimicOptions)."""
+    admit = admissions["admittime"].to_numpy("datetime64[ns]").astype(np.int64)
+    has_time = (visit >= 0) & (start != NO_TIME)
+    safe_visit = np.maximum(visit, 0)
+    first_hours_rows = has_time & (start < admit[safe_visit] + int(first_hours * 3600 * 1e9))
+    day = start // (86_400 * 10**9)
+    with_ndc = np.array([v.strip() not in ("", "0") for v in ndc_values] + [False])[ndc_ids]
+    counted = has_time & with_ndc
+    earliest = np.full(len(admit), np.iinfo(np.int64).max)
+    np.minimum.at(earliest, visit[counted], day[counted])
+    first_day_rows = has_time & (day == earliest[safe_visit])
+    return {"first-hours": first_hours_rows, "first-start-date": first_day_rows, "all": np.ones(len(visit), dtype=bool)}
 
 
 def _profiles(visits: pd.DataFrame, patients_path: Path, layout: Layout) -> tuple[dict[str, tuple[int, ...]], dict[str, list[str]]]:
@@ -332,6 +531,14 @@ def _ddi_pairs(aux: AuxFiles, options: MimicOptions) -> tuple[set[tuple[str, str
     if aux.ddi_pairs is None:
         raise DataError("ddi_source='pairs' but the aux folder has no ddi_atc3_pairs.csv")
     return load_ddi_pairs(aux.ddi_pairs), f"{aux.ddi_pairs.name} (GAMENet's 40 side effects)"
+
+
+def _versioned(code: pd.Series, version: pd.Series, path: Path) -> pd.Series:
+    version = version.str.strip()
+    bad = ~version.isin(["9", "10"])
+    if bad.any():
+        raise DataError(f"{path}: column icd_version must be 9 or 10, found {version[bad].iloc[0]!r}")
+    return "ICD" + version + ":" + code
 
 
 def _icd_names(inputs: MimicInputs, kind: str, codes: list[str]) -> tuple[list[str], int]:

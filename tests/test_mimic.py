@@ -90,7 +90,7 @@ def test_first_24_hours_rule_and_ndc_fallback(tiny_mimic3):
 
 def test_options_change_the_pipeline(tmp_path):
     root = write_tables(tmp_path, MIMIC3_TABLES)
-    every_hour = prepare(root, first_hours=None, ndc_fallback=False, required_code_kinds=("medications",))
+    every_hour = prepare(root, prescription_window="all", ndc_fallback=False, required_code_kinds=("medications",))
     assert "N05A" in every_hour.medications.codes and "A10B" not in every_hour.medications.codes
     assert [p.patient_id for p in every_hour.patients] == ["1"]  # patient 2's only drug needed the fallback
     # patient 2 has a single visit

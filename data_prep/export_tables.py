@@ -1,0 +1,307 @@
+"""Write a prepared dataset (typically the synthetic cohort) as MIMIC-III or MIMIC-IV source tables.
+
+``bench data export --format mimic4|mimic3`` writes the tables the MIMIC readers need (admissions,
+patients, diagnoses_icd, procedures_icd, prescriptions) plus ``aux/``, an auxiliary folder in the
+published layout (``ndc2RXCUI.txt``, ``ndc2atc_level4.csv.gz``, ``atc_coding.csv.gz``,
+``atc3_smiles.csv``, ``ddi_atc3_pairs.csv``) through which every prescription's NDC maps back to its
+medication class. Preparing the export with that aux folder gives back the dataset's patients, visits
+and code sets (the round-trip test checks the readers on data we generate), and a user can rehearse a
+pipeline on it before getting MIMIC credentials.
+
+What the tables carry, per visit: one admission (admit time as in the dataset; discharge six days
+later); the diagnosis and procedure codes as ICD-9 (MIMIC-IV: ``icd_version`` 9); for each
+medication class, ``rows_per_medication`` prescription rows on average, started within the first 20
+hours, each with an NDC of the class. Like the real tables, a visit also has rows outside the
+window (started 2 to 5 days in, repeating one of the visit's classes, so the 24-hour rule removes
+them without changing the visit's set) and rows without an NDC (dropped by the reader). MIMIC-III
+start dates have day resolution, as in the full release. Profiles become ``anchor_age`` /
+``anchor_year`` (MIMIC-IV) or a date of birth (MIMIC-III) that puts the last visit in the patient's
+age band.
+
+NDCs: with ``aux`` (a folder of the published aux files), each class gets the real NDCs that map to
+it through ``ndc2RXCUI.txt`` and ``ndc2atc_level4``; a class without any gets made-up NDCs with the
+labeler code 99999 (no real labeler), written to the exported aux folder with made-up RXCUIs.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from data_prep.dataset import PreparedDataset
+from data_prep.tables import DataError, write_atomic
+
+AGE_OF_BAND = {"<18": 10, "18-39": 30, "40-64": 52, "65-79": 72, "80+": 85}
+SUBJECT_BASE, HADM_BASE = 10_000_000, 20_000_000
+MADE_UP_LABELER, MADE_UP_RXCUI_BASE = "99999", 990_000_000
+NDCS_PER_CLASS = 8
+SECONDS_PER_DAY = 86_400
+CHUNK_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class TableExportOptions:
+    """How many prescription rows the export writes (the code sets do not depend on it)."""
+
+    rows_per_medication: float = 2.0  # mean rows per (visit, class) within the first 20 hours, >= 1
+    late_rows_per_visit: float = 1.0  # mean rows started 2-5 days in (removed by the 24-hour rule)
+    rows_without_ndc_per_visit: float = 0.5  # mean rows with an empty NDC
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows_per_medication < 1 or self.late_rows_per_visit < 0 or self.rows_without_ndc_per_visit < 0:
+            raise ValueError("rows_per_medication must be >= 1 and the other row rates >= 0")
+
+
+@dataclass(frozen=True)
+class FlatCohort:
+    """The dataset as flat arrays: one entry per visit, and (visit, code) pairs per code kind."""
+
+    subject: np.ndarray  # per patient, numeric id
+    visit_patient: np.ndarray  # per visit, patient position
+    hadm: np.ndarray  # per visit, numeric admission id
+    admit: np.ndarray  # per visit, datetime64[s]
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]]  # kind -> (visit, vocabulary index)
+
+
+def flatten(dataset: PreparedDataset) -> tuple[FlatCohort, list]:
+    """(cohort, patients in id order); numeric ids in the order of the dataset's patient ids, so the seeded split is the same."""
+    order = sorted(range(len(dataset.patients)), key=lambda i: dataset.patients[i].patient_id)
+    patients = [dataset.patients[i] for i in order]
+    if len(patients) >= HADM_BASE - SUBJECT_BASE:
+        raise ValueError(f"{len(patients)} patients: too many for 8-digit subject ids")
+    visits = [v for p in patients for v in p.visits]
+    visit_patient = np.repeat(np.arange(len(patients)), [len(p.visits) for p in patients])
+    admit = np.array([v.admit_time.replace(" ", "T") for v in visits], dtype="datetime64[s]")
+    pairs = {}
+    for kind in ("diagnoses", "procedures", "medications"):
+        lengths = [len(getattr(v, kind)) for v in visits]
+        codes = np.fromiter((c for v in visits for c in getattr(v, kind)), dtype=np.int64, count=sum(lengths))
+        pairs[kind] = (np.repeat(np.arange(len(visits)), lengths), codes)
+    return FlatCohort(
+        subject=SUBJECT_BASE + 1 + np.arange(len(patients)),
+        visit_patient=visit_patient,
+        hadm=HADM_BASE + 1 + np.arange(len(visits)),
+        admit=admit,
+        pairs=pairs,
+    ), patients
+
+
+# ----- NDCs and the exported aux folder ----------------------------------------------------------
+@dataclass(frozen=True)
+class NdcCatalogue:
+    """NDCs per medication class and the aux rows that map them back."""
+
+    ndcs: list[list[str]]  # per medication index
+    ndc_to_rxcui: dict[str, str]
+    rxcui_rows: pd.DataFrame  # YEAR, MONTH, NDC, RXCUI, ATC4 rows of ndc2atc_level4
+
+
+def ndc_catalogue(classes: list[str], aux: str | Path | None) -> NdcCatalogue:
+    from data_prep.aux_maps import AuxFiles, load_ndc_to_rxcui, load_rxcui_to_atc, map_ndc_to_atc3
+
+    real: dict[str, list[str]] = {}
+    ndc_to_rxcui: dict[str, str] = {}
+    rows = pd.DataFrame(columns=["YEAR", "MONTH", "NDC", "RXCUI", "ATC4"])
+    if aux is not None:
+        files = AuxFiles.locate(aux)
+        known = load_ndc_to_rxcui(files.ndc_to_rxcui)
+        table = load_rxcui_to_atc(files.rxcui_to_atc)
+        ndc = pd.Series(sorted(known))
+        atc3 = map_ndc_to_atc3(ndc, known, table, ndc_fallback=False).atc3
+        for code, value in zip(ndc, atc3):
+            if isinstance(value, str) and len(real.setdefault(value, [])) < NDCS_PER_CLASS:
+                real[value].append(code)
+        used = {n for c in classes for n in real.get(c, [])}
+        ndc_to_rxcui = {n: known[n] for n in sorted(used)}
+        raw = pd.read_csv(files.rxcui_to_atc, dtype=str, keep_default_na=False)
+        raw.columns = [c.strip().upper() for c in raw.columns]
+        raw = raw.rename(columns={"ATC5": "ATC4"})
+        rows = raw[raw["RXCUI"].str.strip().isin(set(ndc_to_rxcui.values()))][["YEAR", "MONTH", "NDC", "RXCUI", "ATC4"]]
+    ndcs, made_up = [], []
+    for i, code in enumerate(classes):
+        if real.get(code):
+            ndcs.append(real[code])
+            continue
+        own = [f"{MADE_UP_LABELER}{i:04d}{k:02d}" for k in range(2)]
+        rxcui = str(MADE_UP_RXCUI_BASE + i)
+        ndc_to_rxcui |= {n: rxcui for n in own}
+        made_up.append(("2016", "1", f"{MADE_UP_LABELER}-{i:04d}-00", rxcui, code))
+        ndcs.append(own)
+    rows = pd.concat([rows, pd.DataFrame(made_up, columns=rows.columns)], ignore_index=True)
+    return NdcCatalogue(ndcs, ndc_to_rxcui, rows)
+
+
+def write_aux_folder(dataset: PreparedDataset, catalogue: NdcCatalogue, folder: Path) -> list[Path]:
+    """The aux files that map the exported NDCs back and give the dataset's names, SMILES and DDI graph."""
+    meds = dataset.medications
+    upper = np.triu(dataset.ddi_adj, 1)
+    a, b = np.nonzero(upper)
+    contents = {
+        "ndc2RXCUI.txt": repr(catalogue.ndc_to_rxcui).encode(),
+        "ndc2atc_level4.csv.gz": gzip.compress(catalogue.rxcui_rows.to_csv(index=False).encode(), mtime=0),
+        "atc_coding.csv.gz": gzip.compress(pd.DataFrame({"atc_code": meds.codes, "atc_name": meds.names}).to_csv(index=False).encode(), mtime=0),
+        "atc3_smiles.csv": pd.DataFrame(
+            [(code, s) for code, group in zip(meds.codes, dataset.smiles) for s in group], columns=["atc3", "smiles"]
+        ).to_csv(index=False).encode(),
+        "ddi_atc3_pairs.csv": pd.DataFrame({"atc3_a": [meds.codes[i] for i in a], "atc3_b": [meds.codes[j] for j in b]})
+        .to_csv(index=False)
+        .encode(),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in contents.items():
+        write_atomic(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
+    return [folder / name for name in contents]
+
+
+# ----- the tables -------------------------------------------------------------------------------
+def export_tables(
+    dataset: PreparedDataset,
+    out: str | Path,
+    version: str = "mimic4",
+    *,
+    aux: str | Path | None = None,
+    options: TableExportOptions = TableExportOptions(),
+) -> list[Path]:
+    """Write ``out/hosp/*.csv.gz`` (MIMIC-IV) or ``out/*.CSV.gz`` (MIMIC-III) and ``out/aux/``."""
+    if version not in ("mimic3", "mimic4"):
+        raise ValueError(f"version must be mimic3 or mimic4, got {version!r}")
+    bad = [c for c in dataset.diagnoses.codes + dataset.procedures.codes if ":" in c]
+    if bad:
+        raise DataError(f"export to {version} writes ICD-9 codes without a version prefix; {dataset.name} has {bad[0]!r}")
+    out = Path(out)
+    cohort, patients = flatten(dataset)
+    catalogue = ndc_catalogue(dataset.medications.codes, aux)
+    mimic4 = version == "mimic4"
+    folder = out / "hosp" if mimic4 else out
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def name(table: str) -> Path:
+        return folder / (f"{table}.csv.gz" if mimic4 else f"{table.upper()}.csv.gz")
+
+    written = [
+        _write_table(name("patients"), [_patients(dataset, patients, cohort, mimic4)], upper=not mimic4),
+        _write_table(name("admissions"), [_admissions(dataset, patients, cohort, mimic4)], upper=not mimic4),
+    ]
+    for kind, table in (("diagnoses", "diagnoses_icd"), ("procedures", "procedures_icd")):
+        written.append(_write_table(name(table), [_codes(dataset, cohort, kind, mimic4)], upper=not mimic4))
+    written.append(_write_table(name("prescriptions"), _prescriptions(dataset, cohort, catalogue, mimic4, options), upper=not mimic4))
+    return written + write_aux_folder(dataset, catalogue, out / "aux")
+
+
+def _patients(dataset, patients, cohort: FlatCohort, mimic4: bool) -> pa.Table:
+    last_admit = cohort.admit[np.r_[np.flatnonzero(np.diff(cohort.visit_patient)), len(cohort.admit) - 1]]
+    fields = dataset.profile_fields
+    text = [dataset.profile_text(p.profile) for p in patients]
+    gender = [t.get("gender", "") for t in text] if "gender" in fields else [""] * len(patients)
+    age = np.array([AGE_OF_BAND.get(t.get("age", ""), -1) for t in text])
+    year = last_admit.astype("datetime64[Y]").astype(np.int64) + 1970
+    columns = {"subject_id": cohort.subject, "gender": gender}
+    if mimic4:
+        columns |= {"anchor_age": np.where(age >= 0, age, None), "anchor_year": year}
+    else:
+        columns["dob"] = [f"{y - a:04d}-01-01 00:00:00" if a >= 0 else None for y, a in zip(year.tolist(), age.tolist())]
+    return pa.table(columns)
+
+
+def _admissions(dataset, patients, cohort: FlatCohort, mimic4: bool) -> pa.Table:
+    text = [dataset.profile_text(p.profile) for p in patients]
+
+    def field(name: str) -> list:
+        values = [t.get(name) for t in text]
+        return [values[i] for i in cohort.visit_patient.tolist()]
+
+    return pa.table(
+        {
+            "subject_id": cohort.subject[cohort.visit_patient],
+            "hadm_id": cohort.hadm,
+            "admittime": cohort.admit,
+            "dischtime": cohort.admit + np.timedelta64(6 * SECONDS_PER_DAY, "s"),
+            "insurance": field("insurance"),
+            "marital_status": field("marital_status"),
+            ("race" if mimic4 else "ethnicity"): field("ethnicity"),
+        }
+    )
+
+
+def _codes(dataset, cohort: FlatCohort, kind: str, mimic4: bool) -> pa.Table:
+    visit, code = cohort.pairs[kind]
+    vocabulary = pa.array(getattr(dataset, kind).codes)
+    seq = np.arange(len(visit)) - np.searchsorted(visit, visit) + 1
+    columns = {
+        "subject_id": cohort.subject[cohort.visit_patient[visit]],
+        "hadm_id": cohort.hadm[visit],
+        "seq_num": seq,
+        ("icd_code" if mimic4 else "icd9_code"): vocabulary.take(pa.array(code)),
+    }
+    if mimic4:
+        columns["icd_version"] = np.full(len(visit), 9)
+    return pa.table(columns)
+
+
+def _prescriptions(dataset, cohort: FlatCohort, catalogue: NdcCatalogue, mimic4: bool, options: TableExportOptions):
+    """Batches of prescription rows: in-window rows per (visit, class), late rows, rows without NDC."""
+    rng = np.random.default_rng(options.seed)
+    visit, med = cohort.pairs["medications"]
+    n_visits = len(cohort.hadm)
+    repeats = 1 + rng.poisson(options.rows_per_medication - 1, len(visit))
+    row_visit, row_med = np.repeat(visit, repeats), np.repeat(med, repeats)
+    offset = rng.integers(0, 20 * 3600, len(row_visit))
+    first_med = np.searchsorted(visit, np.arange(n_visits))
+    meds_per_visit = np.bincount(visit, minlength=n_visits)
+    late_visit = np.repeat(np.arange(n_visits), rng.poisson(options.late_rows_per_visit, n_visits) * (meds_per_visit > 0))
+    late_med = med[first_med[late_visit] + rng.integers(0, 1 << 30, len(late_visit)) % meds_per_visit[late_visit]]
+    late_offset = rng.integers(2 * SECONDS_PER_DAY, 5 * SECONDS_PER_DAY, len(late_visit))
+    empty_visit = np.repeat(np.arange(n_visits), rng.poisson(options.rows_without_ndc_per_visit, n_visits))
+    row_visit = np.concatenate([row_visit, late_visit, empty_visit])
+    row_med = np.concatenate([row_med, late_med, np.full(len(empty_visit), -1)])
+    offset = np.concatenate([offset, late_offset, rng.integers(0, 20 * 3600, len(empty_visit))])
+    order = np.argsort(row_visit, kind="stable")
+    row_visit, row_med, offset = row_visit[order], row_med[order], offset[order]
+
+    counts = np.array([len(n) for n in catalogue.ndcs])
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    ndc_values = pa.array([n for group in catalogue.ndcs for n in group] + [None])
+    choice = rng.integers(0, 1 << 30, len(row_med))
+    safe_med = np.maximum(row_med, 0)
+    ndc_index = np.where(row_med >= 0, starts[safe_med] + choice % counts[safe_med], len(ndc_values) - 1)
+    drug_names = pa.array(dataset.medications.names + [""])
+    for lo in range(0, len(row_visit), CHUNK_ROWS):
+        part = slice(lo, lo + CHUNK_ROWS)
+        v = row_visit[part]
+        start = cohort.admit[v] + offset[part].astype("timedelta64[s]")
+        if not mimic4:
+            start = start.astype("datetime64[D]").astype("datetime64[s]")
+        yield pa.table(
+            {
+                "subject_id": cohort.subject[cohort.visit_patient[v]],
+                "hadm_id": cohort.hadm[v],
+                ("starttime" if mimic4 else "startdate"): start,
+                ("stoptime" if mimic4 else "enddate"): start + np.timedelta64(SECONDS_PER_DAY, "s"),
+                "drug_type": np.full(len(v), "MAIN"),
+                "drug": drug_names.take(pa.array(np.where(row_med[part] >= 0, row_med[part], len(drug_names) - 1))),
+                "ndc": ndc_values.take(pa.array(ndc_index[part])),
+            }
+        )
+
+
+def _write_table(path: Path, tables, *, upper: bool) -> Path:
+    """CSV, gzip level 1, header unquoted (as MIMIC ships it), written atomically."""
+
+    def write(tmp: Path) -> None:
+        with gzip.open(tmp, "wb", compresslevel=1) as fh:
+            header_written = False
+            for table in tables:
+                if not header_written:
+                    names = [c.upper() if upper else c for c in table.column_names]
+                    fh.write((",".join(names) + "\n").encode())
+                    header_written = True
+                pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+
+    return write_atomic(path, write)
