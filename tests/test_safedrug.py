@@ -102,17 +102,21 @@ def test_loss_is_pure_ddi_far_above_target_and_pure_accuracy_below(tiny_dataset)
 
 
 def test_ddi_loss_scale_follows_the_vocabulary_unless_given(tiny_dataset):
-    assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST)).ddi_loss_scale == pytest.approx(10 * 0.0005 * 131 / tiny_dataset.n_medications)
-    assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST, ddi_loss_scale=0.0005)).ddi_loss_scale == 0.0005
+    harness = SafeDrug.Config.preset("harness", **FAST)
+    assert SafeDrug(tiny_dataset, harness).ddi_loss_scale == pytest.approx(10 * 0.0005 * 131 / tiny_dataset.n_medications)
+    assert SafeDrug(tiny_dataset, SafeDrug.Config(**FAST)).ddi_loss_scale == 0.0005  # the paper's
+    paper = SafeDrug.Config.preset("paper")
+    assert (paper.lr, paper.batch_size, paper.target_ddi, paper.kp) == (5e-4, 1, 0.06, 0.05)
+    assert (harness.lr, SafeDrug.Config.preset("harness").batch_size) == (2e-3, 32)
 
 
 def test_fit_resolves_the_target_ddi_against_the_training_targets(fitted, tiny_dataset):
     truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
     assert truth > 0
-    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
-    given = SafeDrug(tiny_dataset, SafeDrug.Config(**{**FAST, "epochs": 1}, target_ddi=0.06, kp=0.05), seed=0)
-    given.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
-    assert given.target_ddi == 0.06
+    assert fitted.target_ddi == fitted.fit_report["target_ddi"] == 0.06  # the paper's
+    relative = SafeDrug(tiny_dataset, SafeDrug.Config(**{**FAST, "epochs": 1}, target_ddi=None), seed=0)
+    relative.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    assert relative.target_ddi == relative.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
 
 
 def test_padded_batch_scores_like_one_by_one(fitted, tiny_dataset):

@@ -11,7 +11,8 @@ import torch
 
 from bench.registry import get
 from bench.training import target_tensor
-from leader.teacher import LeaderTeacher, TeacherConfig, last_token_index, obtain_teacher, pool_hidden_states
+from leader.backbone import last_token_index, pool_hidden_states
+from leader.teacher import LeaderTeacher, TeacherConfig, obtain_teacher
 from teacher_fixtures import HIDDEN_SIZE, make_tiny_teacher
 
 TINY = {"max_steps": 4, "eval_every": 2, "batch_size": 8, "grad_accum": 2, "max_length": 96}
@@ -193,3 +194,60 @@ def test_unknown_lora_targets_are_reported(tiny_dataset, tiny_paths):
     config = TeacherConfig(teacher_path=str(tiny_paths["encoder"]), lora_targets="q_proj", **TINY)
     with pytest.raises(ValueError, match="q_proj"):
         LeaderTeacher(tiny_dataset, config).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+
+
+FAST = {"lora_layers": 1, "backbone_dropout": False}
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_cached_lower_layers_give_the_full_forward_and_the_same_training(tiny_dataset, tiny_paths, kind):
+    """The CPU path (LoRA on the top layer, the frozen layer's output cached) is exact: the same states from the
+    cache as from the whole stack, and the same fine-tuning as without the cache."""
+    train, val, test = (tiny_dataset.samples(part) for part in ("train", "val", "test"))
+    config = TeacherConfig(teacher_path=str(tiny_paths[kind]), **{**TINY, **FAST})
+    plain = LeaderTeacher(tiny_dataset, config, seed=5).fit_uncached(train, val)
+    cached = LeaderTeacher(tiny_dataset, dataclasses.replace(config, cache_lower_layers=True), seed=5).fit_uncached(train, val)
+    trainable = {name for name, p in cached.network.named_parameters() if p.requires_grad and "lora" in name}
+    assert trainable and all(".1." in name for name in trainable)  # only the top layer (index 1 of 2) is adapted
+    ids = cached._token_ids(test)
+    lower = cached._lower_states(ids)
+    assert [len(states) for states in lower] == [len(row) for row in ids]
+    full = cached._infer(ids, lambda input_ids, mask, _: cached.network.pooled(input_ids, mask))
+    from_cache = cached._infer(ids, lambda input_ids, mask, states: cached.network.pooled(input_ids, mask, states), lower)
+    np.testing.assert_allclose(from_cache, full, atol=1e-5)
+    np.testing.assert_allclose(cached.predict_proba(test), plain.predict_proba(test), atol=1e-5)
+    assert cached.fit_report["best_step"] == plain.fit_report["best_step"]
+
+
+def test_the_report_says_what_stopped_training_and_whether_it_converged(tiny_dataset, tiny_paths):
+    train, val = tiny_dataset.samples("train"), tiny_dataset.samples("val")
+    budget = {**TINY, "batch_size": 8, "grad_accum": 1}
+    config = TeacherConfig(teacher_path=str(tiny_paths["encoder"]), **{**budget, "max_steps": 1000, "epochs": 1, "eval_every": 1})
+    teacher = LeaderTeacher(tiny_dataset, config).fit_uncached(train, val)
+    report = teacher.fit_report
+    assert report["stopped_by"] in ("epochs", "patience") and report["steps_run"] == len(train) // 8 < 1000
+    assert report["converged"] == (report["best_step"] != report["steps_run"])
+    steps = []
+    teacher = LeaderTeacher(tiny_dataset, dataclasses.replace(config, epochs=50, max_steps=3, patience=10))
+    teacher.on_progress = lambda done, total, status: steps.append((done, total))
+    teacher.fit_uncached(train, val)
+    assert steps == [(1, 3), (2, 3), (3, 3)] and teacher.fit_report["stopped_by"] == "max_steps"
+
+
+def test_fine_tuning_twice_gives_the_same_teacher(tiny_dataset, tiny_paths):
+    train, val, test = (tiny_dataset.samples(part) for part in ("train", "val", "test"))
+    config = TeacherConfig(teacher_path=str(tiny_paths["encoder"]), **TINY)
+    first = LeaderTeacher(tiny_dataset, config, seed=2).fit_uncached(train, val)
+    second = LeaderTeacher(tiny_dataset, config, seed=2).fit_uncached(train, val)
+    assert "loaded_from" not in second.fit_report
+    np.testing.assert_array_equal(second.predict_proba(test), first.predict_proba(test))
+
+
+def test_cache_options_are_checked(tiny_dataset, tiny_paths):
+    with pytest.raises(ValueError, match="cache_lower_layers"):
+        TeacherConfig(cache_lower_layers=True, lora_layers=1)  # dropout still on
+    with pytest.raises(ValueError, match="lora_layers"):
+        TeacherConfig(lora_layers=-1)
+    deeper = TeacherConfig(teacher_path=str(tiny_paths["encoder"]), lora_layers=3, backbone_dropout=False, cache_lower_layers=True, **TINY)
+    teacher = LeaderTeacher(tiny_dataset, deeper).fit_uncached(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    assert teacher.network.frozen_layers == 0  # more adapted layers than the model has: every layer, no cache
