@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +67,40 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{cls.__qualname__} has no option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: _typed(f"{cls.__qualname__}.{key}", value, hints[key]) for key, value in values.items()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _typed(option: str, value: object, hint: object) -> object:
+    """``value`` as the option's declared type (a JSON list for a tuple, an int for a float), or one clear error."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in arguments:
+            return None
+        errors = []
+        for candidate in (a for a in arguments if a is not type(None)):
+            try:
+                return _typed(option, value, candidate)
+            except ValueError as error:
+                errors.append(error)
+        raise ValueError(f"{option}={value!r}: expected {_type_name(hint)}")
+    base = origin or hint
+    if base is typing.Any:
+        return value
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is tuple and isinstance(value, list):
+        return tuple(value)
+    if isinstance(base, type) and (isinstance(value, base) and not (base is int and isinstance(value, bool))):
+        return value
+    raise ValueError(f"{option}={value!r}: expected {_type_name(hint)}, got {type(value).__name__}")
+
+
+def _type_name(hint: object) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def seed_everything(seed: int) -> None:
@@ -85,6 +117,8 @@ class MedRecModel(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # False for models that decode their own sets (MICRON, COGNet): a tuned-threshold run keeps their rule
+    decides_by_threshold: ClassVar[bool] = True
 
     def __init__(self, dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0, device: str = "cpu"):
         self.dataset = dataset
@@ -117,6 +151,10 @@ class MedRecModel(ABC):
         proba = self.predict_proba(samples) if proba is None else proba
         return [np.flatnonzero(row >= self.config.threshold) for row in proba]
 
+    def decision_rule(self) -> str:
+        """The rule ``predict_sets`` applies, in words, for the tables' notes."""
+        return f"threshold {self.config.threshold:g}"
+
     def check_samples(self, samples: Sequence[Sample]) -> None:
         if self.capabilities.needs_history_medications:
             missing = [s.sample_id for s in samples if not s.history]
@@ -129,10 +167,14 @@ class MedRecModel(ABC):
         """Weights with ``torch.save`` (loaded back with ``weights_only=True``), config as JSON beside them."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"state": self.get_state(), "fit_report": self.fit_report}, tmp)
-        tmp.replace(path)
-        path.with_suffix(".config.json").write_text(json.dumps({"model": self.name, "seed": self.seed, "config": self.config.to_dict()}, indent=2))
+        meta = path.with_suffix(".config.json")
+        for target, write in (
+            (meta, lambda tmp: tmp.write_text(json.dumps({"model": self.name, "seed": self.seed, "config": self.config.to_dict()}, indent=2))),
+            (path, lambda tmp: torch.save({"state": self.get_state(), "fit_report": self.fit_report}, tmp)),
+        ):  # each written beside its target and renamed into place: a killed save leaves no partial file
+            tmp = target.with_name(f".{target.name}.tmp")
+            write(tmp)
+            tmp.replace(target)
         return path
 
     @classmethod
@@ -150,3 +192,107 @@ class MedRecModel(ABC):
         payload = torch.load(path, map_location=self.device, weights_only=True)
         self.set_state(payload["state"])
         self.fit_report = payload["fit_report"]
+
+
+# ----- model families: what a family of models declares to get ablations, sweeps and retention ------
+@dataclass(frozen=True)
+class Variant:
+    """One ablation or alternative: a table label and the config changes it makes to the full model."""
+
+    label: str
+    overrides: dict
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Registered in the ``medrec_bench.families`` entry-point group; ``bench ablate NAME`` and ``bench sweep
+    NAME`` work from it alone, for this project's LEADER and for a third-party family alike.
+
+    ``model`` is the registry name of the model that is ablated and swept (a student, for a distilled
+    family), ``label`` its table label; ``teacher``/``teacher_label`` the model it distils from, if any;
+    ``ablations`` (``--drop``) and ``alternatives`` (``--compare``) map option names to variants;
+    ``sweepable`` maps the config fields a sweep may vary to what they mean.
+    """
+
+    name: str
+    model: str
+    label: str
+    ablations: dict[str, Variant] = dataclasses.field(default_factory=dict)
+    alternatives: dict[str, Variant] = dataclasses.field(default_factory=dict)
+    sweepable: dict[str, str] = dataclasses.field(default_factory=dict)
+    teacher: str | None = None
+    teacher_label: str | None = None
+
+
+# ----- the public contract check (scikit-learn's check_estimator for medication recommenders) ---------
+def check_model(model_class: type[MedRecModel], dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0) -> MedRecModel:
+    """Fit ``model_class`` on ``dataset`` and check everything the harness relies on; return the fitted model.
+
+    A third-party package calls it from its own tests (a tiny dataset and a fast ``config`` keep it to
+    seconds). Each failure raises ``AssertionError`` naming the model and the broken promise:
+    config presets, probability shapes and range, sets as unique in-range indices, determinism for a
+    seed, save/load round trip, the history capability, profile use as declared, targets never read
+    at prediction, and a decision rule in words.
+    """
+    import tempfile
+
+    from data_prep.protocol import served
+
+    name = getattr(model_class, "name", model_class.__qualname__)
+
+    def require(condition: bool, promise: str) -> None:
+        if not condition:
+            raise AssertionError(f"{name}: {promise}")
+
+    config_class = model_class.config_class
+    require(dataclasses.is_dataclass(config_class) and issubclass(config_class, ModelConfig), "config_class must be a ModelConfig dataclass")
+    require(config_class.preset("paper") == config_class(), "--preset paper must be the config's defaults (the published configuration)")
+    for preset in PRESETS:
+        config_class.preset(preset)  # unknown fields in HARNESS / QUICK raise here
+    config = config if config is not None else config_class.preset("quick")
+    train, val, test = (dataset.samples(part) for part in ("train", "val", "test"))
+
+    def fitted() -> MedRecModel:
+        return model_class(dataset, config, seed=seed).fit(train, val)
+
+    model = fitted()
+    samples = [s for s, ok in zip(test, served(test, model.capabilities.needs_history_medications)) if ok]
+    require(bool(samples), "serves no test sample of this dataset")
+    proba = model.predict_proba(samples)
+    require(isinstance(proba, np.ndarray) and proba.shape == (len(samples), dataset.n_medications),
+            f"predict_proba must return an array [{len(samples)}, {dataset.n_medications}], got {getattr(proba, 'shape', type(proba))}")
+    require(bool(np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()), "probabilities must be finite and in [0, 1]")
+    sets = model.predict_sets(samples, proba)
+    require(len(sets) == len(samples), "predict_sets must return one set per sample")
+    for chosen in map(np.asarray, sets):
+        require(chosen.ndim == 1 and (chosen.size == 0 or np.issubdtype(chosen.dtype, np.integer)), "each set must be a 1-d array of medication indices")
+        require(bool(((chosen >= 0) & (chosen < dataset.n_medications)).all()) and len(set(chosen.tolist())) == len(chosen), "sets hold unique indices in range")
+    require(isinstance(model.decision_rule(), str) and bool(model.decision_rule()), "decision_rule() must describe the rule in words")
+
+    np.testing.assert_array_equal(fitted().predict_proba(samples), proba, err_msg=f"{name}: two fits with seed {seed} must predict the same")
+    with tempfile.TemporaryDirectory() as folder:
+        loaded = model_class.load(model.save(Path(folder) / f"{name}.pt"), dataset)
+    np.testing.assert_array_equal(loaded.predict_proba(samples), proba, err_msg=f"{name}: a saved and loaded model must predict the same")
+    require([s.tolist() for s in map(np.asarray, loaded.predict_sets(samples, proba))] == [s.tolist() for s in map(np.asarray, sets)],
+            "a saved and loaded model must choose the same sets")
+    require(loaded.config == model.config, "load must restore the config")
+
+    without_history = [s for s in train if not s.history][:2]
+    if without_history and model.capabilities.needs_history_medications:
+        try:
+            model.predict_proba(without_history)
+        except CapabilityError:
+            pass
+        else:
+            raise AssertionError(f"{name}: declares needs_history_medications but predicted samples without history instead of raising CapabilityError")
+    elif without_history:
+        require(model.predict_proba(without_history).shape == (len(without_history), dataset.n_medications), "must predict samples without history")
+
+    if not model.capabilities.uses_profile:
+        cardinalities = dataset.profile_cardinalities()
+        flipped = [dataclasses.replace(s, profile=tuple((v + 1) % c for v, c in zip(s.profile, cardinalities))) for s in samples]
+        np.testing.assert_array_equal(model.predict_proba(flipped), proba, err_msg=f"{name}: declares uses_profile=False but its predictions follow the profile")
+    other_targets = [dataclasses.replace(s, target=tuple(range(dataset.n_medications))) for s in samples]
+    np.testing.assert_array_equal(model.predict_proba(other_targets), proba, err_msg=f"{name}: predictions must not read the target")
+    return model

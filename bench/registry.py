@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from bench.contract import MedRecModel
+from bench.contract import MedRecModel, ModelFamily
 
 GROUP = "medrec_bench.models"
+FAMILIES = "medrec_bench.families"  # ModelFamily objects: ablations, sweeps, teacher relation
 
 
 class UnknownModelError(KeyError):
@@ -45,3 +46,19 @@ def resolve(spec: str) -> list[str]:
     for n in names:
         get(n)
     return names
+
+
+def families() -> list[ModelFamily]:
+    """Every registered model family (its ablations, sweepable options, teacher)."""
+    return [family(ep.name) for ep in sorted(entry_points(group=FAMILIES), key=lambda ep: ep.name)]
+
+
+def family(name: str) -> ModelFamily:
+    matches = [ep for ep in entry_points(group=FAMILIES) if ep.name == name]
+    if not matches:
+        known = ", ".join(sorted({ep.name for ep in entry_points(group=FAMILIES)})) or "none"
+        raise UnknownModelError(f"unknown model family {name!r}; known families: {known}")
+    declared = matches[0].load()
+    if not isinstance(declared, ModelFamily) or declared.name != name:
+        raise TypeError(f"entry point {name!r} ({matches[0].value}) is not a ModelFamily named {name!r}")
+    return declared

@@ -1,7 +1,7 @@
 """Run a list of entries (label, registered model, config overrides) over training seeds into a run folder.
 
 ``bench run`` is one list of entries (one per model); an ablation or a sweep is just another list
-(``Entry("w/o KD", "leader_s", {"kd": "none"})``) through the same :func:`run_entries`, so every
+(``Entry("w/o KD", "<student>", {"kd": "none"})``) through the same :func:`run_entries`, so every
 table of a paper comes from the same splits, the same resamples and the same files.
 
 Per entry and training seed (one resumable unit): config = ``Model.config_class.preset(preset,
@@ -34,9 +34,6 @@ from bench.results import RunFolder, entry_key, environment_info, file_stem, rea
 from data_prep.dataset import PreparedDataset, Sample
 from data_prep.protocol import get_protocol, group_members, patient_strata, served
 
-PROPOSED_MODELS = ("leader_t", "leader_s")
-TEACHER_MODEL = "leader_t"
-STUDENT_MODEL = "leader_s"
 DEFAULT_RESAMPLES = {"bootstrap": 1000, "paper": 10}
 
 
@@ -245,8 +242,9 @@ def run_entries(
     ``resamples``: bootstrap resamples or paper rounds [1000 / 10]; ``paired``: the paper procedure's
     t-test; ``holm``: tables correct stars across their columns. ``decision``: "paper" (each model's
     rule), "tuned-jaccard" or "tuned-f1" (one threshold per unit chosen on validation).
-    ``proposed``: labels tested against the best baseline (default: entries of leader_t / leader_s);
-    ``teacher``: the label retention is measured against (default: the leader_t entry, if any).
+    ``proposed``: labels tested against the best baseline (default: entries of the models that registered
+    families declare, e.g. LEADER's student and teacher); ``teacher``: the label retention is measured
+    against (default: the entry of the teacher a student entry's family names, if any).
     ``full_model``: in an ablation, the label every other student entry is compared with (``versus_full``).
     ``arguments``: the command line's own arguments, recorded in config.json. ``console``: where the
     progress goes (None: silent).
@@ -262,12 +260,16 @@ def run_entries(
     resamples = DEFAULT_RESAMPLES[stats] if resamples is None else resamples
     plans = _plan(entries, preset)
     labels = [p.entry.label for p in plans]
-    proposed = [p.entry.label for p in plans if p.entry.model in PROPOSED_MODELS] if proposed is None else list(proposed)
+    families = registry.families()
+    teacher_of = {f.model: f.teacher for f in families if f.teacher}
+    family_models = {f.model for f in families} | set(teacher_of.values())
+    proposed = [p.entry.label for p in plans if p.entry.model in family_models] if proposed is None else list(proposed)
     unknown = sorted(set(proposed) - set(labels))
     if unknown:
         raise ValueError(f"proposed label(s) {unknown} are not entries of this run; entries: {labels}")
     if teacher is None:
-        teacher = next((p.entry.label for p in plans if p.entry.model == TEACHER_MODEL), None)
+        teachers = {teacher_of[p.entry.model] for p in plans if p.entry.model in teacher_of}
+        teacher = next((p.entry.label for p in plans if p.entry.model in teachers), None)
     elif teacher not in labels:
         raise ValueError(f"teacher label {teacher!r} is not an entry of this run; entries: {labels}")
     if full_model is not None and full_model not in labels:
@@ -335,7 +337,7 @@ def run_entries(
     n_patients = draws.n_patients
     models = summarise(cells, stats, n_patients)
     # every student entry (an ablation's variants too) and every other proposed label
-    students = [label for label in dict.fromkeys([*(p.entry.label for p in plans if p.entry.model == STUDENT_MODEL), *proposed]) if label != teacher]
+    students = [label for label in dict.fromkeys([*(p.entry.label for p in plans if p.entry.model in teacher_of), *proposed]) if label != teacher]
     summary = {
         "run": str(folder.root),
         "dataset": dataset.name,
@@ -352,7 +354,7 @@ def run_entries(
         "significance": significance(cells, proposed, stats, n_patients, paired),
         "teacher": teacher,
         "retention": retention(models, teacher, students) if teacher else {},
-        "versus_full": against_reference(cells, full_model, [s for s in students if s != full_model], stats, n_patients, paired) if full_model else {},
+        "versus_full": against_reference(cells, full_model, [x for x in labels if x not in (full_model, teacher)], stats, n_patients, paired) if full_model else {},
         "train_seconds": {label: {seed: fit.get("train_seconds") for seed, fit in by_seed.items()} for label, by_seed in fits.items()},
     }
     write_json(folder.summary_path, summary)

