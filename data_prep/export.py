@@ -7,6 +7,9 @@ index lists]), ``voc_final.pkl`` ({"diag_voc", "pro_voc", "med_voc"}, objects wi
 ``ddi_mask_H.pkl`` (float [M, n_fragments] BRICS mask) and ``atc3toSMILES.pkl`` ({ATC3: [SMILES]},
 every medication present, so ``buildMPNN``'s ``molecule[atc3]`` finds each one).
 
+Every file is written to a temporary sibling and renamed into place: a killed export leaves the old
+file or none.
+
 The reference code splits ``records_final.pkl`` by position; records are written in our split's
 order (train, then validation, then test patients), and ``split.json`` gives the counts, so the
 reference's own split can be aligned with ours.
@@ -21,6 +24,7 @@ import dill
 import numpy as np
 
 from data_prep.dataset import SPLITS, PreparedDataset, Vocabulary
+from data_prep.tables import write_atomic
 
 # The reference pickles hold a ``Voc`` class defined in the script's ``__main__``; a class made here
 # with that module name and no methods is pickled by value, so the reference loads it without us.
@@ -55,9 +59,7 @@ def export_safedrug(dataset: PreparedDataset, out: str | Path) -> list[Path]:
     }
     written = []
     for name in FILES:
-        with open(out / name, "wb") as fh:
-            dill.dump(contents[name], fh)
-        written.append(out / name)
+        written.append(write_atomic(out / name, lambda tmp, content=contents[name]: tmp.write_bytes(dill.dumps(content))))
     counts = {part: len(dataset.patients_in(part)) for part in SPLITS}
-    (out / "split.json").write_text(json.dumps({"order": list(SPLITS), "patients": counts}, indent=1))
-    return written + [out / "split.json"]
+    split = json.dumps({"order": list(SPLITS), "patients": counts}, indent=1)
+    return written + [write_atomic(out / "split.json", lambda tmp: tmp.write_text(split))]

