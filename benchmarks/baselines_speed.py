@@ -22,7 +22,7 @@ import tempfile
 from rich.console import Console
 from rich.table import Table
 
-MODELS = ("retain", "gamenet", "safedrug", "micron", "refine", "cognet")
+MODELS = ("retain", "gamenet", "safedrug", "micron", "refine", "cognet", "gbert")
 
 CHILD = """
 import json, resource, sys, time

@@ -1,0 +1,556 @@
+"""G-Bert: graph-augmented transformers pre-trained on single visits (Shang et al., IJCAI 2019).
+
+Paper: J. Shang, T. Ma, C. Xiao, J. Sun, "Pre-training of Graph Augmented Transformers for
+Medication Recommendation", IJCAI 2019 (arXiv 1906.00346). Reference code:
+github.com/jshang123/G-Bert (``code/build_tree.py``, ``graph_models.py``, ``bert_models.py``,
+``predictive_models.py``, ``run_pretraining.py``, ``run_gbert.py``, ``run_alternative.sh``).
+
+Ontology embedding. Every diagnosis code is the leaf of an ICD-9 chain
+``code -> category -> section -> root`` and every medication code the leaf of an ATC chain
+``code -> ... -> level 1 -> root`` (:func:`icd9_chain`, :func:`atc_chain`); the ICD-9-CM chapters
+and sections are the curated table ``data_prep/resources/icd9_sections.csv``. Node embeddings
+(Glorot) pass twice through one GAT layer (4 heads of ``dim / 4``, concatenated, no
+non-linearity, as the code): first each node attends to its direct children, then each leaf to
+all its ancestors; a code's embedding is its leaf's output.
+
+Visit encoder ("BERT"): ``[CLS] + codes`` of one modality, no position embedding, code embeddings
+from the ontology plus a token-type embedding (diagnoses 0, medications 1; everything 0 in
+pre-training); 2 pre-LN transformer blocks (hidden 300, 4 heads, feed-forward 300, tanh-GELU,
+dropout 0.4, attention dropout 0.1, bias-free Q/K/V); keys are the code tokens only, so [CLS]
+pools the codes. The visit vector is the [CLS] output.
+
+Pre-training on every training visit (single-visit patients included): 15% of the code tokens are
+masked (80% [MASK], 10% a random code, 10% kept) and four 2-layer heads predict the visit's
+diagnosis and medication sets from its diagnosis and medication vectors (dx->dx, rx->dx, dx->rx,
+rx->rx), the sum of four BCE losses; the epoch of best validation rx->rx PRAUC is kept.
+Fine-tuning on patients with history: each visit's diagnosis and medication vectors pass through
+their mapping heads (Linear + ReLU); visit t is predicted from
+``[mean_{tau<t} u_d ; mean_{tau<t} u_m ; u_d^t]`` by a 2-layer MLP (900 -> 600 -> |M|), BCE
+over every visit t >= 2 of the patient, as the reference trains; the prediction is the last
+visit's. Procedures are not used (as published). Adam, lr 5e-4, decision threshold 0.3.
+
+Schedule. By default one round: pre-train until validation rx->rx PRAUC stops improving, then
+fine-tune until validation PRAUC stops improving (the harness's early stopping). The reference's
+alternating schedule (``run_alternative.sh``: 5 pre-training and 5 fine-tuning epochs, 16 times,
+only the encoder carried over, the heads re-initialised at each stage, each stage starting from the
+best checkpoint of the one before) is ``--set gbert.rounds=16 --set gbert.pretrain_epochs=5
+--set gbert.epochs=5``; ``pretrain_epochs=0`` fine-tunes without pre-training.
+
+Deliberate differences from the published code:
+
+- Fine-tuning inputs, by modality. The reference stacks each patient's sequences interleaved
+  (``dx1, rx1, dx2, rx2, ...``) and splits the pooled outputs with ``view(2, T, H)``, which takes
+  the first half of the rows as "diagnoses" and the second half as "medications": the history
+  means mix modalities and visits, and for patients with 3 or more visits they include the target
+  visit's own medications and later visits. Here the means run over the earlier visits of each
+  modality only (a cumulative sum per patient). No option restores the reference: it would feed
+  the target to ``predict_proba``.
+- Random replacements in pre-training masking come from the token's own modality; the reference
+  draws diagnosis replacements from the medication vocabulary and the reverse. Validation visits
+  are encoded unmasked (the reference masks them at random too).
+- Ontology trees: a prefix equal to the code is skipped, so an ATC level-3 code (4 characters, the
+  harness's medication level) hangs from its level-2 prefix instead of from itself (the reference
+  builds ``code[:4]`` and would add a self-edge), and a 3-character ICD-9 code hangs from its
+  section. Categories outside every section fall back to their chapter, and codes that are not
+  ICD-9 (ICD-10 codes of MIMIC-IV, test vocabularies) to a prefix chain, where the reference
+  raises a KeyError. ICD-9-CM 2015 sections the reference lacks are in the table (E979
+  terrorism, 610-612); Kaposi's sarcoma (176) is its own section, as in the reference.
+- One medication vocabulary (the dataset's) for pre-training, fine-tuning labels and prediction;
+  the reference pre-trains on a finer ATC level than its fine-tuning labels.
+- Mini-batches: pre-training in batches of 64 visits (as the reference), fine-tuning in batches of
+  32 patients instead of one, the loss averaged per patient, then over the batch. Sequences are
+  padded to the longest in the batch, not to 55 tokens, and never truncated. A visit with no code
+  lets [CLS] attend to itself (the reference gives uniform weights over the padding).
+- Early stopping on validation PRAUC with patience (``epochs``/``patience``, ``pretrain_epochs``/
+  ``pretrain_patience``) instead of fixed epoch counts; the default round runs one pre-training and
+  one fine-tuning stage, not 16 alternations of 5 epochs each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch_geometric.nn import GATConv
+
+from bench.contract import Capabilities, ModelConfig, seed_everything
+from data_prep.code_sets import multi_hot
+from bench.training import TorchModel, pad_sequences, train_network
+from data_prep.dataset import Sample
+
+PAD, CLS, MASK = 0, 1, 2
+N_SPECIAL = 3
+ICD9_ROOT, ATC_ROOT = "icd9_root", "atc_root"
+SECTIONS_FILE = "icd9_sections.csv"
+
+# ---------------------------------------------------------------------------------------------
+# Ontology trees from the code strings
+# ---------------------------------------------------------------------------------------------
+_ICD9_DIAGNOSIS = re.compile(r"^(\d{3}\d{0,2}|V\d{2}\d{0,2}|E\d{3}\d?)$")
+
+
+def _expand_range(first: str, last: str) -> list[str]:
+    """``"V01", "V09"`` -> ``["V01", ..., "V09"]``: categories of one letter and digit width."""
+    prefix, width = first.rstrip("0123456789"), len(first.lstrip("VE"))
+    if prefix != last.rstrip("0123456789") or width != len(last.lstrip("VE")) or int(first[len(prefix):]) > int(last[len(prefix):]):
+        raise ValueError(f"bad range {first}-{last}")
+    return [f"{prefix}{n:0{width}d}" for n in range(int(first[len(prefix):]), int(last[len(prefix):]) + 1)]
+
+
+@lru_cache(maxsize=1)
+def icd9_sections() -> dict[str, dict[str, str]]:
+    """``{"section": {category: "first-last"}, "chapter": {...}}`` from the curated resource table."""
+    text = resources.files("data_prep").joinpath("resources", SECTIONS_FILE).read_text(encoding="utf-8")
+    table: dict[str, dict[str, str]] = {"section": {}, "chapter": {}}
+    for line, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+        try:
+            categories = _expand_range(row["first"], row["last"])
+            level = table[row["level"]]
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"data_prep/resources/{SECTIONS_FILE} line {line}: {error}; expected level chapter|section and a range first,last") from None
+        for category in categories:
+            if category in level:
+                raise ValueError(f"data_prep/resources/{SECTIONS_FILE} line {line}: category {category} is already in {level[category]}")
+            level[category] = f"{row['first']}-{row['last']}"
+    return table
+
+
+def _prefix_chain(code: str, lengths: Sequence[int], root: str) -> list[str]:
+    """The code, its prefixes of ``lengths`` strictly shorter than it, then the root."""
+    return [code, *(code[:n] for n in lengths if n < len(code)), root]
+
+
+def icd9_chain(code: str) -> list[str]:
+    """Leaf-to-root chain of a diagnosis code: code, category, ICD-9-CM section (or chapter), root.
+
+    Codes carry no dot (``25000``, ``V5861``, ``E8788``); a MIMIC-IV ``ICD9:`` prefix is read past.
+    Categories are 3 characters (``250``, ``V58``), 4 for E codes (``E878``). Codes that are not
+    ICD-9 diagnoses (ICD-10, test vocabularies) get a prefix chain (3 characters, 1) to the root.
+    """
+    body = code.split(":", 1)[1] if code.startswith("ICD9:") else code
+    if code.startswith("ICD9:") or not code.startswith("ICD10:"):
+        if _ICD9_DIAGNOSIS.match(body):
+            category = body[:4] if body.startswith("E") else body[:3]
+            table = icd9_sections()
+            group = table["section"].get(category) or table["chapter"].get(category)
+            if group is not None:
+                return [code, *([category] if category != body else []), group, ICD9_ROOT]
+    prefix = "ICD10:" if code.startswith("ICD10:") else ""
+    body = code[len(prefix):]
+    return [code, *(prefix + body[:n] for n in (3, 1) if n < len(body)), ICD9_ROOT]
+
+
+def atc_chain(code: str) -> list[str]:
+    """Leaf-to-root chain of an ATC code by its levels' prefixes (5, 4, 3, 1 characters).
+
+    ``N02BE01 -> N02BE -> N02B -> N02 -> N -> root``; a level-3 code ``N02B`` starts at ``N02``.
+    """
+    return _prefix_chain(code, (5, 4, 3, 1), ATC_ROOT)
+
+
+@dataclass(frozen=True)
+class OntologyTree:
+    """Nodes (names, leaves first in vocabulary order) and the two GAT stages' edges.
+
+    Edges are ``[2, E]`` source -> target (torch_geometric's convention): ``stage_one`` brings each
+    node its direct children, ``stage_two`` brings each leaf all its ancestors.
+    """
+
+    nodes: tuple[str, ...]
+    leaves: tuple[int, ...]  # node index of each vocabulary code
+    stage_one: np.ndarray
+    stage_two: np.ndarray
+
+
+def build_tree(chains: Sequence[Sequence[str]]) -> OntologyTree:
+    """Merge leaf-to-root chains (one per vocabulary code, in vocabulary order) into one tree."""
+    index: dict[str, int] = {}
+    for chain in chains:
+        index.setdefault(chain[0], len(index))
+    for chain in chains:
+        for name in chain[1:]:
+            index.setdefault(name, len(index))
+    child_edges, ancestor_edges = set(), set()
+    for chain in chains:
+        ids = [index[name] for name in chain]
+        child_edges.update(zip(ids[:-1], ids[1:]))
+        ancestor_edges.update((ancestor, ids[0]) for ancestor in ids[1:])
+    as_array = lambda edges: np.array(sorted(edges), dtype=np.int64).reshape(-1, 2).T  # noqa: E731
+    return OntologyTree(tuple(index), tuple(index[c[0]] for c in chains), as_array(child_edges), as_array(ancestor_edges))
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------------
+class OntologyEmbedding(nn.Module):
+    """Code embeddings: learnt node embeddings through one GAT, children then ancestors."""
+
+    def __init__(self, tree: OntologyTree, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"gbert: dim {dim} is not a multiple of the {heads} GAT heads")
+        self.nodes = nn.Parameter(torch.empty(len(tree.nodes), dim))
+        nn.init.xavier_uniform_(self.nodes)
+        self.gat = GATConv(dim, dim // heads, heads=heads)
+        self.register_buffer("stage_one", torch.as_tensor(tree.stage_one), persistent=False)
+        self.register_buffer("stage_two", torch.as_tensor(tree.stage_two), persistent=False)
+        self.register_buffer("leaves", torch.as_tensor(tree.leaves, dtype=torch.long), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.gat(self.gat(self.nodes, self.stage_one), self.stage_two)[self.leaves]
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block as the reference's: attention and feed-forward sublayers, then dropout.
+
+    Runs on packed tokens ``[n_tokens, dim]`` (the real tokens of every sequence, row-major):
+    only attention needs the padded ``[N, L]`` layout. With ``cls_only`` (the last block) only the
+    [CLS] rows are computed past the key/value projection, the only output the model reads.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.attention_norm, self.ffn_norm = nn.LayerNorm(dim, eps=1e-12), nn.LayerNorm(dim, eps=1e-12)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.attention_dropout = attention_dropout
+
+    def split_heads(self, padded: torch.Tensor) -> torch.Tensor:
+        n, length, dim = padded.shape
+        return padded.view(n, length, self.heads, dim // self.heads).transpose(1, 2)
+
+    def attend(self, h: torch.Tensor, layout: "TokenLayout", cls_only: bool) -> torch.Tensor:
+        dim = h.shape[1]
+        w_q, w_kv = self.qkv.weight[:dim], self.qkv.weight[dim:]
+        k, v = layout.pad(F.linear(h, w_kv)).chunk(2, dim=-1)
+        q = F.linear(h[layout.cls], w_q)[:, None, :] if cls_only else layout.pad(F.linear(h, w_q))
+        p = self.attention_dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(self.split_heads(q), self.split_heads(k), self.split_heads(v), attn_mask=layout.keys[:, None, None, :], dropout_p=p)
+        context = context.transpose(1, 2).reshape(q.shape)
+        return self.out(context[:, 0] if cls_only else context[layout.real])
+
+    def forward(self, x: torch.Tensor, layout: "TokenLayout", cls_only: bool = False) -> torch.Tensor:
+        attended = self.attend(self.attention_norm(x), layout, cls_only)
+        x = (x[layout.cls] if cls_only else x) + self.dropout(attended)
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return self.dropout(x)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the packed tokens of a padded ``[N, L]`` batch sit, and which keys each sequence attends."""
+
+    real: torch.Tensor  # [N, L] bool: a token (not padding)
+    keys: torch.Tensor  # [N, L] bool: attended keys (the codes; [CLS] only for a visit without codes)
+    cls: torch.Tensor  # [N] packed index of each sequence's [CLS]
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor) -> "TokenLayout":
+        real = tokens != PAD
+        keys = tokens > CLS
+        keys[:, 0] |= ~keys.any(1)  # a visit without codes: [CLS] attends to itself
+        lengths = real.sum(1)
+        return cls(real, keys, lengths.cumsum(0) - lengths)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        out = packed.new_zeros(*self.real.shape, packed.shape[-1])
+        out[self.real] = packed
+        return out
+
+
+def mlp_head(dim: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+class GBertNetwork(nn.Module):
+    """Encoder (ontology embedding + transformer), pre-training heads and fine-tuning heads.
+
+    Token ids: 0 [PAD], 1 [CLS], 2 [MASK], then the diagnoses, then the medications.
+    """
+
+    PRETRAIN_HEADS = ("dx2dx", "rx2dx", "dx2rx", "rx2rx")
+
+    def __init__(self, dx_tree: OntologyTree, rx_tree: OntologyTree, n_diagnoses: int, n_medications: int, config: "GBert.Config"):
+        super().__init__()
+        dim = config.dim
+        self.n_diagnoses, self.n_medications = n_diagnoses, n_medications
+        self.special = nn.Parameter(torch.empty(N_SPECIAL, dim))
+        self.dx_ontology = OntologyEmbedding(dx_tree, dim, config.graph_heads)
+        self.rx_ontology = OntologyEmbedding(rx_tree, dim, config.graph_heads)
+        self.token_type = nn.Embedding(2, dim)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, config.heads, config.ffn_dim, config.dropout, config.attention_dropout) for _ in range(config.layers)
+        )
+        self.pretrain_heads = nn.ModuleDict(
+            {name: mlp_head(dim, dim, n_diagnoses if name.endswith("dx") else n_medications) for name in self.PRETRAIN_HEADS}
+        )
+        self.map_dx = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.map_rx = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.classifier = mlp_head(3 * dim, 2 * dim, n_medications)
+        nn.init.xavier_uniform_(self.special)
+        self.apply(bert_init)
+
+    def reset_heads(self, stage: str) -> None:
+        """Fresh heads for a stage (the reference carries only the encoder between stages)."""
+        heads = [self.pretrain_heads] if stage == "pretrain" else [self.map_dx, self.map_rx, self.classifier]
+        for head in heads:
+            head.apply(bert_init)
+
+    def encode(self, tokens: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """[CLS] output of each sequence: ``tokens`` [N, L], ``types`` [N] -> [N, dim]."""
+        table = torch.cat([self.special, self.dx_ontology(), self.rx_ontology()])
+        layout = TokenLayout.of(tokens)
+        x = table[tokens[layout.real]] + self.token_type(types.repeat_interleave(layout.real.sum(1)))
+        for i, block in enumerate(self.blocks):
+            x = block(x, layout, cls_only=i == len(self.blocks) - 1)
+        return x
+
+    def pretrain_logits(self, batch: dict) -> dict[str, torch.Tensor]:
+        n = batch["n_visits"]
+        pooled = self.encode(batch["tokens"], batch["types"])
+        dx, rx = pooled[:n], pooled[n:]
+        return {name: self.pretrain_heads[name](dx if name.startswith("dx") else rx) for name in self.PRETRAIN_HEADS}
+
+    def record_logits(self, batch: dict) -> torch.Tensor:
+        """Logits of visits 1..T-1 of each record from its earlier visits: [B, T-1, M].
+
+        Position t uses the mean of the mapped diagnosis and medication vectors of visits < t and
+        the mapped diagnosis vector of visit t; visit t's medications are never part of it.
+        """
+        n_records, n_steps = batch["shape"]
+        pooled = self.encode(batch["tokens"], batch["types"])
+        n_dx = batch["dx_slot"].numel()
+        dim = pooled.shape[1]
+        u_d = pooled.new_zeros(n_records * n_steps, dim).index_copy(0, batch["dx_slot"], self.map_dx(pooled[:n_dx]))
+        u_m = pooled.new_zeros(n_records * n_steps, dim).index_copy(0, batch["rx_slot"], self.map_rx(pooled[n_dx:]))
+        u_d, u_m = u_d.view(n_records, n_steps, dim), u_m.view(n_records, n_steps, dim)
+        count = torch.arange(1, n_steps, device=pooled.device, dtype=pooled.dtype).view(1, -1, 1)
+        past_d = u_d.cumsum(1)[:, :-1] / count
+        past_m = u_m.cumsum(1)[:, :-1] / count
+        return self.classifier(torch.cat([past_d, past_m, u_d[:, 1:]], dim=-1))
+
+
+def bert_init(module: nn.Module) -> None:
+    """BERT initialisation of the reference: N(0, 0.02) linear and embedding weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def pretraining_visits(samples: Sequence[Sample]) -> list[Sample]:
+    """Every visit of the samples' patients (history and current), once each, as a history-free sample.
+
+    Pre-training reads a visit's diagnoses and medications (``target``) as its input and labels.
+    """
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for s in samples:
+        visits = [(v.diagnoses, v.procedures, v.medications) for v in s.history] + [(s.diagnoses, s.procedures, s.target)]
+        for position, (diagnoses, procedures, medications) in enumerate(visits, start=1):
+            if (s.patient_id, position) not in seen:
+                seen.add((s.patient_id, position))
+                out.append(dataclasses.replace(s, history=(), diagnoses=diagnoses, procedures=procedures, target=medications, visit_number=position))
+    return out
+
+
+class GBert(TorchModel):
+    name = "gbert"
+    capabilities = Capabilities(needs_history_medications=True)
+
+    @dataclass
+    class Config(ModelConfig):
+        epochs: int = 80  # fine-tuning epochs at most (the reference's 16 x 5); early stopping decides
+        batch_size: int = 32  # patients per fine-tuning step (the reference: 1)
+        lr: float = 5e-4
+        patience: int = 10
+        threshold: float = 0.3
+        pretrain_epochs: int | None = None  # None: as ``epochs``; 0 skips pre-training
+        pretrain_patience: int | None = None  # None: as ``patience``
+        pretrain_batch_size: int = 64
+        rounds: int = 1  # pre-train/fine-tune rounds; 16 with 5 + 5 epochs is run_alternative.sh
+        dim: int = 300
+        graph_heads: int = 4
+        heads: int = 4
+        layers: int = 2
+        ffn_dim: int = 300
+        dropout: float = 0.4
+        attention_dropout: float = 0.1
+        mask_probability: float = 0.15
+
+        QUICK: ClassVar[dict] = {"epochs": 40, "patience": 5, "pretrain_epochs": 20, "pretrain_patience": 3}
+
+        def __post_init__(self) -> None:
+            if self.rounds < 1:
+                raise ValueError(f"gbert rounds must be at least 1, got {self.rounds}")
+
+    config_class = Config
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stage = "finetune"
+        self.masking = torch.Generator().manual_seed(self.seed)
+
+    # ----- network -----------------------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        dx_tree = build_tree([icd9_chain(c) for c in self.dataset.diagnoses.codes])
+        rx_tree = build_tree([atc_chain(c) for c in self.dataset.medications.codes])
+        return GBertNetwork(dx_tree, rx_tree, self.dataset.n_diagnoses, self.dataset.n_medications, self.config)
+
+    def dx_tokens(self, codes: Sequence[int]) -> list[int]:
+        return [CLS, *(N_SPECIAL + c for c in codes)]
+
+    def rx_tokens(self, codes: Sequence[int]) -> list[int]:
+        return [CLS, *(N_SPECIAL + self.dataset.n_diagnoses + c for c in codes)]
+
+    def mask_codes(self, tokens: torch.Tensor, low: int, high: int) -> torch.Tensor:
+        """BERT masking of code tokens in [low, high): [MASK], a random code of the same kind, or kept."""
+        draw = torch.rand(tokens.shape, generator=self.masking)
+        chosen = (tokens >= low) & (tokens < high) & (draw < self.config.mask_probability)
+        scaled = draw / self.config.mask_probability
+        replacement = torch.randint(low, high, tokens.shape, generator=self.masking)
+        masked = torch.where(chosen & (scaled < 0.8), torch.full_like(tokens, MASK), tokens)
+        return torch.where(chosen & (scaled >= 0.8) & (scaled < 0.9), replacement, masked)
+
+    def collate(self, samples: Sequence[Sample]) -> dict:
+        return self.collate_visits(samples) if self.stage == "pretrain" else self.collate_records(samples)
+
+    def collate_visits(self, samples: Sequence[Sample]) -> dict:
+        """Pre-training batch: each visit's diagnosis sequences, then its medication sequences (type 0)."""
+        n_dx = self.dataset.n_diagnoses
+        dx, _ = pad_sequences([self.dx_tokens(s.diagnoses) for s in samples])
+        rx, _ = pad_sequences([self.rx_tokens(s.target) for s in samples])
+        if self.network.training:
+            dx = self.mask_codes(dx, N_SPECIAL, N_SPECIAL + n_dx)
+            rx = self.mask_codes(rx, N_SPECIAL + n_dx, N_SPECIAL + n_dx + self.dataset.n_medications)
+        length = max(dx.shape[1], rx.shape[1])
+        batch = {
+            "tokens": torch.cat([F.pad(dx, (0, length - dx.shape[1]), value=PAD), F.pad(rx, (0, length - rx.shape[1]), value=PAD)]),
+            "types": torch.zeros(2 * len(samples), dtype=torch.long),
+            "dx_labels": torch.from_numpy(multi_hot([s.diagnoses for s in samples], n_dx)).float(),
+            "rx_labels": torch.from_numpy(multi_hot([s.target for s in samples], self.dataset.n_medications)).float(),
+        }
+        return {**{k: v.to(self.device) for k, v in batch.items()}, "n_visits": len(samples)}
+
+    def collate_records(self, samples: Sequence[Sample]) -> dict:
+        """Fine-tuning batch: every visit's diagnosis sequence and every earlier visit's medication
+        sequence, each with its slot ``record * T + visit``; labels of visits 1..T-1 (the current
+        visit's is the target). The current visit's medications are labels only."""
+        n_steps = max(len(s.history) for s in samples) + 1
+        dx_seqs, dx_slot, rx_seqs, rx_slot = [], [], [], []
+        labels = np.zeros((len(samples), n_steps - 1, self.dataset.n_medications), dtype=np.float32)
+        label_mask = np.zeros((len(samples), n_steps - 1), dtype=bool)
+        for b, s in enumerate(samples):
+            for t, visit in enumerate(s.history):
+                dx_seqs.append(self.dx_tokens(visit.diagnoses))
+                rx_seqs.append(self.rx_tokens(visit.medications))
+                dx_slot.append(b * n_steps + t)
+                rx_slot.append(b * n_steps + t)
+                if t > 0:
+                    labels[b, t - 1, list(visit.medications)] = 1.0
+            dx_seqs.append(self.dx_tokens(s.diagnoses))
+            dx_slot.append(b * n_steps + len(s.history))
+            labels[b, len(s.history) - 1, list(s.target)] = 1.0
+            label_mask[b, : len(s.history)] = True
+        tokens, _ = pad_sequences(dx_seqs + rx_seqs)
+        batch = {
+            "tokens": tokens,
+            "types": torch.tensor([0] * len(dx_seqs) + [1] * len(rx_seqs), dtype=torch.long),
+            "dx_slot": torch.tensor(dx_slot, dtype=torch.long),
+            "rx_slot": torch.tensor(rx_slot, dtype=torch.long),
+            "labels": torch.from_numpy(labels),
+            "label_mask": torch.from_numpy(label_mask),
+            "last": torch.tensor([len(s.history) - 1 for s in samples], dtype=torch.long),
+        }
+        return {**{k: v.to(self.device) for k, v in batch.items()}, "shape": (len(samples), n_steps)}
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """Fine-tuning: the current visit's medication logits. Pre-training: rx->rx (validation)."""
+        if self.stage == "pretrain":
+            return self.network.pretrain_logits(batch)["rx2rx"]
+        per_visit = self.network.record_logits(batch)
+        return per_visit[torch.arange(per_visit.shape[0], device=per_visit.device), batch["last"]]
+
+    def loss(self, batch: dict, epoch: int) -> torch.Tensor:
+        if self.stage == "pretrain":
+            logits = self.network.pretrain_logits(batch)
+            return sum(
+                F.binary_cross_entropy_with_logits(logits[name], batch["dx_labels" if name.endswith("dx") else "rx_labels"])
+                for name in GBertNetwork.PRETRAIN_HEADS
+            )
+        per_visit = F.binary_cross_entropy_with_logits(self.network.record_logits(batch), batch["labels"], reduction="none").mean(-1)
+        mask = batch["label_mask"].to(per_visit.dtype)
+        return ((per_visit * mask).sum(1) / mask.sum(1)).mean()
+
+    def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
+        return [s for s in train if s.history]
+
+    def check_samples(self, samples: Sequence[Sample]) -> None:
+        if self.stage != "pretrain":  # pre-training validation scores history-free visits
+            super().check_samples(samples)
+
+    # ----- schedule ----------------------------------------------------------------------------
+    @property
+    def pretrain_epochs(self) -> int:
+        return self.config.epochs if self.config.pretrain_epochs is None else self.config.pretrain_epochs
+
+    @contextlib.contextmanager
+    def in_stage(self, stage: str) -> Iterator[None]:
+        """Run the shared loop on one stage: its batches, loss and budget (``config`` swapped in)."""
+        config = self.config
+        if stage == "pretrain":
+            self.config = dataclasses.replace(config, epochs=self.pretrain_epochs, patience=config.pretrain_patience or config.patience, batch_size=config.pretrain_batch_size)
+        self.stage = stage
+        try:
+            yield
+        finally:
+            self.config, self.stage = config, "finetune"
+
+    def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "GBert":
+        seed_everything(self.seed)
+        self.masking = torch.Generator().manual_seed(self.seed)
+        self.network = self.build_network().to(self.device)
+        started = time.perf_counter()
+        pretrain_train, pretrain_val = pretraining_visits(train), pretraining_visits(val)
+        finetune_train, finetune_val = self.train_samples(train), self.train_samples(val)
+        rounds = []
+        for round_index in range(self.config.rounds):
+            stages = {}
+            for stage, stage_train, stage_val in (("pretrain", pretrain_train, pretrain_val), ("finetune", finetune_train, finetune_val)):
+                if stage == "pretrain" and self.pretrain_epochs == 0:
+                    continue
+                with self.in_stage(stage):
+                    if round_index > 0:
+                        self.network.reset_heads(stage)
+                    stages[stage] = train_network(self, stage_train, stage_val)
+            rounds.append(stages)
+        final = rounds[-1]["finetune"]
+        epochs_run = sum(stage["epochs_run"] for r in rounds for stage in r.values())
+        self.fit_report = {
+            **{k: final[k] for k in ("best_epoch", "best_val_prauc", "history")},
+            "epochs_run": epochs_run,
+            "train_seconds": time.perf_counter() - started,
+            "pretrain_visits": len(pretrain_train),
+            "rounds": rounds,
+        }
+        return self
