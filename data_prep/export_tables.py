@@ -12,8 +12,9 @@ What the tables carry, per visit: one admission (admit time as in the dataset; d
 later); the diagnosis and procedure codes as ICD-9 (MIMIC-IV: ``icd_version`` 9); for each
 medication class, ``rows_per_medication`` prescription rows on average, started within the first 20
 hours, each with an NDC of the class. Like the real tables, a visit also has rows outside the
-window (started 2 to 5 days in, repeating one of the visit's classes, so the 24-hour rule removes
-them without changing the visit's set) and rows without an NDC (dropped by the reader). MIMIC-III
+window (started two days or more in, before the discharge, repeating one of the visit's classes, so
+the 24-hour rule removes them without changing the visit's set) and rows without an NDC (dropped by
+the reader). Stays last six days or end an hour before the patient's next admission. MIMIC-III
 start dates have day resolution, as in the full release. Profiles become ``anchor_age`` /
 ``anchor_year`` (MIMIC-IV) or a date of birth (MIMIC-III) that puts the last visit in the patient's
 age band.
@@ -68,6 +69,29 @@ class FlatCohort:
     hadm: np.ndarray  # per visit, numeric admission id
     admit: np.ndarray  # per visit, datetime64[s]
     pairs: dict[str, tuple[np.ndarray, np.ndarray]]  # kind -> (visit, vocabulary index)
+
+    @property
+    def stay_seconds(self) -> np.ndarray:
+        """Six days, or up to an hour before the patient's next admission, whichever is sooner, so
+        that stays never overlap (a reader that assigns events to visits by time needs that)."""
+        stay = np.full(len(self.admit), 6 * SECONDS_PER_DAY, dtype=np.int64)
+        same = self.visit_patient[1:] == self.visit_patient[:-1]
+        gap = (self.admit[1:] - self.admit[:-1]).astype(np.int64) - 3600
+        stay[:-1][same] = np.minimum(stay[:-1][same], gap[same])
+        return stay
+
+    @property
+    def discharge(self) -> np.ndarray:
+        return self.admit + self.stay_seconds.astype("timedelta64[s]")
+
+    def late_offsets(self, rng: np.random.Generator, visits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start offsets (seconds) of late prescription rows of ``visits``: two days or more after the
+        admission (also for day-resolution start dates) and before the discharge; visits whose stay
+        is too short get none. Returns (kept visits mask, offsets of the kept ones)."""
+        stay = self.stay_seconds[visits]
+        kept = stay > 2 * SECONDS_PER_DAY + 60
+        offset = 2 * SECONDS_PER_DAY + (rng.random(int(kept.sum())) * (stay[kept] - 2 * SECONDS_PER_DAY - 60)).astype(np.int64)
+        return kept, offset
 
 
 def flatten(dataset: PreparedDataset) -> tuple[FlatCohort, list]:
@@ -222,7 +246,7 @@ def _admissions(dataset, patients, cohort: FlatCohort, mimic4: bool) -> pa.Table
             "subject_id": cohort.subject[cohort.visit_patient],
             "hadm_id": cohort.hadm,
             "admittime": cohort.admit,
-            "dischtime": cohort.admit + np.timedelta64(6 * SECONDS_PER_DAY, "s"),
+            "dischtime": cohort.discharge,
             "insurance": field("insurance"),
             "marital_status": field("marital_status"),
             ("race" if mimic4 else "ethnicity"): field("ethnicity"),
@@ -257,7 +281,8 @@ def _prescriptions(dataset, cohort: FlatCohort, catalogue: NdcCatalogue, mimic4:
     meds_per_visit = np.bincount(visit, minlength=n_visits)
     late_visit = np.repeat(np.arange(n_visits), rng.poisson(options.late_rows_per_visit, n_visits) * (meds_per_visit > 0))
     late_med = med[first_med[late_visit] + rng.integers(0, 1 << 30, len(late_visit)) % meds_per_visit[late_visit]]
-    late_offset = rng.integers(2 * SECONDS_PER_DAY, 5 * SECONDS_PER_DAY, len(late_visit))
+    kept, late_offset = cohort.late_offsets(rng, late_visit)
+    late_visit, late_med = late_visit[kept], late_med[kept]
     empty_visit = np.repeat(np.arange(n_visits), rng.poisson(options.rows_without_ndc_per_visit, n_visits))
     row_visit = np.concatenate([row_visit, late_visit, empty_visit])
     row_med = np.concatenate([row_med, late_med, np.full(len(empty_visit), -1)])

@@ -378,11 +378,11 @@ def export_meds(dataset: PreparedDataset, out: str | Path, *, aux: str | Path | 
     """Write the dataset as a MEDS dataset (one shard) plus ``aux/``, validated against the ``meds``
     schemas. Events per visit: the admission (with hadm_id, insurance, marital_status, race), one
     NDC medication event per class within the first 20 hours plus late repeats (as the MIMIC table
-    export), the discharge six days later, and the diagnoses and procedures at the discharge time
+    export), the discharge (as the MIMIC table export), and the diagnoses and procedures at the discharge time
     (where the MIMIC-IV ETL puts them). Per subject: GENDER//{value} (no time) and MEDS_BIRTH."""
     import meds
 
-    from data_prep.export_tables import AGE_OF_BAND, SECONDS_PER_DAY, TableExportOptions, flatten, ndc_catalogue, write_aux_folder
+    from data_prep.export_tables import AGE_OF_BAND, TableExportOptions, flatten, ndc_catalogue, write_aux_folder
 
     options = options or TableExportOptions(rows_per_medication=1.0)
     out = Path(out)
@@ -391,7 +391,7 @@ def export_meds(dataset: PreparedDataset, out: str | Path, *, aux: str | Path | 
     rng = np.random.default_rng(options.seed)
     text = [dataset.profile_text(p.profile) for p in patients]
     n_visits = len(cohort.hadm)
-    discharge = cohort.admit + np.timedelta64(6 * SECONDS_PER_DAY, "s")
+    discharge = cohort.discharge
     parts: list[dict] = []
 
     def add(subject, time, code, hadm=None, **extra) -> None:
@@ -415,10 +415,11 @@ def export_meds(dataset: PreparedDataset, out: str | Path, *, aux: str | Path | 
         names = np.array([prefix + c for c in getattr(dataset, kind).codes], dtype=object)
         add(visit_subject[visit], discharge[visit], names[code], cohort.hadm[visit])
     visit, med = cohort.pairs["medications"]
-    late = rng.random(len(visit)) < options.late_rows_per_visit / np.maximum(np.bincount(visit, minlength=n_visits)[visit], 1)
-    visit = np.r_[visit, visit[late]]
-    med = np.r_[med, med[late]]
-    offset = np.r_[rng.integers(0, 20 * 3600, len(visit) - late.sum()), rng.integers(2 * SECONDS_PER_DAY, 5 * SECONDS_PER_DAY, late.sum())]
+    late = np.flatnonzero(rng.random(len(visit)) < options.late_rows_per_visit / np.maximum(np.bincount(visit, minlength=n_visits)[visit], 1))
+    kept, late_offset = cohort.late_offsets(rng, visit[late])
+    late = late[kept]
+    offset = np.r_[rng.integers(0, 20 * 3600, len(visit)), late_offset]
+    visit, med = np.r_[visit, visit[late]], np.r_[med, med[late]]
     ndc = np.array([group[0] for group in catalogue.ndcs], dtype=object)
     add(visit_subject[visit], cohort.admit[visit] + offset.astype("timedelta64[s]"), np.array([f"MEDICATION//NDC//{n}" for n in ndc[med]], dtype=object), cohort.hadm[visit])
 

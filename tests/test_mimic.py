@@ -98,6 +98,21 @@ def test_options_change_the_pipeline(tmp_path):
     assert [p.patient_id for p in multi_only.patients] == ["1"]
 
 
+def test_prescription_windows_as_the_sources_have_them(tmp_path):
+    root = write_tables(tmp_path, MIMIC3_TABLES)
+    rules = ("first-hours", "first-start-date", "all")
+    by_rule = {rule: prepare(root, prescription_window=rule, required_code_kinds=("diagnoses", "medications")) for rule in rules}
+
+    def first_patient(dataset):
+        return codes_of(dataset, next(p for p in dataset.patients if p.patient_id == "1"), "medications")
+
+    assert first_patient(by_rule["first-hours"]) == [["J01D"], ["J05A"]]
+    # the earliest start date counts rows with an NDC only: the NDC-0 row of June 1 does not hide June 2
+    assert first_patient(by_rule["first-start-date"]) == [["J01D"], ["J05A"]]
+    assert first_patient(by_rule["all"]) == [["J01D", "N05A"], ["J05A"]]
+    assert by_rule["all"].meta["prescription_rows_by_window"] == {"first-hours": 3, "first-start-date": 3, "all": 4}
+
+
 def test_profiles_band_ages_and_keep_mimic_values(tiny_mimic3):
     by_id = {p.patient_id: tiny_mimic3.profile_text(p.profile) for p in tiny_mimic3.patients}
     assert tiny_mimic3.profile_fields == ["age", "gender", "insurance", "ethnicity", "marital_status"]
@@ -153,6 +168,7 @@ def test_demo_prepares_end_to_end(demo):
     assert 0.74 < coverage["rows_mapped_via_rxcui"] / coverage["rows_with_ndc"] < 0.78
     assert 0.80 < coverage["rows_mapped"] / coverage["rows_with_ndc"] < 0.84
     assert len(set(demo.split.values())) == 3
+    assert demo.meta["prescription_rows_by_window"] == {"first-hours": 3083, "first-start-date": 2057, "all": 7284}
 
 
 def test_demo_graphs_and_molecules_are_valid(demo):
