@@ -59,6 +59,9 @@ Deliberate differences from the published code:
   reference would read past its sorted candidates). The step cap is ``min(max_decode_length, |M| + 1)``.
 - PRAUC scores when the best hypothesis is empty (END first): the END step's probabilities. The
   reference crashes there (maximum over no step) and hard-codes MIMIC-III's 131 medications.
+- Encoder layers compute ``nn.TransformerEncoderLayer``'s function (post-LN, ReLU, PyTorch's default
+  width 2048 as the reference) with the feed-forward on real tokens only (``PackedEncoderLayer``);
+  ``--preset quick`` narrows it to 512 (8 * dim, the reference's own commented-out setting).
 - Dead modules are not built (``dec_gru``, ``diag_attn``/``proc_attn``, ``W_*attn``, ``Ws``,
   ``W_dec``/``W_stay``/..., ``weight``, the SafeDrug substructure modules), nor the unused
   dec/stay inputs; embedding tables have one PAD row (the reference: two more unused rows).
@@ -128,14 +131,30 @@ class VisitContext:
     has_copy: torch.Tensor  # [R] at least one earlier medication
     drug_memory: torch.Tensor  # [|M| + 3, d], shared by all rows
 
-    def repeat(self, times: int) -> "VisitContext":
-        """Each row repeated ``times`` times in place (rows b*times .. b*times+times-1), e.g. beams."""
-        fields = {name: getattr(self, name).repeat_interleave(times, dim=0) for name in self.__dataclass_fields__ if name != "drug_memory"}
-        return VisitContext(**fields, drug_memory=self.drug_memory)
-
     def select(self, rows: torch.Tensor) -> "VisitContext":
+        """The context of rows ``rows`` (repeats allowed, e.g. one per beam)."""
         fields = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__ if name != "drug_memory"}
         return VisitContext(**fields, drug_memory=self.drug_memory)
+
+
+class PackedEncoderLayer(nn.Module):
+    """``nn.TransformerEncoderLayer``'s computation (post-LN, ReLU) with the feed-forward run on real
+    tokens only: its 2048-wide hidden layer dominates the cost, and code sets are padded to about twice
+    their mean length. Padded positions come out as zeros (nothing reads them)."""
+
+    def __init__(self, dim: int, heads: int, feedforward: int, dropout: float):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.feedforward = nn.Sequential(nn.Linear(dim, feedforward), nn.ReLU(), nn.Dropout(dropout), nn.Linear(feedforward, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
+        self.dropouts = nn.ModuleList(nn.Dropout(dropout) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        attended = self.attention(x, x, x, key_padding_mask=~attend, need_weights=False)[0]
+        real = self.norms[0](x + self.dropouts[0](attended))[attend]
+        out = torch.zeros_like(x)
+        out[attend] = self.norms[1](real + self.dropouts[1](self.feedforward(real)))
+        return out
 
 
 class CodeSetEncoder(nn.Module):
@@ -146,14 +165,12 @@ class CodeSetEncoder(nn.Module):
         self.pad = pad
         self.embedding = nn.Embedding(n_rows, config.dim, padding_idx=pad)
         self.dropout = nn.Dropout(config.embedding_dropout)
-        self.layer = nn.TransformerEncoderLayer(
-            config.dim, config.heads, dim_feedforward=config.encoder_feedforward, dropout=config.transformer_dropout, batch_first=True
-        )
+        self.layer = PackedEncoderLayer(config.dim, config.heads, config.encoder_feedforward, config.transformer_dropout)
 
     def forward(self, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``codes``/``mask`` [N, L] -> encodings [N, L, d] and the attention mask [N, L]."""
         codes, attend = with_pad(codes, mask, self.pad)
-        return self.layer(self.dropout(self.embedding(codes)), src_key_padding_mask=~attend), attend
+        return self.layer(self.dropout(self.embedding(codes)), attend), attend
 
 
 class AttentionPooling(nn.Module):
@@ -339,7 +356,7 @@ class COGNet(TorchModel):
     name = "cognet"
     capabilities = Capabilities(needs_history_medications=True, uses_ddi=True)
     decides_by_threshold = False
-    table_note: ClassVar[str] = "COGNet: PRAUC from the beam search's step probabilities (pseudo-probabilities), sets from beam search"
+    table_note: ClassVar[str] = "PRAUC from the beam search's step probabilities (pseudo-probabilities, not per-medication scores)"
 
     @dataclass
     class Config(ModelConfig):
@@ -358,7 +375,8 @@ class COGNet(TorchModel):
         max_decode_length: int = 45
         score_single_visit: bool = False  # True: also serve single-visit samples (generation alone)
 
-        QUICK: ClassVar[dict] = {"epochs": 30, "patience": 5}
+        # for 2 CPU cores: the reference's own commented-out encoder width (8 * dim), patience 5
+        QUICK: ClassVar[dict] = {"epochs": 40, "patience": 5, "encoder_feedforward": 512}
 
         def __post_init__(self) -> None:
             if self.beam_size < 1 or self.max_decode_length < 1:
@@ -428,10 +446,10 @@ class COGNet(TorchModel):
         chunk_size = 256
         for start in range(0, len(samples), chunk_size):
             chunk = samples[start : start + chunk_size]
-            context = self.target_context(self.inputs(chunk)).repeat(k)
+            context = self.target_context(self.inputs(chunk))
 
             def step(tokens: torch.Tensor, beams: torch.Tensor) -> torch.Tensor:
-                return net(tokens, context.select(beams))[:, -1]
+                return net(tokens, context.select(beams // k))[:, -1]
 
             result = beam_search(step, len(chunk), k, min(self.config.max_decode_length, n_meds + 1), n_meds + 2, net.sos, net.end, self.device)
             for i, (tokens, history) in enumerate(zip(result.tokens.tolist(), result.step_log_proba.cpu().numpy())):
