@@ -141,7 +141,7 @@ class RunFolder:
     def finished_predictions(self, label: str, seed: int, key: str) -> dict[str, np.ndarray] | None:
         """The stored predictions when they were made by this exact unit, else ``None``."""
         path = self.predictions_path(label, seed)
-        if not path.exists():
+        if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as stored:
             if str(stored["entry_key"]) != key:
@@ -203,6 +203,8 @@ def environment_info(dataset_fingerprint: str, device: str) -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+        "pid": os.getpid(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "git_commit": _git_commit(),

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench import registry
 from bench.contract import MedRecModel, ModelConfig
 from bench.decisions import DECISIONS, tune_threshold
+from bench.executors import ExecutorConfig, run_tasks
 from bench.evaluate import STATS, against_reference, cell_values, collect, draw_resamples, retention, significance, summarise
 from bench.metrics import aggregate, multi_hot, per_sample_metrics
 from bench.results import RunFolder, entry_key, environment_info, file_stem, read_json, weights_key, write_json
@@ -204,6 +205,71 @@ def _predict(model: MedRecModel, label: str, val: list[Sample], test: list[Sampl
     return out
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One entry at one training seed: everything a worker needs to train, predict and write its files."""
+
+    label: str
+    model: str
+    config: ModelConfig
+    seed: int
+    run_dir: str
+    weights_key: str
+    key: str
+    protocol: str
+    decision: str
+    device: str
+
+
+class IncompleteRunError(RuntimeError):
+    """Some units failed; the others are finished and kept, and rerunning the command retries the failed ones."""
+
+
+def execute_unit(dataset: PreparedDataset, unit: Unit, display: "_Display | None" = None) -> str:
+    """Train (or load) one unit, predict validation and test, write its files; runs in any worker."""
+    folder = RunFolder(unit.run_dir)
+    task = get_protocol(unit.protocol)
+    train, val, test = (task.samples(dataset, part) for part in ("train", "val", "test"))
+    plan = _Planned(Entry(unit.label, unit.model), registry.get(unit.model), unit.config)
+    model = _train_or_load(plan, folder, dataset, train, val, unit.seed, unit.weights_key, unit.device, display or _Display(None))
+    stored = _predict(model, unit.label, val, test, unit.decision)
+    record = {"label": unit.label, "model": unit.model, "seed": unit.seed, "fit_report": model.fit_report, "decision": stored.pop("decision"),
+              "environment": environment_info(dataset.fingerprint, unit.device)}
+    write_json(folder.metrics_path(unit.label, unit.seed), record)
+    folder.write_predictions(unit.label, unit.seed, unit.key, sample_ids=[s.sample_id for s in test], **stored)  # last: marks the unit done
+    return unit.label
+
+
+def _execute(units: list[Unit], dataset: PreparedDataset, folder: RunFolder, executor: ExecutorConfig, teachers: set[str], display: "_Display") -> None:
+    """Run the units not finished yet; teachers first, so students distil from their finished fine-tuning."""
+    pending = []
+    for unit in units:
+        if folder.finished_predictions(unit.label, unit.seed, unit.key) is None:
+            pending.append(unit)
+        else:
+            display.note(f"{unit.label} (seed {unit.seed})", "reused from the run folder")
+    if executor.kind == "local":
+        function = lambda shared, unit: execute_unit(shared, unit, display)  # noqa: E731 (in process: shows epochs)
+    else:
+        function = execute_unit
+    failures = []
+    for wave in ([u for u in pending if u.model in teachers], [u for u in pending if u.model not in teachers]):
+
+        def done(index: int, outcome, wave=wave) -> None:
+            unit = wave[index]
+            if executor.kind != "local" or not outcome.ok:
+                display.note(f"{unit.label} (seed {unit.seed})", f"{executor.kind}: " + ("finished" if outcome.ok else f"failed: {outcome.error}"))
+
+        outcomes = run_tasks(executor, function, dataset, wave, done)
+        failures += [(unit, outcome.error) for unit, outcome in zip(wave, outcomes) if not outcome.ok]
+    if failures:
+        lines = "\n".join(f"  {unit.label} (seed {unit.seed}): {error}" for unit, error in failures)
+        raise IncompleteRunError(
+            f"{len(failures)} of {len(units)} units failed; the finished ones are kept in {folder.root}, "
+            f"and rerunning the same command retries only these:\n{lines}"
+        )
+
+
 def _validation_scores(stored: dict, val: list[Sample], dataset: PreparedDataset) -> dict:
     """Point estimates on the validation samples the model served, per group (for choosing, never test)."""
     per_sample = per_sample_metrics(stored["val_proba"], [np.flatnonzero(r) for r in stored["val_predicted"]], [s.target for s in val], dataset.ddi_adj)
@@ -235,6 +301,7 @@ def run_entries(
     device: str = "cpu",
     arguments: dict | None = None,
     console: Console | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> dict:
     """Train (or reuse), predict, evaluate every entry at every seed; write the run folder; return the summary.
 
@@ -247,7 +314,9 @@ def run_entries(
     against (default: the entry of the teacher a student entry's family names, if any).
     ``full_model``: in an ablation, the label every other student entry is compared with (``versus_full``).
     ``arguments``: the command line's own arguments, recorded in config.json. ``console``: where the
-    progress goes (None: silent).
+    progress goes (None: silent). ``executor``: where the units run (:mod:`bench.executors`; in process
+    by default); every unit is trained before any is evaluated, and units that fail are reported
+    together (:class:`IncompleteRunError`) after the others have finished and been kept.
     """
     task = get_protocol(protocol)
     if stats not in STATS:
@@ -302,37 +371,33 @@ def run_entries(
     patient_of, stratum = patient_strata(test)
     draws = draw_resamples(patient_of, stratum, stats, resamples, resample_seed)
     test_ids = [s.sample_id for s in test]
-    environment = environment_info(dataset.fingerprint, device)
 
+    units = [
+        Unit(p.entry.label, p.entry.model, p.config, seed, str(folder.root), trained, entry_key(trained, decision), task.name, decision, device)
+        for p in plans
+        for seed in seeds
+        for trained in [weights_key(p.model_class, p.config.to_dict(), seed, dataset.fingerprint, task.name)]
+    ]
     display = _Display(console)
-    cells, validation, fits, decisions = {}, {}, {}, {}
     with display:
-        for plan in plans:
-            label = plan.entry.label
-            values_by_seed, val_by_seed = [], []
-            fits[label], decisions[label] = {}, {}
-            for seed in seeds:
-                trained = weights_key(plan.model_class, plan.config.to_dict(), seed, dataset.fingerprint, task.name)
-                key = entry_key(trained, decision)
-                stored = folder.finished_predictions(label, seed, key)
-                if stored is None:
-                    model = _train_or_load(plan, folder, dataset, train, val, seed, trained, device, display)
-                    stored = _predict(model, label, val, test, decision)
-                    record = {"label": label, "model": plan.entry.model, "seed": seed, "fit_report": model.fit_report,
-                              "decision": stored["decision"], "environment": environment}
-                    write_json(folder.metrics_path(label, seed), record)
-                    folder.write_predictions(label, seed, key, sample_ids=test_ids, **{k: v for k, v in stored.items() if k != "decision"})
-                else:
-                    if list(stored["sample_ids"]) != test_ids:
-                        raise ValueError(f"{folder.predictions_path(label, seed)} lists other test samples than this dataset's")
-                    record = read_json(folder.metrics_path(label, seed))
-                    display.note(f"{label} (seed {seed})", "reused from the run folder")
-                fits[label][seed], decisions[label][seed] = record["fit_report"], record["decision"]
-                per_sample = per_sample_metrics(stored["test_proba"], [np.flatnonzero(r) for r in stored["test_predicted"]], [s.target for s in test], dataset.ddi_adj)
-                values_by_seed.append(cell_values(per_sample, stored["test_served"], members, draws))
-                val_by_seed.append(_validation_scores(stored, val, dataset))
-            cells[label] = collect(values_by_seed)
-            validation[label] = _mean_over_seeds(val_by_seed)
+        _execute(units, dataset, folder, executor or ExecutorConfig(), set(teacher_of.values()), display)
+
+    cells, validation, fits, decisions = {}, {}, {}, {}
+    for plan in plans:
+        label = plan.entry.label
+        values_by_seed, val_by_seed = [], []
+        fits[label], decisions[label] = {}, {}
+        for unit in (u for u in units if u.label == label):
+            stored = folder.finished_predictions(label, unit.seed, unit.key)
+            if list(stored["sample_ids"]) != test_ids:
+                raise ValueError(f"{folder.predictions_path(label, unit.seed)} lists other test samples than this dataset's")
+            record = read_json(folder.metrics_path(label, unit.seed))
+            fits[label][unit.seed], decisions[label][unit.seed] = record["fit_report"], record["decision"]
+            per_sample = per_sample_metrics(stored["test_proba"], [np.flatnonzero(r) for r in stored["test_predicted"]], [s.target for s in test], dataset.ddi_adj)
+            values_by_seed.append(cell_values(per_sample, stored["test_served"], members, draws))
+            val_by_seed.append(_validation_scores(stored, val, dataset))
+        cells[label] = collect(values_by_seed)
+        validation[label] = _mean_over_seeds(val_by_seed)
 
     n_patients = draws.n_patients
     models = summarise(cells, stats, n_patients)

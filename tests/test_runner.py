@@ -95,10 +95,15 @@ def test_tuned_thresholds_are_chosen_on_validation_only(tiny_dataset, tmp_path):
     assert other["models"]["MLP h8"]["overall"]["jaccard"]["mean"] != summary["models"]["MLP h8"]["overall"]["jaccard"]["mean"]
 
 
-def test_non_finite_probabilities_fail_their_entry_with_its_name(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(MostFrequent, "predict_proba", lambda self, samples: np.full((len(samples), tiny_dataset.n_medications), np.nan))
-    with pytest.raises(runner.ModelOutputError, match="freq: predict_proba returned .* NaN"):
-        run(tiny_dataset, tmp_path / "r")
+def test_non_finite_probabilities_fail_their_entry_with_its_name_and_the_others_finish(tiny_dataset, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(MostFrequent, "predict_proba", lambda self, samples: np.full((len(samples), tiny_dataset.n_medications), np.nan))
+        with pytest.raises(runner.IncompleteRunError, match=r"1 of 2 units failed.*\n  freq \(seed 1\): ModelOutputError: freq: predict_proba returned .* NaN"):
+            run(tiny_dataset, tmp_path / "r")
+    folder = RunFolder(tmp_path / "r")
+    assert folder.predictions_path("MLP h8", 1).exists() and not folder.predictions_path("freq", 1).exists()
+    monkeypatch.setattr(CurrentVisitMLP, "fit", lambda self, t, v: pytest.fail("a finished unit was retrained"))
+    assert set(run(tiny_dataset, tmp_path / "r")["models"]) == {"freq", "MLP h8"}
 
 
 def test_the_paper_procedure_reports_round_spread(tiny_dataset, tmp_path):

@@ -22,10 +22,11 @@ from rich.table import Table
 from bench import registry, tables
 from bench.cli import main
 from bench.cli.data import dataset_from_options, dataset_options
-from bench.cli.run import evaluation_arguments, evaluation_options, parse_settings
+from bench.cli.run import evaluation_arguments, evaluation_options, executor_config, executor_options, parse_settings
 from bench.contract import PRESETS, ModelFamily
+from bench.executors import ExecutorConfig
 from bench.results import RunFolder, run_id_for, write_json, write_with
-from bench.runner import Entry, run_entries
+from bench.runner import Entry, IncompleteRunError, run_entries
 from data_prep.protocol import GROUPS
 
 
@@ -55,13 +56,14 @@ def run_options(command):
             click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True),
             click.option("--run-id", help="Run folder name (default: derived from the arguments, so a rerun resumes)."),
             click.option("--device", default="cpu", show_default=True),
+            executor_options,
         ]
     ):
         command = option(command)
     return dataset_options(command)
 
 
-def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_kwargs: dict, full_model: str | None = None) -> tuple[dict, Path]:
+def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_kwargs: dict, where: ExecutorConfig, full_model: str | None = None) -> tuple[dict, Path]:
     """Load the dataset, run the entries into their folder, return the summary and the folder."""
     dataset = dataset_from_options(**dataset_kwargs)
     run_dir = arguments["results_dir"] / (arguments["run_id"] or run_id_for(dataset.name, {**arguments, **dataset_kwargs}))
@@ -78,8 +80,9 @@ def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_
             device=arguments["device"],
             arguments={**arguments, **dataset_kwargs},
             console=console,
+            executor=where,
         )
-    except ValueError as error:
+    except (ValueError, IncompleteRunError) as error:
         raise click.ClickException(str(error)) from None
     return summary, run_dir
 
@@ -111,7 +114,8 @@ def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Tab
 @click.option("--drop", "drops", multiple=True, help="An ablation the family declares (repeatable; an unknown one lists them), e.g. LEADER's kd, feature-kd, align, shared-visit; default: all unless --compare is given.")
 @click.option("--compare", default="", help="Alternatives the family declares, comma-separated (LEADER: temperature-kd, projector-kd).")
 @click.option("--with-teacher", is_flag=True, help="Add the family's teacher as an entry, so the summary holds each student's retention of it.")
-def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, drops, compare, with_teacher, **dataset_kwargs) -> None:
+def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
+           executor, jobs, ray_address, gpus_per_task, drops, compare, with_teacher, **dataset_kwargs) -> None:
     """Run a family's full model and its ablated variants on the same splits and resamples."""
     drops = parse_list(",".join(drops), family.ablations, "--drop")
     alternatives = parse_list(compare, family.alternatives, "--compare")
@@ -124,7 +128,7 @@ def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpai
     arguments = dict(command="ablate", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
                      unpaired=unpaired, holm=holm, decision=decision, settings=common,
                      results_dir=results_dir, run_id=run_id, device=device, drops=drops, compare=alternatives, with_teacher=with_teacher)
-    summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, full_model=family.label)
+    summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, executor_config(locals()), full_model=family.label)
     Console().print(prauc_table(summary, f"{family.label} ablation ({run_dir})", family.label))
 
 
@@ -141,7 +145,8 @@ def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Se
 @run_options
 @click.option("--param", required=True, help="An option the family declares sweepable (LEADER: alpha, the KD weight; beta, the alignment weight).")
 @click.option("--values", "raw_values", required=True, help="Comma-separated values, e.g. 0.1,0.2,0.4,0.8.")
-def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, param, raw_values, **dataset_kwargs) -> None:
+def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
+          executor, jobs, ray_address, gpus_per_task, param, raw_values, **dataset_kwargs) -> None:
     """Train the family's model once per value of one option; choose the value on validation; plot validation and test PRAUC."""
     if len(parse_list(param, family.sweepable, "--param")) != 1:
         raise click.BadParameter("sweep one option at a time", param_hint="--param")
@@ -153,7 +158,7 @@ def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpair
     arguments = dict(command="sweep", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
                      unpaired=unpaired, holm=holm, decision=decision, settings=common,
                      results_dir=results_dir, run_id=run_id, device=device, param=param, values=values)
-    summary, run_dir = execute(entries, [], arguments, dataset_kwargs)
+    summary, run_dir = execute(entries, [], arguments, dataset_kwargs, executor_config(locals()))
     labels = [e.label for e in entries]
     written = write_sweep(summary, family.label, param, values, labels, RunFolder(run_dir).root)
     Console().print(prauc_table(summary, f"{family.label}: sweep of {param} ({run_dir})"))

@@ -21,9 +21,10 @@ from bench.cli.data import dataset_from_options, dataset_options
 from bench.contract import PRESETS
 from bench.decisions import DECISIONS
 from bench.evaluate import STATS
+from bench.executors import EXECUTORS, ExecutorConfig
 from bench.profiler import profile_entries, rich_profile
 from bench.results import RunFolder, read_json, run_id_for, write_json, write_text
-from bench.runner import Entry, run_entries
+from bench.runner import Entry, IncompleteRunError, run_entries
 from data_prep.cache import stable_hash
 from data_prep.protocol import PROTOCOLS
 
@@ -74,6 +75,24 @@ def evaluation_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def executor_options(command):
+    """Where the units run; not part of a run's identity, so any executor resumes any other's folder."""
+    options = [
+        click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+                     help="local: in this process; processes: --jobs worker processes; ray: one Ray task per model x seed."),
+        click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes (--executor processes)."),
+        click.option("--ray-address", help="Ray cluster: 'auto' or HOST:PORT (--executor ray) [a local Ray runtime]."),
+        click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPUs each Ray task requests (fractions share a GPU)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def executor_config(values: dict) -> ExecutorConfig:
+    return ExecutorConfig(values["executor"], jobs=values["jobs"], ray_address=values["ray_address"], gpus_per_task=values["gpus_per_task"])
 
 
 def evaluation_arguments(values: dict) -> dict:
@@ -194,13 +213,16 @@ def experiment_file(ctx: click.Context, _param, path: Path | None) -> Path | Non
 @click.option("--retention-of", "teacher", help="Label whose scores the proposed models' retention is measured against [a run student's teacher].")
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
+@executor_options
 @click.option("--run-id", help="Folder name under --results-dir [derived from the arguments, so a rerun resumes].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, proposed, teacher, teacher_path, gguf_file, settings, device, run_id, results_dir, **data_kwargs):
+def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, proposed, teacher, teacher_path, gguf_file, settings, device,
+                executor, jobs, ray_address, gpus_per_task, run_id, results_dir, **data_kwargs):
     """Train, evaluate and tabulate models; rerunning the same command resumes the same run folder."""
     names = _models(models_spec)
     entries = model_entries(names, teacher_path, gguf_file, settings)
     evaluation = evaluation_arguments(locals())
+    where = executor_config(locals())
     arguments = {
         "models": names,
         "preset": preset,
@@ -229,8 +251,9 @@ def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamp
             device=device,
             arguments=arguments,
             console=console,
+            executor=where,
         )
-    except ValueError as error:
+    except (ValueError, IncompleteRunError) as error:
         raise click.ClickException(str(error)) from None
     for table in ("main", "safety"):
         console.print(tables.rich_table(summary, table))

@@ -1,0 +1,58 @@
+"""Executors: the same grid (two models x two seeds) in process, in worker processes and on a local Ray
+runtime gives the same numbers; a failed unit is reported, the others are kept, and a rerun completes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench.executors import ExecutorConfig, run_tasks
+from bench.results import RunFolder
+from bench.runner import Entry, IncompleteRunError, run_entries
+
+GRID = [Entry("freq", "freq"), Entry("MLP h8", "mlp", {"hidden_dim": 8, "epochs": 2})]
+
+
+def grid(dataset, run_dir, executor):
+    return run_entries(dataset, GRID, run_dir, seeds=[0, 1], resamples=50, preset="quick", executor=executor)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray  # the ray extra: tox installs it, so this never skips
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _square(shared, task):
+    if task == 3:
+        raise ValueError("three is not welcome")
+    return shared * task * task
+
+
+def test_tasks_return_in_order_and_a_failure_is_one_outcome():
+    outcomes = run_tasks(ExecutorConfig("local"), _square, 10, [1, 2, 3, 4])
+    assert [o.value for o in outcomes] == [10, 40, None, 160]
+    assert outcomes[2].error == "ValueError: three is not welcome" and all(o.ok for i, o in enumerate(outcomes) if i != 2)
+
+
+@pytest.mark.parametrize("kind", ["processes", "ray"])
+def test_the_grid_elsewhere_equals_local_and_a_failed_unit_is_reported_then_rerun(kind, tiny_dataset, tmp_path, request):
+    if kind == "ray":
+        request.getfixturevalue("local_ray")
+    local = grid(tiny_dataset, tmp_path / "local", ExecutorConfig())
+    folder = RunFolder(tmp_path / "r")
+    blocked = folder.predictions_path("MLP h8", 1)
+    blocked.mkdir(parents=True)  # a directory where the unit's predictions must go: its write fails
+    with pytest.raises(IncompleteRunError, match=r"1 of 4 units failed.*\n  MLP h8 \(seed 1\): "):
+        grid(tiny_dataset, tmp_path / "r", ExecutorConfig(kind, jobs=2))
+    finished = [(label, seed) for label in ("freq", "MLP h8") for seed in (0, 1) if folder.predictions_path(label, seed).is_file()]
+    assert finished == [("freq", 0), ("freq", 1), ("MLP h8", 0)]
+    records = [json.loads(folder.metrics_path(label, seed).read_text()) for label, seed in finished]
+    assert os.getpid() not in {r["environment"]["pid"] for r in records}  # the units ran in other processes
+    blocked.rmdir()
+    completed = grid(tiny_dataset, tmp_path / "r", ExecutorConfig(kind, jobs=2))
+    assert completed["models"] == local["models"] and completed["validation"] == local["validation"]
