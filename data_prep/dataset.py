@@ -30,6 +30,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from data_prep.protocol import Protocol
 
 SPLITS = ("train", "val", "test")
+# the profile's age bands, shared by every source: lower edges in years (the first band starts at 0), then
+# "unknown" for a missing age; a source whose patients are all adults uses ADULT_AGE_BANDS
+AGE_BANDS = ("<18", "18-39", "40-64", "65-79", "80+", "unknown")
+AGE_BAND_EDGES = (18, 40, 65, 80)
+ADULT_AGE_BANDS = AGE_BANDS[1:5]
 FORMAT_VERSION = 1
 
 

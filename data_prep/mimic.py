@@ -65,12 +65,11 @@ from data_prep.aux_maps import (
     twosides_pairs,
 )
 from data_prep import code_names
-from data_prep.dataset import Patient, PreparedDataset, Visit, Vocabulary, assemble
+from data_prep.dataset import AGE_BAND_EDGES, AGE_BANDS, Patient, PreparedDataset, Visit, Vocabulary, assemble
 from data_prep.tables import NO_TIME, DataError, EncodedTable, find_table, read_encoded, read_table
 
 CODE_KINDS = ("diagnoses", "procedures", "medications")
 PROFILE_FIELDS = ["age", "gender", "insurance", "ethnicity", "marital_status"]
-AGE_BANDS = ["<18", "18-39", "40-64", "65-79", "80+", "unknown"]
 MISSING = "UNKNOWN"
 SINGULAR = {"diagnoses": "diagnosis", "procedures": "procedure"}
 PrescriptionWindow = Literal["first-hours", "first-start-date", "all"]
@@ -535,7 +534,7 @@ def encode_profiles(age: pd.Series, gender: pd.Series, last: pd.DataFrame) -> tu
             "marital_status": last["marital_status"],
         }
     ).fillna(MISSING)
-    values = {f: (AGE_BANDS if f == "age" else sorted(fields[f].unique())) for f in PROFILE_FIELDS}
+    values = {f: (list(AGE_BANDS) if f == "age" else sorted(fields[f].unique())) for f in PROFILE_FIELDS}
     codes = np.stack([pd.Categorical(fields[f], categories=values[f]).codes for f in PROFILE_FIELDS], axis=1)
     return {sid: tuple(int(c) for c in row) for sid, row in zip(fields.index, codes)}, values
 
@@ -550,7 +549,7 @@ def _years_between(dob: pd.Series, admit: pd.Series) -> pd.Series:
 
 
 def _age_band(age: pd.Series) -> pd.Series:
-    band = pd.cut(age, bins=[-np.inf, 18, 40, 65, 80, np.inf], right=False, labels=AGE_BANDS[:-1])
+    band = pd.cut(age, bins=[-np.inf, *AGE_BAND_EDGES, np.inf], right=False, labels=list(AGE_BANDS[:-1]))
     return band.astype(object).where(age.notna(), "unknown")
 
 

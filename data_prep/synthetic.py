@@ -45,9 +45,9 @@ from importlib import resources
 import numpy as np
 
 from data_prep.code_names import icd9_diagnosis_names, icd9_procedure_names
+from data_prep.dataset import ADULT_AGE_BANDS as AGE_BANDS
 from data_prep.dataset import Patient, PreparedDataset, Sample, Visit, Vocabulary, assemble
 
-AGE_BANDS = ("18-39", "40-64", "65-79", "80+")
 AGE_BAND_WEIGHTS = (0.14, 0.36, 0.30, 0.20)
 GENDERS = ("F", "M")
 GENDER_WEIGHTS = (0.44, 0.56)
