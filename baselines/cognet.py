@@ -167,10 +167,13 @@ class CodeSetEncoder(nn.Module):
         self.dropout = nn.Dropout(config.embedding_dropout)
         self.layer = PackedEncoderLayer(config.dim, config.heads, config.encoder_feedforward, config.transformer_dropout)
 
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.embedding(codes))
+
     def forward(self, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``codes``/``mask`` [N, L] -> encodings [N, L, d] and the attention mask [N, L]."""
         codes, attend = with_pad(codes, mask, self.pad)
-        return self.layer(self.dropout(self.embedding(codes)), attend), attend
+        return self.layer(self.embed(codes), attend), attend
 
 
 class AttentionPooling(nn.Module):
@@ -216,15 +219,13 @@ class COGNetNetwork(nn.Module):
         self.sos, self.end, self.pad = n_meds, n_meds + 1, n_meds + 2
         self.diagnosis_encoder = CodeSetEncoder(dataset.n_diagnoses + 1, dataset.n_diagnoses, config)
         self.procedure_encoder = CodeSetEncoder(dataset.n_procedures + 1, dataset.n_procedures, config)
-        self.medication_encoder = CodeSetEncoder(n_meds + 3, self.pad, config)
+        self.medication_encoder = CodeSetEncoder(n_meds + 3, self.pad, config)  # rows: medications, SOS, END, PAD
         self.diagnosis_pooling = AttentionPooling(dim)
         self.procedure_pooling = AttentionPooling(dim)
         self.ehr_gcn = GraphConvolutionNetwork(normalized_adjacency(dataset.ehr_adj), dim, config.gcn_dropout)
         self.ddi_gcn = GraphConvolutionNetwork(normalized_adjacency(dataset.ddi_adj), dim, config.gcn_dropout)
         self.ddi_gcn.weight1, self.ddi_gcn.bias1 = self.ehr_gcn.weight1, self.ehr_gcn.bias1  # first layer shared
         self.ddi_weight = nn.Parameter(torch.empty(1).uniform_(-0.1, 0.1))  # beta
-        self.token_embedding = nn.Embedding(n_meds + 3, dim, padding_idx=self.pad)  # medications, SOS, END, PAD
-        self.token_dropout = nn.Dropout(config.embedding_dropout)
         self.decoder = MedicationDecoderLayer(config)
         self.generate = nn.Linear(dim, n_meds + 2)
         self.copy_query = nn.Linear(dim, dim)
@@ -293,7 +294,7 @@ class COGNetNetwork(nn.Module):
 
     def forward(self, tokens: torch.Tensor, context: VisitContext) -> torch.Tensor:
         """Log-probabilities [R, S, |M| + 2] of the next token after each prefix of ``tokens`` [R, S]."""
-        x = self.token_dropout(self.token_embedding(tokens)) + context.drug_memory[tokens]
+        x = self.medication_encoder.embed(tokens) + context.drug_memory[tokens]  # one medication table, as the reference
         hidden = self.decoder(x, context)
         generated = torch.softmax(self.generate(hidden), dim=-1)
         gate = torch.sigmoid(self.gate(hidden))
