@@ -3,10 +3,15 @@ none); the dataset's own split is respected; shards that break the MEDS schema a
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from bench.cli import main
+from data_prep.aux_maps import load_ndc_to_rxcui, load_rxcui_to_atc
 from data_prep.meds import MedsOptions, export_meds, locate_meds, read_meds
 from data_prep.prepare import load_dataset
 from data_prep.synthetic import SyntheticOptions, generate
@@ -66,3 +71,22 @@ def test_a_shard_outside_the_schema_is_refused(exported, tmp_path):
     with pytest.raises(DataError, match=r"0.parquet: not a MEDS data shard .*time"):
         load_dataset("meds", root=tmp_path, aux=exported[1] / "aux", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_prefixes_are_options(exported, tmp_path):
+    """A dataset that writes ATC classes under its own prefix: --meds-prefix atc=... uses them directly."""
+    synth, root = exported
+    by_rxcui = load_rxcui_to_atc(root / "aux" / "ndc2atc_level4.csv.gz").drop_duplicates("rxcui").set_index("rxcui")["atc3"]
+    atc_of_ndc = {ndc: by_rxcui[rxcui] for ndc, rxcui in load_ndc_to_rxcui(root / "aux" / "ndc2RXCUI.txt").items()}
+    table = pq.read_table(root / "data" / "0.parquet")
+    renamed = [f"RX//ATC//{atc_of_ndc[c.rsplit('//', 1)[1]]}" if c.startswith("MEDICATION//NDC//") else c for c in table.column("code").to_pylist()]
+    (tmp_path / "data").mkdir()
+    pq.write_table(table.set_column(table.column_names.index("code"), "code", pa.array(renamed)), tmp_path / "data" / "0.parquet")
+    (tmp_path / "metadata").symlink_to(root / "metadata")
+    assert_same_cohort(synth, read_meds(locate_meds(tmp_path, root / "aux"), MedsOptions(atc_prefix="RX//ATC//")))
+    arguments = ["data", "info", "--json", "--dataset", "meds", "--root", str(tmp_path), "--aux", str(root / "aux"), "--cache-dir", str(tmp_path / "cache")]
+    with_prefix = CliRunner().invoke(main, arguments + ["--meds-prefix", "atc=RX//ATC//"])
+    assert with_prefix.exit_code == 0, with_prefix.output
+    assert json.loads(with_prefix.output)["patients"] == len(synth.patients)
+    without = CliRunner().invoke(main, arguments)  # no medication events under the default prefixes
+    assert without.exit_code != 0 and "no patient is left" in without.output

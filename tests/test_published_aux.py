@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from bench.cli import main
 from data_prep.mimic import MimicOptions, locate, read_mimic
 from data_prep.published_aux import build_aux, load_plain_pickle
+from data_prep.stats import dataset_statistics
 from data_prep.tables import DataError
 from test_aux_maps import write_twosides
 
@@ -69,6 +70,8 @@ def test_aux_folder_from_published_files_prepares_the_demo(tmp_path):
     assert [p.patient_id for p in dataset.patients] == [p.patient_id for p in reference.patients]
     assert dataset.smiles == reference.smiles
     assert dataset.meta["ddi_source"].startswith("TWOSIDES drug-DDI.csv")
+    sources = dataset_statistics(dataset)["aux_sources"]  # what bench data info shows
+    assert "atc3toSMILES.pkl" in sources["molecules (SMILES)"] and sources["ddi_graph"].startswith("TWOSIDES")
 
 
 def test_cli_refuses_a_pickle_that_is_not_plain_data(tmp_path):

@@ -23,6 +23,7 @@ from data_prep.stats import dataset_statistics
 from data_prep.tables import DataError
 
 # MIMIC pipeline flags -> MimicOptions fields (only flags the user gives are passed on).
+MEDS_PREFIX_KINDS = ("admission", "discharge", "diagnosis", "procedure", "ndc", "atc", "gender")
 MIMIC_FLAGS = ("prescription_window", "first_hours", "ndc_fallback", "top_diagnoses", "top_procedures", "top_medications", "min_visits", "ddi_source", "ddi_side_effects")
 
 
@@ -43,6 +44,14 @@ def dataset_options(command):
             "first-start-date: each stay's earliest start date, the GAMENet/SafeDrug scripts; all: LEADER's released preprocessing].",
         ),
         click.option("--first-hours", type=float, help="MIMIC/MEDS: the first-hours window, in hours [24]."),
+        click.option(
+            "--meds-prefix",
+            "meds_prefixes",
+            multiple=True,
+            metavar="KIND=PREFIX",
+            help="MEDS: the code prefix of one event kind (admission, discharge, diagnosis, procedure, ndc, atc, gender; "
+            "defaults: the MIMIC-IV MEDS ETL's codes), e.g. --meds-prefix ndc=MEDICATION//NDC//.",
+        ),
         click.option("--ndc-fallback/--no-ndc-fallback", default=None, help="MIMIC: map NDCs missing from ndc2RXCUI via ndc2atc_level4's NDC column [on]."),
         click.option("--top-diagnoses", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent diagnoses [2000]."),
         click.option("--top-procedures", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent procedures [1000]."),
@@ -63,6 +72,13 @@ def dataset_from_options(
 ) -> PreparedDataset:
     """Load the dataset the ``dataset_options`` flags describe, with a status line; one-line errors."""
     options = {key: value for key, value in pipeline.items() if key in MIMIC_FLAGS and value is not None}
+    for item in pipeline.get("meds_prefixes") or ():
+        if dataset != "meds":
+            raise click.UsageError("--meds-prefix applies to --dataset meds only")
+        kind, sep, prefix = item.partition("=")
+        if not sep or kind not in MEDS_PREFIX_KINDS:
+            raise click.UsageError(f"--meds-prefix {item!r}: expected KIND=PREFIX with KIND one of {', '.join(MEDS_PREFIX_KINDS)}")
+        options[f"{kind}_prefix"] = prefix
     if options and dataset == "synth":
         raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in options)} apply to MIMIC and MEDS datasets only")
     if patients is not None:
