@@ -157,10 +157,10 @@ class MedRecModel(ABC):
 
     def check_samples(self, samples: Sequence[Sample]) -> None:
         if self.capabilities.needs_history_medications:
-            missing = [s.sample_id for s in samples if not s.history]
-            if missing:
+            missing = [i for i, s in enumerate(samples) if not s.history]
+            if missing:  # positions, not patient ids: error messages end up in logs
                 raise CapabilityError(
-                    f"{self.name} needs earlier medications; {len(missing)} sample(s) have none (first: {missing[0]})"
+                    f"{self.name} needs earlier medications; {len(missing)} sample(s) have none (first: position {missing[0]} of {len(samples)})"
                 )
 
     def save(self, path: str | Path) -> Path:

@@ -5,7 +5,7 @@ results/<run-id>/
   config.json                       arguments, preset, seeds, protocol, statistics, every entry's model config
   models/<label>.seed<k>.pt         weights (MedRecModel.save) + .config.json + .key.json (what trained them)
   predictions/<label>.seed<k>.npz   validation and test probabilities, predicted sets (multi-hot), served
-                                    masks, test sample ids, the unit's key
+                                    masks (rows in the protocol's sample order; no patient id), the unit's key
   metrics/<label>.seed<k>.json      fit report, decision rule and threshold, environment (versions, git
                                     commit, device) of the process that trained it
   summary.json                      per model, group, metric: mean, interval, seed values; tests; retention
@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -135,8 +136,9 @@ class RunFolder:
     def mark_trained(self, label: str, seed: int, key: str) -> None:
         write_json(self.model_path(label, seed).with_suffix(".key.json"), {"key": key})
 
-    def write_predictions(self, label: str, seed: int, key: str, *, sample_ids: list[str], **arrays: np.ndarray) -> Path:
-        return write_npz(self.predictions_path(label, seed), sample_ids=np.asarray(sample_ids, dtype=str), entry_key=np.asarray(key), **arrays)
+    def write_predictions(self, label: str, seed: int, key: str, **arrays: np.ndarray) -> Path:
+        """Rows in the protocol's sample order, which the key's dataset fingerprint fixes: no patient id is stored."""
+        return write_npz(self.predictions_path(label, seed), entry_key=np.asarray(key), **arrays)
 
     def finished_predictions(self, label: str, seed: int, key: str) -> dict[str, np.ndarray] | None:
         """The stored predictions when they were made by this exact unit, else ``None``."""
@@ -147,6 +149,31 @@ class RunFolder:
             if str(stored["entry_key"]) != key:
                 return None
             return {name: stored[name] for name in stored.files if name != "entry_key"}
+
+    SHAREABLE = ("config.json", SUMMARY, "metrics/*.json")
+
+    def share(self, out: str | Path) -> int:
+        """Copy the aggregates (``SHAREABLE``) to a new folder ``out``, atomically; the count of files copied.
+
+        Weights and predictions (per-patient probabilities) stay behind: what a run shares is its numbers.
+        """
+        self.require()
+        out = Path(out)
+        if out.exists():
+            raise FileExistsError(f"{out} exists; choose a new folder for the shareable copy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            files = [path for pattern in self.SHAREABLE for path in sorted(self.root.glob(pattern))]
+            for path in files:
+                target = staging / path.relative_to(self.root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+            os.replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return len(files)
 
     def require(self) -> "RunFolder":
         """For commands that only read a run: one clear error when it is not there."""
@@ -160,10 +187,10 @@ class RunFolder:
 FRAMEWORKS = ("torch", "transformers", "peft")
 
 
-def weights_key(model_class: type, config: dict, seed: int, dataset_fingerprint: str, protocol: str) -> str:
-    """What determines a unit's trained weights: model, config, seed, data, protocol, code and frameworks."""
+def weights_key(model_class: type, config: dict, seed: int, dataset_fingerprint: str, protocol: str, deterministic: bool = False) -> str:
+    """What determines a unit's trained weights: model, config, seed, data, protocol, kernels, code and frameworks."""
     code = source_digest(model_class.__module__)
-    return stable_hash(model_class.name, _jsonable(config), seed, dataset_fingerprint, protocol, code, {f: _version(f) for f in FRAMEWORKS})
+    return stable_hash(model_class.name, _jsonable(config), seed, dataset_fingerprint, protocol, deterministic, code, {f: _version(f) for f in FRAMEWORKS})
 
 
 def entry_key(weights: str, decision: str) -> str:

@@ -15,6 +15,7 @@ Resuming is by files (see :mod:`bench.results`): a finished unit is never refit.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -219,6 +221,15 @@ class Unit:
     protocol: str
     decision: str
     device: str
+    deterministic: bool = False
+
+
+def deterministic_torch() -> None:
+    """Deterministic kernels (cuBLAS workspace, no cuDNN autotuning); an op without a deterministic
+    implementation (some scatter-based ones) then raises, naming itself, instead of varying silently."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 class IncompleteRunError(RuntimeError):
@@ -228,6 +239,8 @@ class IncompleteRunError(RuntimeError):
 def execute_unit(dataset: PreparedDataset, unit: Unit, display: "_Display | None" = None) -> str:
     """Train (or load) one unit, predict validation and test, write its files; runs in any worker."""
     folder = RunFolder(unit.run_dir)
+    if unit.deterministic:
+        deterministic_torch()
     task = get_protocol(unit.protocol)
     train, val, test = (task.samples(dataset, part) for part in ("train", "val", "test"))
     plan = _Planned(Entry(unit.label, unit.model), registry.get(unit.model), unit.config)
@@ -236,7 +249,7 @@ def execute_unit(dataset: PreparedDataset, unit: Unit, display: "_Display | None
     record = {"label": unit.label, "model": unit.model, "seed": unit.seed, "fit_report": model.fit_report, "decision": stored.pop("decision"),
               "environment": environment_info(dataset.fingerprint, unit.device)}
     write_json(folder.metrics_path(unit.label, unit.seed), record)
-    folder.write_predictions(unit.label, unit.seed, unit.key, sample_ids=[s.sample_id for s in test], **stored)  # last: marks the unit done
+    folder.write_predictions(unit.label, unit.seed, unit.key, **stored)  # last: marks the unit done
     return unit.label
 
 
@@ -299,6 +312,7 @@ def run_entries(
     teacher: str | None = None,
     full_model: str | None = None,
     device: str = "cpu",
+    deterministic: bool = False,
     arguments: dict | None = None,
     console: Console | None = None,
     executor: ExecutorConfig | None = None,
@@ -314,7 +328,8 @@ def run_entries(
     against (default: the entry of the teacher a student entry's family names, if any).
     ``full_model``: in an ablation, the label every other student entry is compared with (``versus_full``).
     ``arguments``: the command line's own arguments, recorded in config.json. ``console``: where the
-    progress goes (None: silent). ``executor``: where the units run (:mod:`bench.executors`; in process
+    progress goes (None: silent). ``deterministic``: deterministic GPU kernels (:func:`deterministic_torch`);
+    part of each unit's key. ``executor``: where the units run (:mod:`bench.executors`; in process
     by default); every unit is trained before any is evaluated, and units that fail are reported
     together (:class:`IncompleteRunError`) after the others have finished and been kept.
     """
@@ -345,6 +360,9 @@ def run_entries(
         raise ValueError(f"full-model label {full_model!r} is not an entry of this run; entries: {labels}")
 
     folder = RunFolder(run_dir)
+    if dataset.name != "synth":  # credentialed data: predictions and weights stay readable by their owner only
+        folder.root.mkdir(parents=True, exist_ok=True)
+        folder.root.chmod(0o700)
     run_config = {
         "arguments": arguments or {},
         "dataset": dataset.name,
@@ -355,6 +373,7 @@ def run_entries(
         "stats": stats,
         "resamples": resamples,
         "decision": decision,
+        "deterministic": deterministic,
         "proposed": proposed,
         "teacher": teacher,
         "entries": [
@@ -370,13 +389,12 @@ def run_entries(
     members = group_members(test)
     patient_of, stratum = patient_strata(test)
     draws = draw_resamples(patient_of, stratum, stats, resamples, resample_seed)
-    test_ids = [s.sample_id for s in test]
 
     units = [
-        Unit(p.entry.label, p.entry.model, p.config, seed, str(folder.root), trained, entry_key(trained, decision), task.name, decision, device)
+        Unit(p.entry.label, p.entry.model, p.config, seed, str(folder.root), trained, entry_key(trained, decision), task.name, decision, device, deterministic)
         for p in plans
         for seed in seeds
-        for trained in [weights_key(p.model_class, p.config.to_dict(), seed, dataset.fingerprint, task.name)]
+        for trained in [weights_key(p.model_class, p.config.to_dict(), seed, dataset.fingerprint, task.name, deterministic)]
     ]
     display = _Display(console)
     with display:
@@ -389,8 +407,6 @@ def run_entries(
         fits[label], decisions[label] = {}, {}
         for unit in (u for u in units if u.label == label):
             stored = folder.finished_predictions(label, unit.seed, unit.key)
-            if list(stored["sample_ids"]) != test_ids:
-                raise ValueError(f"{folder.predictions_path(label, unit.seed)} lists other test samples than this dataset's")
             record = read_json(folder.metrics_path(label, unit.seed))
             fits[label][unit.seed], decisions[label][unit.seed] = record["fit_report"], record["decision"]
             per_sample = per_sample_metrics(stored["test_proba"], [np.flatnonzero(r) for r in stored["test_predicted"]], [s.target for s in test], dataset.ddi_adj)

@@ -45,7 +45,10 @@ def test_a_run_writes_every_file_and_a_complete_summary(tiny_dataset, tmp_path):
     with np.load(folder.predictions_path("freq", 1)) as stored:
         assert stored["test_proba"].shape == (len(tiny_dataset.samples("test")), tiny_dataset.n_medications)
         assert stored["val_proba"].shape == (len(tiny_dataset.samples("val")), tiny_dataset.n_medications)
-        assert list(stored["sample_ids"]) == [s.sample_id for s in tiny_dataset.samples("test")]
+        assert "sample_ids" not in stored.files  # rows follow the protocol's order; no patient id is stored
+    patient_ids = {p.patient_id for p in tiny_dataset.patients}
+    for path in folder.root.rglob("*.json"):
+        assert not any(f'"{pid}' in path.read_text() for pid in patient_ids), path
 
 
 def test_same_seed_gives_identical_numbers(tiny_dataset, tmp_path):
@@ -257,3 +260,40 @@ def test_an_experiment_file_equals_its_flags_and_is_recorded(cli, tmp_path):
     bad.write_text('modles = ["freq"]\n')
     result = cli.invoke(main, ["run", "--config", str(bad)])
     assert result.exit_code != 0 and "unknown key(s) ['modles']" in result.output
+
+
+def test_a_shared_copy_holds_aggregates_only_and_still_makes_tables(cli, tmp_path):
+    results = tmp_path / "results"
+    assert cli.invoke(main, ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "20", "--results-dir", str(results)]).exit_code == 0
+    (run_dir,) = results.iterdir()
+    shared = tmp_path / "shared"
+    result = cli.invoke(main, ["share", "--run", str(run_dir), "--out", str(shared)])
+    assert result.exit_code == 0, result.output
+    names = {p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file()}
+    assert "summary.json" in names and "config.json" in names and "metrics/mlp.seed0.json" in names
+    assert not any(n.startswith(("models/", "predictions/")) for n in names)
+    table = cli.invoke(main, ["table", "--run", str(shared), "--format", "markdown"])
+    assert table.exit_code == 0 and "| mlp |" in table.output
+    again = cli.invoke(main, ["share", "--run", str(run_dir), "--out", str(shared)])
+    assert again.exit_code != 0 and "exists" in again.output
+
+
+def test_a_run_on_credentialed_data_is_readable_by_its_owner_only(tiny_dataset, tmp_path):
+    credentialed = dataclasses.replace(tiny_dataset, name="mimic4")
+    run(credentialed, tmp_path / "r", entries=ENTRIES[:1])
+    assert (tmp_path / "r").stat().st_mode & 0o777 == 0o700
+
+
+def test_deterministic_kernels_are_recorded_and_keyed(tiny_dataset, tmp_path):
+    import torch
+
+    try:
+        summary = run(tiny_dataset, tmp_path / "r", entries=ENTRIES[1:], deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["deterministic"] is True
+    assert summary["models"] == run(tiny_dataset, tmp_path / "r2", entries=ENTRIES[1:])["models"]  # CPU kernels were already deterministic
+    with np.load(RunFolder(tmp_path / "r").predictions_path("MLP h8", 1)) as a, np.load(RunFolder(tmp_path / "r2").predictions_path("MLP h8", 1)) as b:
+        assert str(a["entry_key"]) != str(b["entry_key"])

@@ -213,11 +213,12 @@ def experiment_file(ctx: click.Context, _param, path: Path | None) -> Path | Non
 @click.option("--retention-of", "teacher", help="Label whose scores the proposed models' retention is measured against [a run student's teacher].")
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
+@click.option("--deterministic", is_flag=True, help="Deterministic GPU kernels (cuBLAS workspace, no autotuning; an op without one raises); recorded in the run.")
 @executor_options
 @click.option("--run-id", help="Folder name under --results-dir [derived from the arguments, so a rerun resumes].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, proposed, teacher, teacher_path, gguf_file, settings, device,
-                executor, jobs, ray_address, gpus_per_task, run_id, results_dir, **data_kwargs):
+                deterministic, executor, jobs, ray_address, gpus_per_task, run_id, results_dir, **data_kwargs):
     """Train, evaluate and tabulate models; rerunning the same command resumes the same run folder."""
     names = _models(models_spec)
     entries = model_entries(names, teacher_path, gguf_file, settings)
@@ -229,6 +230,7 @@ def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamp
         **evaluation,
         "proposed": _labels(proposed),
         "teacher": teacher,
+        "deterministic": deterministic,
         "overrides": {e.label: e.overrides for e in entries if e.overrides},
         "data": {k: str(v) if isinstance(v, Path) else v for k, v in data_kwargs.items() if k != "refresh"},
     }
@@ -249,6 +251,7 @@ def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamp
             proposed=_labels(proposed),
             teacher=teacher,
             device=device,
+            deterministic=deterministic,
             arguments=arguments,
             console=console,
             executor=where,
@@ -278,6 +281,21 @@ def table_command(run_dir, fmt, table, holm, out):
     else:
         write_text(out, text)
         click.echo(f"wrote {out}", err=True)
+
+
+@main.command("share")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A finished run folder.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The shareable copy (a new folder).")
+def share_command(run_dir, out):
+    """A copy of a run with aggregates only (config, summary, fit reports): no weights, no per-patient predictions.
+
+    ``bench table --run OUT`` works from it. Built beside ``OUT`` and renamed into place.
+    """
+    try:
+        copied = RunFolder(run_dir).share(out)
+    except (FileNotFoundError, FileExistsError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {out} ({copied} files: config, summary, fit reports; no weights or predictions)", err=True)
 
 
 @main.command("profile")
