@@ -100,7 +100,7 @@ def test_codes_that_lost_their_leading_zeros(folders):
     text = (DEMO / "DIAGNOSES_ICD.csv").read_text().splitlines()
     rows = [text[0]] + [",".join(f[:-1] + [f[-1].lstrip("0")]) for f in (line.split(",") for line in text[1:])]
     replace(path, "\n".join(rows) + "\n")
-    expect_error(folders, r"DIAGNOSES_ICD.csv: column icd9_code has no code starting with 0, but \d+ rows hold codes known only with a leading zero \('389' -> '0389'|known only with a leading zero")
+    expect_error(folders, r"DIAGNOSES_ICD.csv: column icd9_code has no code starting with 0, but \d+ rows hold codes known only with a leading zero \(")
 
 
 def test_codes_of_another_code_system(folders):
