@@ -1,0 +1,67 @@
+"""The one training loop (``bench.training.run_training``): when it evaluates and stops, which weights it
+keeps, what it reports, and the progress hook, with stand-in steps and scores (no network needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.training import Schedule, pad_sequences, run_training
+
+
+def run(schedule: Schedule, scores: list[float], n_train: int = 10, **kwargs):
+    """Each evaluation returns the next score; the 'weights' are the number of steps taken so far."""
+    taken, seen, progress = [0], [], []
+    report = run_training(
+        schedule,
+        n_train,
+        seed=0,
+        train_step=lambda index, epoch: seen.append(list(index)) or taken.__setitem__(0, taken[0] + 1) or 1.0,
+        evaluate=lambda: scores.pop(0),
+        snapshot=lambda: taken[0],
+        restore=lambda state: taken.__setitem__(0, state),
+        on_progress=lambda done, total, status: progress.append((done, total)),
+        **kwargs,
+    )
+    return report, taken[0], seen, progress
+
+
+def test_epochs_stop_by_patience_and_keep_the_best_weights():
+    report, weights, seen, progress = run(Schedule(batch_size=4, epochs=10, patience=2), [0.1, 0.5, 0.4, 0.3, 0.9])
+    assert report["epochs_run"] == 4 and report["best_epoch"] == 2 and report["stopped_by"] == "patience"
+    assert report["converged"] and weights == report["best_step"] == 6  # 3 batches (4, 4, 2) per epoch
+    assert sorted(i for batch in seen[:3] for i in batch) == list(range(10))  # every sample once per epoch
+    assert progress == [(1, 10), (2, 10), (3, 10), (4, 10)]
+
+
+def test_best_epoch_last_is_not_converged():
+    report, *_ = run(Schedule(batch_size=5, epochs=3, patience=5), [0.1, 0.2, 0.3])
+    assert report["stopped_by"] == "epochs" and report["best_epoch"] == 3 and not report["converged"]
+
+
+def test_steps_evaluate_every_few_steps_and_after_the_last():
+    report, _, seen, progress = run(Schedule(batch_size=4, epochs=50, patience=9, max_steps=7, eval_every=3, whole_batches=True), [0.1, 0.3, 0.2])
+    assert [h["step"] for h in report["history"]] == [3, 6, 7] and report["best_step"] == 6 and report["converged"]
+    assert report["stopped_by"] == "max_steps" and all(len(batch) == 4 for batch in seen)  # whole batches only
+    assert progress == [(step, 7) for step in range(1, 8)]
+
+
+def test_the_epoch_cap_is_reported_when_it_cuts_the_step_budget():
+    report, *_ = run(Schedule(batch_size=4, epochs=2, patience=9, max_steps=100, eval_every=3, whole_batches=True), [0.1, 0.2])
+    assert report["steps_run"] == 4 and report["stopped_by"] == "epochs"  # 2 whole batches of 4 per epoch
+
+
+def test_shuffling_follows_the_seed_and_bad_input_is_refused():
+    first, second = run(Schedule(batch_size=3, epochs=1, patience=1), [0.0])[2], run(Schedule(batch_size=3, epochs=1, patience=1), [0.0])[2]
+    assert first == second
+    with pytest.raises(ValueError, match="no training sample"):
+        run(Schedule(batch_size=3, epochs=1, patience=1), [0.0], n_train=0)
+    with pytest.raises(ValueError, match="eval_every"):
+        Schedule(batch_size=3, epochs=1, patience=1, max_steps=5)
+
+
+def test_pad_sequences_right_pads_with_a_mask():
+    codes, mask = pad_sequences([(3, 1), (), (2,)])
+    assert codes.tolist() == [[3, 1], [0, 0], [2, 0]] and mask.tolist() == [[True, True], [False, False], [True, False]]
+    assert pad_sequences([(), ()])[0].shape == (2, 1)
+    assert np.array_equal(pad_sequences([[5]], min_len=3)[1].numpy(), [[True, False, False]])
