@@ -184,6 +184,32 @@ class RunFolder:
         return self
 
 
+class TimingHistory:
+    """Seconds each model took to train on this machine (model, config, data, protocol, host), in the cache,
+    so a run can say before it starts what its plan will cost. Written atomically; last writer wins."""
+
+    def __init__(self, path: str | Path | None = None):
+        from data_prep.cache import cache_root
+
+        self.path = Path(path) if path is not None else cache_root() / "timings.json"
+
+    @staticmethod
+    def key(model: str, config: dict, dataset_fingerprint: str, protocol: str) -> str:
+        return stable_hash(model, _jsonable(config), dataset_fingerprint, protocol, platform.node())
+
+    def _read(self) -> dict:
+        try:
+            return read_json(self.path) if self.path.is_file() else {}
+        except ValueError:
+            return {}
+
+    def get(self, key: str) -> float | None:
+        return self._read().get(key)
+
+    def record(self, key: str, seconds: float) -> None:
+        write_json(self.path, {**self._read(), key: seconds})
+
+
 FRAMEWORKS = ("torch", "transformers", "peft")
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from bench import registry
 from bench.contract import MedRecModel, ModelConfig
@@ -33,7 +34,7 @@ from bench.decisions import DECISIONS, tune_threshold
 from bench.executors import ExecutorConfig, run_tasks
 from bench.evaluate import STATS, against_reference, cell_values, collect, draw_resamples, retention, significance, summarise
 from bench.metrics import aggregate, multi_hot, per_sample_metrics
-from bench.results import RunFolder, entry_key, environment_info, file_stem, read_json, weights_key, write_json
+from bench.results import RunFolder, TimingHistory, entry_key, environment_info, file_stem, read_json, weights_key, write_json
 from data_prep.dataset import PreparedDataset, Sample
 from data_prep.protocol import get_protocol, group_members, patient_strata, served
 
@@ -138,6 +139,30 @@ class _Display:
 
         return update
 
+    def plan(self, units: list["Unit"], pending: list["Unit"], fingerprint: str) -> None:
+        """Before anything trains: each unit, whether it trains or is reused, its budget and its last time here."""
+        if self.console is None:
+            return
+        history = TimingHistory()
+        table = Table(title=f"plan: {len(pending)} of {len(units)} units to train", title_justify="left")
+        for column in ("entry", "seed", "action", "budget", "last time on this machine"):
+            table.add_column(column)
+        estimate, unknown = 0.0, 0
+        for unit in units:
+            if unit not in pending:
+                table.add_row(unit.label, str(unit.seed), "reuse (run folder)", "", "")
+                continue
+            config = unit.config
+            steps = getattr(config, "max_steps", None)
+            budget = f"<= {steps} steps x {config.batch_size}" if steps else f"<= {config.epochs} epochs x batches of {config.batch_size}"
+            seconds = history.get(TimingHistory.key(unit.model, config.to_dict(), fingerprint, unit.protocol))
+            estimate += seconds or 0.0
+            unknown += seconds is None
+            table.add_row(unit.label, str(unit.seed), "train", budget, "not measured yet" if seconds is None else f"{seconds:.0f} s")
+        self.console.print(table)
+        if pending:
+            self.console.print(f"estimated training time: {estimate:.0f} s for the units trained here before" + (f", plus {unknown} unit(s) never trained here" if unknown else ""))
+
     def note(self, name: str, status: str) -> None:
         if self.progress is not None:
             self.progress.add_task(name, total=1, completed=1, status=status)
@@ -145,23 +170,23 @@ class _Display:
                 self.console.log(f"{name}: {status}")
 
 
-def _train_or_load(plan: _Planned, folder: RunFolder, dataset: PreparedDataset, train: list[Sample], val: list[Sample], seed: int, key: str, device: str, display: _Display) -> MedRecModel:
+def _train_or_load(unit: "Unit", model_class: type[MedRecModel], folder: RunFolder, dataset: PreparedDataset, train: list[Sample], val: list[Sample], display: _Display) -> MedRecModel:
     """The unit's fitted model: its saved weights when an earlier run trained them alike, else trained now."""
-    label = plan.entry.label
-    weights = folder.trained_model(label, seed, key)
+    weights = folder.trained_model(unit.label, unit.seed, unit.weights_key)
     if weights is not None:
-        return plan.model_class.load(weights, dataset, device=device)
-    model = plan.model_class(dataset, plan.config, seed=seed, device=device)
+        return model_class.load(weights, dataset, device=unit.device)
+    model = model_class(dataset, unit.config, seed=unit.seed, device=unit.device)
     # models without a training loop (no on_progress hook) show one step
-    report = display.start(f"{label} (seed {seed})", 1)
+    report = display.start(f"{unit.label} (seed {unit.seed})", 1)
     if hasattr(model, "on_progress"):
         model.on_progress = report
     started = time.perf_counter()
     model.fit(train, val)
     model.fit_report.setdefault("train_seconds", time.perf_counter() - started)
+    TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, unit.protocol), model.fit_report["train_seconds"])
     report(1, 1, "trained")
-    model.save(folder.model_path(label, seed))
-    folder.mark_trained(label, seed, key)
+    model.save(folder.model_path(unit.label, unit.seed))
+    folder.mark_trained(unit.label, unit.seed, unit.weights_key)
     return model
 
 
@@ -243,8 +268,7 @@ def execute_unit(dataset: PreparedDataset, unit: Unit, display: "_Display | None
         deterministic_torch()
     task = get_protocol(unit.protocol)
     train, val, test = (task.samples(dataset, part) for part in ("train", "val", "test"))
-    plan = _Planned(Entry(unit.label, unit.model), registry.get(unit.model), unit.config)
-    model = _train_or_load(plan, folder, dataset, train, val, unit.seed, unit.weights_key, unit.device, display or _Display(None))
+    model = _train_or_load(unit, registry.get(unit.model), folder, dataset, train, val, display or _Display(None))
     stored = _predict(model, unit.label, val, test, unit.decision)
     record = {"label": unit.label, "model": unit.model, "seed": unit.seed, "fit_report": model.fit_report, "decision": stored.pop("decision"),
               "environment": environment_info(dataset.fingerprint, unit.device)}
@@ -255,12 +279,8 @@ def execute_unit(dataset: PreparedDataset, unit: Unit, display: "_Display | None
 
 def _execute(units: list[Unit], dataset: PreparedDataset, folder: RunFolder, executor: ExecutorConfig, teachers: set[str], display: "_Display") -> None:
     """Run the units not finished yet; teachers first, so students distil from their finished fine-tuning."""
-    pending = []
-    for unit in units:
-        if folder.finished_predictions(unit.label, unit.seed, unit.key) is None:
-            pending.append(unit)
-        else:
-            display.note(f"{unit.label} (seed {unit.seed})", "reused from the run folder")
+    pending = [unit for unit in units if folder.finished_predictions(unit.label, unit.seed, unit.key) is None]
+    display.plan(units, pending, dataset.fingerprint)
     if executor.kind == "local":
         function = lambda shared, unit: execute_unit(shared, unit, display)  # noqa: E731 (in process: shows epochs)
     else:

@@ -24,7 +24,7 @@ defaults are the MIMIC-IV MEDS ETL's codes):
   ATC: a MEDS dataset needs NDC or ATC medication events (e.g. an ETL entry for ``hosp/prescriptions``
   writing ``MEDICATION//NDC//{ndc}``). The medication event's time is its start time, so the
   prescription windows (``first-hours`` etc.) apply as for MIMIC;
-- profiles: ``GENDER//{value}`` events, ``MEDS_BIRTH`` (age at the last visit) and the admission
+- profiles: ``GENDER//{value}`` events, ``MEDS_BIRTH`` (age at each visit) and the admission
   event's ``insurance``, ``marital_status`` and ``race`` columns;
 - split: ``metadata/subject_splits.parquet`` when present (``use_dataset_split``), else the seeded
   8:1:1 split of every other source. The EHR graph is then built from the dataset's own train set.
@@ -318,10 +318,9 @@ def _medication_pairs(events, kinds, position, code_values, admissions, inputs, 
 
 
 def _profiles(events, kinds, code_values: list[str], visits: pd.DataFrame):
-    """Gender from GENDER//{value} events, age at the last visit from MEDS_BIRTH, the rest from the
-    last visit's admission event."""
+    """The profile at every visit: gender from GENDER//{value} events, age then from MEDS_BIRTH, the rest
+    from the visit's admission event."""
     subject = events.column("subject_id").to_numpy().astype(str)
-    last = visits.groupby("subject_id").tail(1).set_index("subject_id")
     times = _times(events)
     gender: dict[str, str] = {}
     rows = np.flatnonzero(kinds == KIND["gender"])
@@ -329,11 +328,12 @@ def _profiles(events, kinds, code_values: list[str], visits: pd.DataFrame):
         gender.setdefault(sid, code_values[code_id].split("//", 1)[-1])
     rows = np.flatnonzero((kinds == KIND["birth"]) & (times != NO_TIME))
     birth = pd.Series(pd.to_datetime(times[rows], unit="ns"), index=subject[rows])
-    birth = birth[~birth.index.duplicated()].reindex(last.index)
-    admit = last["admittime"]
+    subjects = visits["subject_id"].astype(str)
+    birth = birth[~birth.index.duplicated()].reindex(subjects).set_axis(visits.index)
+    admit = visits["admittime"]
     before_birthday = (admit.dt.month < birth.dt.month) | ((admit.dt.month == birth.dt.month) & (admit.dt.day < birth.dt.day))
     age = admit.dt.year - birth.dt.year - before_birthday.astype(float)
-    return encode_profiles(age, pd.Series([gender.get(s) for s in last.index], index=last.index, dtype=object), last)
+    return encode_profiles(age, pd.Series([gender.get(s) for s in subjects], index=visits.index, dtype=object), visits)
 
 
 def _names(codes: list[str], kind: str, inputs: MedsInputs, prefix: str) -> tuple[list[str], int]:

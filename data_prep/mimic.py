@@ -295,14 +295,19 @@ def finish_dataset(name, kept: KeptVisits, profiles, profile_values, aux: AuxFil
         else [t.isoformat() for t in admit]
     )
     subjects = visits["subject_id"].tolist()
+    at_visit = [tuple(int(c) for c in row) for row in profiles]
     patients = []
     start = 0
     for end in range(1, len(subjects) + 1):
         if end == len(subjects) or subjects[end] != subjects[start]:
+            profile = at_visit[end - 1]  # the patient's profile is the last (predicted) visit's
             patient_visits = tuple(
-                Visit(kept.codes["diagnoses"][v], kept.codes["procedures"][v], kept.codes["medications"][v], admit_text[v]) for v in range(start, end)
+                # an earlier visit keeps its own profile only where it differs (age then, that admission's insurance, ...)
+                Visit(kept.codes["diagnoses"][v], kept.codes["procedures"][v], kept.codes["medications"][v], admit_text[v],
+                      profile=at_visit[v] if at_visit[v] != profile else ())
+                for v in range(start, end)
             )
-            patients.append(Patient(str(subjects[start]), patient_visits, profiles[subjects[start]]))
+            patients.append(Patient(str(subjects[start]), patient_visits, profile))
             start = end
     smiles = load_atc3_smiles(aux.atc3_smiles)
     atc_names = load_atc_names(aux.atc_names)
@@ -505,38 +510,37 @@ def _window_rows(visit: np.ndarray, start: np.ndarray, with_code: np.ndarray, ad
     return {"first-hours": first_hours_rows, "first-start-date": first_day_rows, "all": np.ones(len(visit), dtype=bool)}
 
 
-def _profiles(visits: pd.DataFrame, patients_path: Path, layout: Layout) -> tuple[dict[str, tuple[int, ...]], dict[str, list[str]]]:
-    """Each patient's profile at the last (predicted) visit: age band, gender, and the admission's fields."""
+def _profiles(visits: pd.DataFrame, patients_path: Path, layout: Layout) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """The profile at every kept visit: age band then, gender, and that admission's fields."""
     patients = read_table(patients_path, list(layout.patient_columns)).drop_duplicates("subject_id").set_index("subject_id")
-    last = visits.groupby("subject_id").tail(1).set_index("subject_id")
-    missing = sorted(set(last.index) - set(patients.index))
+    missing = sorted(set(visits["subject_id"]) - set(patients.index))
     if missing:
-        raise DataError(f"{patients_path}: no row for subject_id {missing[0]} (and {len(missing) - 1} more) of the admissions")
-    patients = patients.loc[last.index]
+        raise DataError(f"{patients_path}: {len(missing)} subject(s) of the admissions have no row; check that the table belongs to the same release")
+    patients = patients.loc[visits["subject_id"]].set_axis(visits.index)
     if layout is MIMIC3:
-        age = _years_between(patients["dob"], last["admittime"])
+        age = _years_between(patients["dob"], visits["admittime"])
     else:
-        age = pd.to_numeric(patients["anchor_age"], errors="coerce") + last["admittime"].dt.year - pd.to_numeric(
+        age = pd.to_numeric(patients["anchor_age"], errors="coerce") + visits["admittime"].dt.year - pd.to_numeric(
             patients["anchor_year"], errors="coerce"
         )
-    return encode_profiles(age, patients["gender"], last)
+    return encode_profiles(age, patients["gender"], visits)
 
 
-def encode_profiles(age: pd.Series, gender: pd.Series, last: pd.DataFrame) -> tuple[dict[str, tuple[int, ...]], dict[str, list[str]]]:
-    """Profile value indices per subject (index of ``last``, the last visit's admissions row) and the
-    value names; age in years becomes an age band, missing values become UNKNOWN."""
+def encode_profiles(age: pd.Series, gender: pd.Series, admissions: pd.DataFrame) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Profile value indices per row of ``admissions`` (one visit each; ``age`` and ``gender`` aligned with
+    it) and the value names; age in years becomes an age band, missing values become UNKNOWN."""
     fields = pd.DataFrame(
         {
             "age": _age_band(age),
             "gender": gender,
-            "insurance": last["insurance"],
-            "ethnicity": last["ethnicity"],
-            "marital_status": last["marital_status"],
+            "insurance": admissions["insurance"],
+            "ethnicity": admissions["ethnicity"],
+            "marital_status": admissions["marital_status"],
         }
     ).fillna(MISSING)
     values = {f: (list(AGE_BANDS) if f == "age" else sorted(fields[f].unique())) for f in PROFILE_FIELDS}
     codes = np.stack([pd.Categorical(fields[f], categories=values[f]).codes for f in PROFILE_FIELDS], axis=1)
-    return {sid: tuple(int(c) for c in row) for sid, row in zip(fields.index, codes)}, values
+    return codes, values
 
 
 def _years_between(dob: pd.Series, admit: pd.Series) -> pd.Series:

@@ -182,3 +182,15 @@ def test_demo_graphs_and_molecules_are_valid(demo):
     for graph in molecules.graphs:  # single-atom molecules (ions) have no bonds
         assert graph.num_nodes > 0 and graph.x.shape[0] == graph.num_nodes
         assert graph.edge_index.numel() == 0 or int(graph.edge_index.max()) < graph.num_nodes
+
+
+def test_earlier_visits_keep_their_own_profile(demo):
+    """Insurance or age band of an earlier admission, not the last one's: no later admission leaks into its sample."""
+    changed = [(p, v) for p in demo.patients for v in p.visits[:-1] if v.profile]
+    assert changed, "the demo has patients whose profile changes between admissions"
+    assert all(v.profile != p.profile for p, v in changed)
+    assert all(not p.visits[-1].profile for p in demo.patients)  # the last visit's profile is the patient's
+    patient, visit = changed[0]
+    part = demo.split[patient.patient_id]
+    sample = next(s for s in demo.samples(part, "all-visits") if s.patient_id == patient.patient_id and s.visit_number == patient.visits.index(visit) + 1)
+    assert sample.profile == visit.profile
