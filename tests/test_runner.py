@@ -297,3 +297,12 @@ def test_deterministic_kernels_are_recorded_and_keyed(tiny_dataset, tmp_path):
     assert summary["models"] == run(tiny_dataset, tmp_path / "r2", entries=ENTRIES[1:])["models"]  # CPU kernels were already deterministic
     with np.load(RunFolder(tmp_path / "r").predictions_path("MLP h8", 1)) as a, np.load(RunFolder(tmp_path / "r2").predictions_path("MLP h8", 1)) as b:
         assert str(a["entry_key"]) != str(b["entry_key"])
+
+
+def test_profile_without_run_uses_the_latest_finished_run_on_the_same_data(cli, tiny_dataset, tmp_path):
+    results = tmp_path / "results"
+    assert cli.invoke(main, ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "20", "--results-dir", str(results)]).exit_code == 0
+    (run_dir,) = results.iterdir()
+    assert cli_run.latest_run(results, tiny_dataset.fingerprint, ["freq", "mlp"], 0) == run_dir
+    assert cli_run.latest_run(results, tiny_dataset.fingerprint, ["freq", "mlp"], 1) is None  # that seed was not trained
+    assert cli_run.latest_run(results, "other data", ["freq"], 0) is None

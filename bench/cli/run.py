@@ -283,6 +283,21 @@ def table_command(run_dir, fmt, table, holm, out):
         click.echo(f"wrote {out}", err=True)
 
 
+def latest_run(results_dir: Path, fingerprint: str, labels: Sequence[str], seed: int) -> Path | None:
+    """The most recently finished run folder on this data holding trained weights of every label at ``seed``."""
+    candidates = []
+    for config_path in Path(results_dir).glob("*/config.json"):
+        folder = RunFolder(config_path.parent)
+        try:
+            config = read_json(config_path)
+        except ValueError:
+            continue
+        if (config.get("dataset_fingerprint") == fingerprint and folder.summary_path.exists()
+                and all(folder.model_path(label, seed).exists() for label in labels)):
+            candidates.append((folder.summary_path.stat().st_mtime, folder.root))
+    return max(candidates)[1] if candidates else None
+
+
 @main.command("share")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A finished run folder.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The shareable copy (a new folder).")
@@ -311,9 +326,14 @@ def share_command(run_dir, out):
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True, help="Batch-size-1 calls timed per model.")
 @model_options
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Where to look for a finished run when --run is not given.")
 @click.option("--out", type=click.Path(path_type=Path), help="JSON output [<run>/profile.json, or results/profile-<id>.json].")
-def profile_command(models_spec, latency, memory, preset, seed, protocol, run_dir, reference, repeats, teacher_path, gguf_file, settings, device, out, **data_kwargs):
-    """Parameters, training time, latency per patient and peak memory, each model in a fresh process."""
+def profile_command(models_spec, latency, memory, preset, seed, protocol, run_dir, reference, repeats, teacher_path, gguf_file, settings, device, results_dir, out, **data_kwargs):
+    """Parameters, training time, latency per patient and peak memory, each model in a fresh process.
+
+    Without --run, the latest finished run under --results-dir on the same data that trained every
+    model at --seed is used; only when there is none are the models trained (the plan is printed first).
+    """
     if not (latency or memory):
         raise click.UsageError("nothing to measure: drop --no-latency or --no-memory")
     names = _models(models_spec)
@@ -323,6 +343,12 @@ def profile_command(models_spec, latency, memory, preset, seed, protocol, run_di
     if reference is not None and reference not in names:
         raise click.UsageError(f"--reference {reference} is not among --models ({', '.join(names)})")
     dataset = dataset_from_options(**data_kwargs)
+    console = _console()
+    if run_dir is None:
+        run_dir = latest_run(results_dir, dataset.fingerprint, names, seed)
+        console.print(f"using the trained models of {run_dir}" if run_dir else
+                      f"no finished run under {results_dir} trained {', '.join(names)} at seed {seed} on this data: training them now ({preset} preset): "
+                      + ", ".join(f"{e.label} <= {registry.get(e.model).config_class.preset(preset).epochs} epochs" for e in entries))
     if run_dir is not None:
         previous = read_json(RunFolder(run_dir).config_path)
         if previous.get("dataset_fingerprint") != dataset.fingerprint:
@@ -330,7 +356,6 @@ def profile_command(models_spec, latency, memory, preset, seed, protocol, run_di
         preset, protocol = previous["preset"], previous["protocol"]
         if seed not in previous["seeds"]:
             raise click.ClickException(f"{run_dir} trained seeds {previous['seeds']}, not --seed {seed}")
-    console = _console()
     with console.status("profiling: each model in a fresh process"):
         try:
             profile = profile_entries(
