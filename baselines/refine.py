@@ -76,9 +76,9 @@ from torch.nn import functional as F
 from torch_geometric.nn import GATv2Conv
 
 from bench.contract import Capabilities, ModelConfig
-from bench.metrics import multi_hot
 from bench.training import TorchModel, target_tensor
 from baselines.layers import CodeSetEmbedding, last_step, margin_loss, pad_visits
+from data_prep.code_sets import multi_hot
 from data_prep.dataset import PreparedDataset, Sample
 
 TREND_FEATURES = 3  # presence, cumulative slope, cumulative variance

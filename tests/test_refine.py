@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from baselines.refine import REFINE, balanced_loss, cooccurrence_weights, cumulative_trends
-from bench.metrics import multi_hot, prauc_per_sample
+from bench.metrics import prauc_per_sample
+from data_prep.code_sets import multi_hot
 
 FAST = dict(epochs=2, batch_size=8, patience=2)
 
@@ -118,9 +119,9 @@ def test_balanced_loss_is_the_reference_formula():
 
 def test_trains_on_multi_visit_samples_and_beats_the_frequency_on_them(tiny_dataset):
     train = tiny_dataset.samples("train")
-    model = REFINE(tiny_dataset, REFINE.Config(epochs=25, batch_size=8, patience=25), seed=0).fit(train, [])
+    model = REFINE(tiny_dataset, REFINE.Config(epochs=8, batch_size=8, patience=8), seed=0).fit(train, [])
     multi = model.train_samples(train)
     assert multi == multi_visit(train)
     targets = multi_hot([s.target for s in multi], tiny_dataset.n_medications)
     frequency = np.tile(targets.mean(0), (len(multi), 1))
-    assert prauc_per_sample(targets, model.predict_proba(multi)).mean() > prauc_per_sample(targets, frequency).mean() + 0.05
+    assert prauc_per_sample(targets, model.predict_proba(multi)).mean() > prauc_per_sample(targets, frequency).mean() + 0.1
