@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 API_FLOORS = {
     "torch": ("2.3", "torch.amp.GradScaler(device) in leader/teacher.py"),
     "transformers": ("4.56", "from_pretrained(dtype=...) in leader/teacher.py"),
+    "peft": ("0.21", "LoRA on some layers only (layers_to_transform) of a decoder loaded with AutoModel, whose layer keys have no prefix"),
     "gguf": ("0.10", "transformers' minimum for from_pretrained(gguf_file=...)"),
 }
 
