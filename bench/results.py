@@ -36,28 +36,13 @@ from typing import Any, Callable
 import numpy as np
 
 from data_prep.cache import source_digest, stable_hash
+from data_prep.tables import write_atomic
 
 SUMMARY = "summary.json"
 
 
-def write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` fills a temporary sibling of ``path``, which then replaces ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_with(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=_json_default)))
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=_json_default)))
 
 
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
@@ -65,11 +50,11 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
 
-    return write_with(path, write)
+    return write_atomic(path, write)
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return write_with(path, lambda tmp: tmp.write_text(text))
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: str | Path) -> Any:

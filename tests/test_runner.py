@@ -205,7 +205,7 @@ def test_bench_run_prints_tables_resumes_and_feeds_bench_table(cli, tmp_path):
     assert "Effectiveness" in first.output and "Multi-visit" in first.output and "freq" in first.output
     (run_dir,) = tmp_path.iterdir()
     second = cli.invoke(main, args)
-    assert second.exit_code == 0 and "reused from the run folder" in second.output
+    assert second.exit_code == 0 and "reuse (run folder)" in second.output
     assert list(tmp_path.iterdir()) == [run_dir]
     latex = cli.invoke(main, ["table", "--run", str(run_dir), "--format", "latex"])
     assert latex.exit_code == 0 and r"\begin{tabular}" in latex.output and r"\pm" in latex.output
@@ -255,7 +255,7 @@ def test_an_experiment_file_equals_its_flags_and_is_recorded(cli, tmp_path):
     assert config["arguments"]["experiment_file"]["text"] == experiment.read_text()
     flags = ["run", "--models", "freq,mlp", "--seeds", "0,1", "--preset", "quick", "--resamples", "30", "--set", "mlp.epochs=2", "--set", "mlp.hidden_dim=8"]
     same = cli.invoke(main, [*flags, "--results-dir", str(results)])
-    assert same.exit_code == 0 and "reused from the run folder" in same.output and list(results.iterdir()) == [run_dir]
+    assert same.exit_code == 0 and "reuse (run folder)" in same.output and list(results.iterdir()) == [run_dir]
     bad = tmp_path / "bad.toml"
     bad.write_text('modles = ["freq"]\n')
     result = cli.invoke(main, ["run", "--config", str(bad)])

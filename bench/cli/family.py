@@ -25,7 +25,8 @@ from bench.cli.data import dataset_from_options, dataset_options
 from bench.cli.run import evaluation_arguments, evaluation_options, executor_config, executor_options, parse_settings
 from bench.contract import PRESETS, ModelFamily
 from bench.executors import ExecutorConfig
-from bench.results import RunFolder, run_id_for, write_json, write_with
+from bench.results import RunFolder, run_id_for, write_json
+from data_prep.tables import write_atomic
 from bench.runner import Entry, IncompleteRunError, run_entries
 from data_prep.protocol import GROUPS
 
@@ -210,7 +211,7 @@ def write_sweep(summary: dict, model_label: str, param: str, values: Sequence[fl
             writer.writeheader()
             writer.writerows(rows)
 
-    write_with(csv_path, write_csv)
+    write_atomic(csv_path, write_csv)
 
     # values at evenly spaced positions in the given order, as the paper's figures (beta: 0.1 ... 0)
     figure, (on_validation, on_test) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -229,6 +230,6 @@ def write_sweep(summary: dict, model_label: str, param: str, values: Sequence[fl
         axis.legend()
     on_validation.set_ylabel("PRAUC")
     figure.tight_layout()
-    write_with(png_path, lambda tmp: figure.savefig(tmp, dpi=150, format="png"))
+    write_atomic(png_path, lambda tmp: figure.savefig(tmp, dpi=150, format="png"))
     plt.close(figure)
     return [json_path, csv_path, png_path]
