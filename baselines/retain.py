@@ -13,7 +13,7 @@ gives tanh gates per embedding dimension (code-level attention). The context
 cross-entropy (the reference's only loss). ``--preset paper`` is the published configuration: Adam at
 lr 5e-4, one patient per step, 50 epochs, embedding size 64, decision threshold 0.4 (the reference's
 evaluation threshold); ``--preset harness`` trains in mini-batches (below); ``--preset quick`` is the
-harness preset with patience 5 and a 60-epoch cap.
+harness preset at lr 5e-3 with patience 5 and a 60-epoch cap.
 
 Inputs, as the LEADER paper uses RETAIN: the earlier visits with their diagnoses, procedures and
 medications, then the current visit with its diagnoses and procedures only. The current visit's
@@ -101,7 +101,8 @@ class RETAIN(TorchModel):
         threshold: float = 0.4
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3}  # mini-batches (module docstring)
-        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5}
+        # 2,000 synthetic patients: best validation epoch 17 of 22 at 5e-3 (42 of 47 at the harness's 2e-3, same PRAUC)
+        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5, "lr": 5e-3}
 
     config_class = Config
 
