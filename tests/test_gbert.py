@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.gbert import ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, atc_chain, build_tree, icd9_chain, icd9_sections, pretraining_visits
+from baselines.gbert import ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, atc_chain, build_tree, icd9_chain, icd9_sections, longest_records, pretraining_visits
 from data_prep.dataset import Visit
 
 FAST = dict(epochs=2, patience=2, pretrain_epochs=2, dim=16, ffn_dim=16, batch_size=8, pretrain_batch_size=16)
@@ -90,6 +90,14 @@ def test_pretraining_sees_every_training_visit_once(tiny_dataset):
     for s in visits:
         visit = by_patient[s.patient_id].visits[s.visit_number - 1]
         assert (s.diagnoses, s.target) == (visit.diagnoses, visit.medications)
+
+
+def test_all_visits_samples_fine_tune_each_record_once(tiny_dataset):
+    every_visit = [s for s in tiny_dataset.samples("train", "all-visits") if s.history]
+    last_visit = [s for s in tiny_dataset.samples("train") if s.history]
+    assert len(every_visit) > len(last_visit)
+    assert longest_records(every_visit) == last_visit
+    assert pretraining_visits(tiny_dataset.samples("train", "all-visits")) == pretraining_visits(tiny_dataset.samples("train"))
 
 
 def test_masking_touches_only_codes_and_replaces_within_the_modality(tiny_dataset):
