@@ -212,7 +212,8 @@ class ModelFamily:
     ``model`` is the registry name of the model that is ablated and swept (a student, for a distilled
     family), ``label`` its table label; ``teacher``/``teacher_label`` the model it distils from, if any;
     ``ablations`` (``--drop``) and ``alternatives`` (``--compare``) map option names to variants;
-    ``sweepable`` maps the config fields a sweep may vary to what they mean.
+    ``sweepable`` maps the config fields a sweep may vary to what they mean; ``baselines`` lists the
+    models its paper compares against, in the paper's order (``--models all`` runs them so).
     """
 
     name: str
@@ -223,6 +224,7 @@ class ModelFamily:
     sweepable: dict[str, str] = dataclasses.field(default_factory=dict)
     teacher: str | None = None
     teacher_label: str | None = None
+    baselines: tuple[str, ...] = ()
 
 
 # ----- the public contract check (scikit-learn's check_estimator for medication recommenders) ---------

@@ -36,10 +36,21 @@ def get(name: str) -> type[MedRecModel]:
     return cls
 
 
+def in_run_order() -> list[str]:
+    """Every registered model as a paper's table lists them: the others (floors, third-party models) first,
+    then the baselines a family compares against in its paper's order, its own models last."""
+    names = available()
+    families_ = families()
+    proposed = [name for f in families_ for name in (f.teacher, f.model) if name in names]
+    compared = [name for f in families_ for name in f.baselines if name in names and name not in proposed]
+    first = [n for n in names if n not in compared and n not in proposed]
+    return list(dict.fromkeys([*first, *compared, *proposed]))
+
+
 def resolve(spec: str) -> list[str]:
-    """``all`` -> every registered model; ``a,b`` -> that subset, checked, in the given order."""
+    """``all`` -> every registered model (:func:`in_run_order`); ``a,b`` -> that subset, checked, in the given order."""
     if spec.strip() == "all":
-        return available()
+        return in_run_order()
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise UnknownModelError(f"no model named in {spec!r}; known models: {', '.join(available())}")

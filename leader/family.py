@@ -23,4 +23,5 @@ LEADER = ModelFamily(
         "projector-kd": Variant("projector KD", {"kd": "projector"}, "DistilLLM-Med: projected feature KD"),
     },
     sweepable={"alpha": "KD weight (Fig. 2)", "beta": "alignment weight (Fig. 3)"},
+    baselines=("retain", "gbert", "gamenet", "safedrug", "micron", "cognet", "refine"),  # Table IV's order
 )

@@ -19,7 +19,11 @@ def test_builtin_reference_models_are_registered():
 
 
 def test_resolve_all_and_subsets():
-    assert registry.resolve("all") == registry.available()
+    assert sorted(registry.resolve("all")) == registry.available()
+    everything = registry.resolve("all")
+    paper = ["retain", "gbert", "gamenet", "safedrug", "micron", "cognet", "refine"]
+    assert [n for n in everything if n in paper] == paper  # the LEADER paper's order
+    assert everything[-2:] == ["leader_t", "leader_s"]  # the proposed models last
     assert registry.resolve(" mlp, freq ") == ["mlp", "freq"]
 
 
