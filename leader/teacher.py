@@ -123,13 +123,13 @@ class TeacherConfig(ModelConfig):
     backbone_dropout: bool = True  # the base model's own dropout while fine-tuning (LLaMA has none, MiniLM 0.1)
     cache_lower_layers: bool = False  # lower (LoRA-free) layers run once per prompt; needs lora_layers, no dropout
 
-    # 2-core CPU (README, "LEADER on a CPU"): 16 prompts of at most 128 tokens per step, 300 steps, few steps hence
+    # 2-core CPU (README, "LEADER on a CPU"): 16 prompts of at most 128 tokens per step, 200 steps, few steps hence
     # lr 1e-3 and a 10x faster head; LoRA on MiniLM's top 2 of 6 layers, the lower 4 run once per prompt (cached),
-    # the base model's own dropout off. Synthetic cohort (2,000 patients, seed 0): test PRAUC 0.639 (every layer
-    # adapted, with dropout: 0.633) in 272 CPU-seconds against ~890 (profile: a step of the full model was ~40%
-    # matrix products and ~35% dropout masks, LoRA's and MiniLM's; the upper-layer step costs a quarter of it)
+    # the base model's own dropout off. Synthetic cohort (2,000 patients, seed 0, one thread): test PRAUC 0.639 in
+    # 182 CPU-seconds (300 steps: 0.639 in 272); every layer adapted with dropout, 300 steps: 0.633 (profile: its
+    # step was ~40% matrix products and ~35% dropout masks, LoRA's and MiniLM's; the upper-layer step costs ~1/4)
     QUICK: ClassVar[dict] = {
-        "max_length": 128, "batch_size": 16, "max_steps": 300, "eval_every": 50, "patience": 3, "lr": 1e-3, "head_lr_multiplier": 10.0,
+        "max_length": 128, "batch_size": 16, "max_steps": 200, "eval_every": 50, "patience": 3, "lr": 1e-3, "head_lr_multiplier": 10.0,
         "lora_layers": 2, "backbone_dropout": False, "cache_lower_layers": True,
     }
 
