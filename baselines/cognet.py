@@ -84,6 +84,7 @@ from bench.contract import Capabilities, ModelConfig
 from bench.training import TorchModel
 from baselines.layers import GraphConvolutionNetwork, masked_softmax, normalized_adjacency, pad_visits, visit_sequences
 from data_prep.dataset import PreparedDataset, Sample
+from data_prep.protocol import record_visits
 
 IGNORE = -100  # target positions without a token (F.nll_loss's ignore_index)
 
@@ -94,14 +95,9 @@ def rare_first_rank(train: Sequence[Sample], n_medications: int) -> np.ndarray:
     Every visit of the training samples' records counts once, whatever the protocol (a visit that is
     the history of several samples is not counted again).
     """
-    visits: dict[tuple[str, int], tuple[int, ...]] = {}
-    for sample in train:
-        for number, visit in enumerate(sample.history, start=1):
-            visits[(sample.patient_id, number)] = visit.medications
-        visits[(sample.patient_id, sample.visit_number)] = sample.target
     counts = np.zeros(n_medications, dtype=np.int64)
-    for medications in visits.values():
-        counts[list(medications)] += 1
+    for visit in record_visits(train):
+        counts[list(visit.medications)] += 1
     rank = np.empty(n_medications, dtype=np.int64)
     rank[np.argsort(counts, kind="stable")] = np.arange(n_medications)
     return rank

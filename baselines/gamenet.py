@@ -90,6 +90,7 @@ from baselines.layers import (
 )
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import PreparedDataset, Sample
+from data_prep.protocol import longest_records
 
 SINGLE_VISIT_MEMORIES = ("similar_patients", "graph")
 
@@ -220,14 +221,15 @@ class GAMENet(DDITargetMixin, TorchModel):
 
     @torch.no_grad()
     def refresh_similar_patients(self) -> None:
-        """Keys and medications of every visit of the training patients, from the current weights."""
+        """Keys and medications of every visit of the training patients, once each, from the current weights."""
         if self.config.single_visit_memory != "similar_patients" or not self.training_samples:
             return
         was_training = self.network.training
         self.network.eval()
         keys, medications = [], []
-        for start in range(0, len(self.training_samples), 256):
-            batch = self.collate(self.training_samples[start : start + 256])
+        records = longest_records(self.training_samples)  # all-visits: the other samples are prefixes of these
+        for start in range(0, len(records), 256):
+            batch = self.collate(records[start : start + 256])
             lengths = batch["lengths"]
             real = torch.arange(batch["diagnoses"].shape[1], device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
             visit_medications = batch["history_medications"].clone()

@@ -106,6 +106,7 @@ from bench.contract import Capabilities, ModelConfig, seed_everything
 from bench.training import TorchModel, pad_sequences, train_network
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
+from data_prep.protocol import longest_records
 
 PAD, CLS, MASK = 0, 1, 2
 N_SPECIAL = 3
@@ -381,29 +382,16 @@ def pretraining_visits(samples: Sequence[Sample]) -> list[Sample]:
 
     Pre-training reads a visit's diagnoses and medications (``target``) as its input and labels.
     """
-    seen: set[tuple[str, int]] = set()
     out = []
-    for s in samples:
+    for s in longest_records(samples):  # a patient's other samples are prefixes of its longest
         current = Visit(s.diagnoses, s.procedures, s.target, conditions=s.conditions)
         for position, visit in enumerate([*s.history, current], start=1):
-            if (s.patient_id, position) not in seen:
-                seen.add((s.patient_id, position))
-                out.append(
-                    dataclasses.replace(
-                        s, history=(), diagnoses=visit.diagnoses, procedures=visit.procedures, target=visit.medications, visit_number=position, conditions=visit.conditions
-                    )
+            out.append(
+                dataclasses.replace(
+                    s, history=(), diagnoses=visit.diagnoses, procedures=visit.procedures, target=visit.medications, visit_number=position, conditions=visit.conditions
                 )
+            )
     return out
-
-
-def longest_records(samples: Sequence[Sample]) -> list[Sample]:
-    """Per patient, the sample with the most history: fine-tuning on it trains every visit t >= 2
-    of that record, so the patient's shorter samples (``all-visits`` protocol) would repeat them."""
-    longest: dict[str, Sample] = {}
-    for s in samples:
-        if s.patient_id not in longest or len(s.history) > len(longest[s.patient_id].history):
-            longest[s.patient_id] = s
-    return list(longest.values())
 
 
 class GBert(TorchModel):

@@ -81,6 +81,7 @@ from bench.training import TorchModel, target_tensor
 from baselines.layers import CodeSetEmbedding, last_step, margin_loss, pad_visits
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import PreparedDataset, Sample
+from data_prep.protocol import record_visits
 
 TREND_FEATURES = 3  # presence, cumulative slope, cumulative variance
 
@@ -113,12 +114,7 @@ def cooccurrence_weights(train: Sequence[Sample], n_medications: int) -> np.ndar
     Each patient counts once: its sample with the most visits (under ``all-visits`` the others are
     its prefixes) gives its earlier visits and the current visit's medications.
     """
-    latest: dict[str, Sample] = {}
-    for sample in train:
-        if sample.patient_id not in latest or sample.visit_number > latest[sample.patient_id].visit_number:
-            latest[sample.patient_id] = sample
-    visits = [list(v.medications) for s in latest.values() for v in s.history] + [list(s.target) for s in latest.values()]
-    incidence = multi_hot(visits, n_medications).astype(np.float64)
+    incidence = multi_hot([v.medications for v in record_visits(train)], n_medications).astype(np.float64)
     counts = incidence.T @ incidence
     np.fill_diagonal(counts, 0.0)
     low, high = counts.min(), counts.max()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from data_prep.dataset import PreparedDataset, Sample
+    from data_prep.dataset import PreparedDataset, Sample, Visit
 
 VisitChoice = Literal["last", "all"]
 GROUPS = ("overall", "multi", "single")  # the reported cells; "first" samples count in overall only
@@ -67,6 +67,29 @@ class Protocol:
                     )
                 )
         return out
+
+
+def longest_records(samples: Sequence["Sample"]) -> list["Sample"]:
+    """Per patient, its sample with the most visits, in patient order. Under ``all-visits`` a patient's
+    other samples are prefixes of it, so whatever reads every visit of the records (a memory bank,
+    co-occurrence counts, frequencies, pre-training) reads each visit once through these."""
+    longest: dict[str, "Sample"] = {}
+    for s in samples:
+        if s.patient_id not in longest or s.visit_number > longest[s.patient_id].visit_number:
+            longest[s.patient_id] = s
+    return list(longest.values())
+
+
+def record_visits(samples: Sequence["Sample"]) -> list["Visit"]:
+    """Every visit of the samples' records once, earlier visits and current ones (the current visit's
+    medications are the sample's target)."""
+    from data_prep.dataset import Visit
+
+    return [
+        visit
+        for s in longest_records(samples)
+        for visit in (*s.history, Visit(s.diagnoses, s.procedures, s.target, conditions=s.conditions, profile=s.profile))
+    ]
 
 
 def served(samples: Sequence["Sample"], needs_history_medications: bool) -> np.ndarray:

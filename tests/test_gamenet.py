@@ -140,3 +140,11 @@ def test_config_rejects_unknown_options():
         GAMENet.Config(gcn_normalisation="column")
     with pytest.raises(ValueError, match="single_visit_memory"):
         GAMENet.Config(single_visit_memory="nearest")
+
+
+def test_under_all_visits_the_bank_holds_each_training_visit_once(tiny_dataset):
+    """A patient's all-visits samples are prefixes of one record: its visits enter the bank once, not once per sample."""
+    train = tiny_dataset.samples("train", "all-visits")
+    model = GAMENet(tiny_dataset, GAMENet.Config(**FAST), seed=0).fit(train, tiny_dataset.samples("val", "all-visits"))
+    visits = sum(len(p.visits) for p in tiny_dataset.patients_in("train"))
+    assert model.similar.keys.shape[0] == visits < len(train) + sum(len(s.history) for s in train)

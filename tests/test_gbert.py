@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.gbert import ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, atc_chain, build_tree, icd9_chain, icd9_sections, longest_records, pretraining_visits
+from baselines.gbert import ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, atc_chain, build_tree, icd9_chain, icd9_sections, pretraining_visits
+from data_prep.protocol import longest_records
 from data_prep.dataset import Visit
 
 FAST = dict(epochs=2, patience=2, pretrain_epochs=2, dim=16, ffn_dim=16, batch_size=8, pretrain_batch_size=16)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from data_prep.protocol import PROTOCOLS, get_protocol, group_members, patient_strata, served
+from data_prep.protocol import PROTOCOLS, get_protocol, group_members, longest_records, patient_strata, record_visits, served
 
 
 def test_train_all_test_last_trains_on_every_visit_and_evaluates_the_last(tiny_dataset):
@@ -59,3 +59,11 @@ def test_a_visit_profile_keeps_later_admissions_out_of_earlier_samples(tiny_data
 def test_unknown_protocol_names_the_known_ones():
     with pytest.raises(ValueError, match="train-all-test-last"):
         get_protocol("every-visit")
+
+
+def test_records_give_every_visit_of_the_samples_once(tiny_dataset):
+    every = tiny_dataset.samples("train", "all-visits")
+    assert longest_records(every) == tiny_dataset.samples("train")  # the last-visit samples
+    visits = record_visits(every)
+    assert len(visits) == sum(len(p.visits) for p in tiny_dataset.patients_in("train"))
+    assert [v.medications for v in visits] == [v.medications for p in tiny_dataset.patients_in("train") for v in p.visits]
