@@ -566,7 +566,7 @@ class GBert(TorchModel):
             rounds.append(stages)
         final = rounds[-1]["finetune"]  # the model kept: selection, convergence and history are its
         self.fit_report = {
-            **{k: final[k] for k in ("best_epoch", "best_step", "best_val_prauc", "stopped_by", "converged", "history")},
+            **{k: final[k] for k in ("best_epoch", "best_step", "best_val_score", "stopped_by", "converged", "history")},
             **{k: sum(stage[k] for r in rounds for stage in r.values()) for k in ("epochs_run", "steps_run", "eval_seconds")},
             "train_seconds": time.perf_counter() - started,
             "pretrain_visits": len(pretrain_train),

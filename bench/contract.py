@@ -27,6 +27,7 @@ from data_prep.dataset import PreparedDataset, Sample
 # paper: each model's published configuration; harness: what this harness changes for mini-batch training;
 # quick: the harness preset sized for a 2-core CPU (every model still stops by validation patience)
 PRESETS = ("quick", "harness", "paper")
+SELECTIONS = ("prauc", "jaccard")  # what early stopping and the kept epoch maximise on validation
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class ModelConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 10  # epochs without validation-PRAUC improvement before stopping
+    patience: int = 10  # evaluations without improvement of the selection score before stopping
     threshold: float = 0.5
+    selection: str = "prauc"  # the kept epoch maximises validation "prauc", or "jaccard" of the model's sets
 
     HARNESS: ClassVar[dict] = {}
     QUICK: ClassVar[dict] = {"epochs": 5}
@@ -68,7 +70,10 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"{cls.__qualname__} has no option(s) {unknown}; known: {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        return cls(**{key: _typed(f"{cls.__qualname__}.{key}", value, hints[key]) for key, value in values.items()})
+        config = cls(**{key: _typed(f"{cls.__qualname__}.{key}", value, hints[key]) for key, value in values.items()})
+        if config.selection not in SELECTIONS:
+            raise ValueError(f"{cls.__qualname__}.selection={config.selection!r}: expected one of {SELECTIONS}")
+        return config
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

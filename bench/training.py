@@ -97,7 +97,7 @@ def run_training(
             state["stale"] = 0
         else:
             state["stale"] += 1
-        state["status"] = f"loss {loss:.4f}  val PRAUC {score:.4f}"
+        state["status"] = f"loss {loss:.4f}  val score {score:.4f}"
         state["eval_seconds"] += time.perf_counter() - eval_started
         return state["stale"] >= schedule.patience
 
@@ -143,7 +143,7 @@ def run_training(
     return {
         "best_epoch": best["epoch"],
         "best_step": best["step"],
-        "best_val_prauc": float(best["score"]),
+        "best_val_score": float(best["score"]),
         "epochs_run": state["epoch"],
         "steps_run": state["step"],
         "stopped_by": stopped_by,
@@ -170,8 +170,16 @@ def target_tensor(samples: Sequence[Sample], n_medications: int) -> torch.Tensor
     return torch.from_numpy(multi_hot([s.target for s in samples], n_medications)).float()
 
 
-def validation_prauc(proba: np.ndarray, samples: Sequence[Sample], n_medications: int) -> float:
-    return float(prauc_per_sample(multi_hot([s.target for s in samples], n_medications), proba).mean())
+def validation_score(model: MedRecModel, samples: Sequence[Sample], proba: np.ndarray) -> float:
+    """What model selection maximises (``config.selection``): mean validation PRAUC (the harness default), or
+    mean validation Jaccard of the model's own sets (the SafeDrug / GAMENet scripts keep that epoch)."""
+    truth = multi_hot([s.target for s in samples], model.dataset.n_medications)
+    if model.config.selection == "prauc":
+        return float(prauc_per_sample(truth, proba).mean())
+    chosen = multi_hot(model.predict_sets(samples, proba), model.dataset.n_medications).astype(bool)
+    truth = truth.astype(bool)
+    union = (chosen | truth).sum(1)
+    return float(np.divide((chosen & truth).sum(1), union, out=np.zeros(len(union)), where=union > 0).mean())
 
 
 class TorchModel(MedRecModel):
@@ -258,7 +266,7 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
         len(train),
         model.seed,
         train_step,
-        (lambda: validation_prauc(model.predict_proba(val), val, model.dataset.n_medications)) if val else None,
+        (lambda: validation_score(model, val, model.predict_proba(val))) if val else None,
         snapshot=lambda: copy.deepcopy(model.network.state_dict()),
         restore=restore,
         end_of_epoch=model.end_of_epoch,

@@ -73,7 +73,7 @@ import torch
 from torch import nn
 
 from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything
-from bench.training import ProgressCallback, Schedule, run_training, target_tensor, validation_prauc
+from bench.training import ProgressCallback, Schedule, run_training, target_tensor, validation_score
 from data_prep.cache import stable_hash
 from data_prep.dataset import PreparedDataset, Sample
 from leader.backbone import (
@@ -394,7 +394,7 @@ class LeaderTeacher(MedRecModel):
             len(train_ids),
             self.seed,
             train_step,
-            (lambda: validation_prauc(self._probabilities(val_ids, val_lower), val, self.dataset.n_medications)) if val else None,
+            (lambda: validation_score(self, val, self._probabilities(val_ids, val_lower))) if val else None,
             snapshot=lambda: copy.deepcopy(self._trainable_state()),
             restore=restore,
             on_progress=self.on_progress,

@@ -165,7 +165,7 @@ def test_fit_learns_and_is_deterministic(tiny_dataset):
     config = COGNet.Config(**SMALL, epochs=3, patience=3)
     first = COGNet(tiny_dataset, config, seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
     history = first.fit_report["history"]
-    assert history[-1]["loss"] < history[0]["loss"] and math.isfinite(first.fit_report["best_val_prauc"])
+    assert history[-1]["loss"] < history[0]["loss"] and math.isfinite(first.fit_report["best_val_score"])
     again = COGNet(tiny_dataset, config, seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
     test = multi_visit(tiny_dataset.samples("test"))
     np.testing.assert_array_equal(first.predict_proba(test), again.predict_proba(test))

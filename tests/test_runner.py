@@ -306,3 +306,18 @@ def test_profile_without_run_uses_the_latest_finished_run_on_the_same_data(cli, 
     assert cli_run.latest_run(results, tiny_dataset.fingerprint, ["freq", "mlp"], 0) == run_dir
     assert cli_run.latest_run(results, tiny_dataset.fingerprint, ["freq", "mlp"], 1) is None  # that seed was not trained
     assert cli_run.latest_run(results, "other data", ["freq"], 0) is None
+
+
+def test_model_selection_on_validation_jaccard_is_an_option(tiny_dataset):
+    from bench.training import validation_score
+
+    model = CurrentVisitMLP(tiny_dataset, CurrentVisitMLP.config_class.preset("quick", epochs=3, selection="jaccard"), seed=0)
+    model.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    val = tiny_dataset.samples("val")
+    kept = model.fit_report["best_val_score"]
+    assert kept == pytest.approx(validation_score(model, val, model.predict_proba(val)))
+    sets = model.predict_sets(val, model.predict_proba(val))
+    jaccards = [len(set(s) & set(v.target)) / max(len(set(s) | set(v.target)), 1) for s, v in zip(sets, val)]
+    assert kept == pytest.approx(np.mean(jaccards))
+    with pytest.raises(ValueError, match="selection='f1'"):
+        CurrentVisitMLP.config_class.preset("quick", selection="f1")
