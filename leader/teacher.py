@@ -126,7 +126,7 @@ class TeacherConfig(ModelConfig):
     # 2-core CPU (README, "LEADER on a CPU"): 16 prompts of at most 128 tokens per step, 200 steps, few steps hence
     # lr 1e-3 and a 10x faster head; LoRA on MiniLM's top 2 of 6 layers, the lower 4 run once per prompt (cached),
     # the base model's own dropout off. Synthetic cohort (2,000 patients, seed 0, one thread): test PRAUC 0.639 in
-    # 182 CPU-seconds (300 steps: 0.639 in 272); every layer adapted with dropout, 300 steps: 0.633 (profile: its
+    # 182 CPU-seconds (300 steps: 0.639 in 272); every layer adapted with dropout, 300 steps: 0.638 in 734 (its
     # step was ~40% matrix products and ~35% dropout masks, LoRA's and MiniLM's; the upper-layer step costs ~1/4)
     QUICK: ClassVar[dict] = {
         "max_length": 128, "batch_size": 16, "max_steps": 200, "eval_every": 50, "patience": 3, "lr": 1e-3, "head_lr_multiplier": 10.0,
