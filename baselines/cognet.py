@@ -351,7 +351,7 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
 
 class COGNet(TorchModel):
     name = "cognet"
-    capabilities = Capabilities(needs_history_medications=True, uses_ddi=True)
+    capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False
     table_note: ClassVar[str] = "PRAUC from the beam search's step probabilities (pseudo-probabilities, not per-medication scores)"
 
@@ -383,7 +383,7 @@ class COGNet(TorchModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.capabilities = Capabilities(needs_history_medications=not self.config.score_single_visit, uses_ddi=True)
+        self.capabilities = Capabilities(needs_history_medications=not self.config.score_single_visit)
         self.rank = np.arange(self.dataset.n_medications)  # the rare-first order, set from the training data by fit
 
     # ----- training ----------------------------------------------------------------------------

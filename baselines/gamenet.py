@@ -149,7 +149,7 @@ class GAMENetNetwork(nn.Module):
 
 class GAMENet(DDITargetMixin, TorchModel):
     name = "gamenet"
-    capabilities = Capabilities(uses_ddi=True)
+    capabilities = Capabilities()
 
     @dataclass
     class Config(ModelConfig):

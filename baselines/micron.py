@@ -142,7 +142,7 @@ class MICRONNetwork(nn.Module):
 
 class MICRON(DDITargetMixin, TorchModel):
     name = "micron"
-    capabilities = Capabilities(needs_history_medications=True, uses_ddi=True)
+    capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False  # its add/remove rule is part of the model
 
     @dataclass

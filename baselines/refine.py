@@ -229,7 +229,7 @@ class REFINENetwork(nn.Module):
 
 class REFINE(TorchModel):
     name = "refine"
-    capabilities = Capabilities(needs_history_medications=True, uses_ddi=True)
+    capabilities = Capabilities(needs_history_medications=True)
 
     @dataclass
     class Config(ModelConfig):

@@ -184,7 +184,7 @@ class SafeDrugNetwork(nn.Module):
 
 class SafeDrug(DDITargetMixin, TorchModel):
     name = "safedrug"
-    capabilities = Capabilities(uses_ddi=True, uses_molecules=True)
+    capabilities = Capabilities()
 
     @dataclass
     class Config(ModelConfig):

@@ -32,13 +32,10 @@ SELECTIONS = ("prauc", "jaccard")  # what early stopping and the kept epoch maxi
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a model needs as input; the harness and the contract test hold models to it."""
+    """What a model declares about its inputs; the harness and :func:`check_model` hold models to it."""
 
-    needs_history_medications: bool = False  # cannot predict single-visit samples -> "-" cells
-    uses_ddi: bool = False
-    uses_molecules: bool = False
-    uses_profile: bool = False
-    uses_teacher: bool = False
+    needs_history_medications: bool = False  # cannot predict single-visit samples -> "-" cells; checked
+    uses_profile: bool = False  # False: predictions must not follow the profile; checked
 
 
 @dataclass

@@ -115,10 +115,11 @@ def _in_worker(function: Callable, task: Any) -> Outcome:
 
 
 def _run_processes(config, function, shared, tasks, on_done):
-    threads = max(1, (os.cpu_count() or 1) // config.jobs)
+    workers = min(config.jobs, len(tasks))  # a wave of fewer tasks (a lone teacher) gets the cores to itself
+    threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     outcomes: list[Outcome | None] = [None] * len(tasks)
-    with ProcessPoolExecutor(max_workers=config.jobs, mp_context=context, initializer=_start_worker, initargs=(threads, shared)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(threads, shared)) as pool:
         futures = {pool.submit(_in_worker, function, task): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
             index = futures[future]

@@ -30,19 +30,20 @@ def main() -> None:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--keep", type=Path, help="Keep the results folder here instead of a temporary one.")
+    parser.add_argument("--executor", default="local", help="local, or processes (with --jobs 2: the units of a wave share the cores)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="first-run-") as scratch:
         results = args.keep or Path(scratch) / "results"
         environment = {**os.environ, "MEDREC_BENCH_CACHE": str(Path(scratch) / "cache")}
         command = [str(Path(sys.executable).parent / "bench"), "run", "--models", args.models, "--dataset", "synth",
-                   "--preset", args.preset, "--seeds", args.seeds, "--results-dir", str(results)]
+                   "--preset", args.preset, "--seeds", args.seeds, "--results-dir", str(results), "--executor", args.executor]
         started = time.perf_counter()
         subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         (summary_path,) = results.glob("*/summary.json")
         summary = json.loads(summary_path.read_text())
         records = {p.name: json.loads(p.read_text()) for p in summary_path.parent.glob("metrics/*.json")}
-    table = Table(title=f"bench run --models {args.models} --dataset synth --preset {args.preset}: {wall:.0f} s wall from an empty cache")
+    table = Table(title=f"bench run --models {args.models} --dataset synth --preset {args.preset} --executor {args.executor}: {wall:.0f} s wall from an empty cache")
     for column in ("entry", "seed", "train s", "best / run", "stopped by", "converged", "overall (multi) PRAUC"):
         table.add_column(column, justify="right")
     for record in records.values():
@@ -51,7 +52,7 @@ def main() -> None:
         progress = f"epoch {fit['best_epoch']}/{fit['epochs_run']}, step {fit['best_step']}/{fit['steps_run']}" if "best_step" in fit else "-"
         table.add_row(record["label"], str(record["seed"]), f"{fit.get('train_seconds', 0):.0f}", progress,
                       str(fit.get("stopped_by", "-")), str(fit.get("converged", "-")), f"{cell.get('mean', float('nan')):.4f}")
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

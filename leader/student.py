@@ -217,7 +217,7 @@ class StudentNetwork(nn.Module):
 class LeaderStudent(TorchModel):
     name = "leader_s"
     config_class = StudentConfig
-    capabilities = Capabilities(uses_profile=True, uses_teacher=True)
+    capabilities = Capabilities(uses_profile=True)
 
     def __init__(self, dataset: PreparedDataset, config: StudentConfig | None = None, seed: int = 0, device: str = "cpu"):
         super().__init__(dataset, config, seed, device)

@@ -162,7 +162,7 @@ class LeaderTeacher(MedRecModel):
 
     name = "leader_t"
     config_class = TeacherConfig
-    capabilities = Capabilities(uses_profile=True, uses_teacher=False)
+    capabilities = Capabilities(uses_profile=True)
     on_progress: ProgressCallback | None = None  # on_progress(step, max_steps, status) after every optimizer step
 
     def __init__(self, dataset: PreparedDataset, config: TeacherConfig | None = None, seed: int = 0, device: str = "cpu"):
