@@ -251,3 +251,10 @@ def test_cache_options_are_checked(tiny_dataset, tiny_paths):
     deeper = TeacherConfig(teacher_path=str(tiny_paths["encoder"]), lora_layers=3, backbone_dropout=False, cache_lower_layers=True, **TINY)
     teacher = LeaderTeacher(tiny_dataset, deeper).fit_uncached(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
     assert teacher.network.frozen_layers == 0  # more adapted layers than the model has: every layer, no cache
+
+
+@pytest.mark.parametrize("device, placement", [("cpu", {}), ("cuda", {"device_map": "auto"}), ("cuda:1", {"device_map": {"": 1}})])
+def test_the_teacher_is_placed_on_the_named_gpu_or_spread_over_all(tiny_dataset, device, placement):
+    """A 7B teacher: --device cuda spreads its layers over every visible GPU, cuda:N pins it to GPU N (no GPU needed to check)."""
+    pytest.importorskip("accelerate")
+    assert LeaderTeacher(tiny_dataset, TeacherConfig(), device=device)._placement() == placement
