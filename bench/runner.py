@@ -484,7 +484,7 @@ def _entry_summary(plan: _Planned, proposed: Sequence[str], seeds: Sequence[int]
     note = getattr(plan.model_class, "table_note", "")
     if note:
         out["note"] = note
-    teacher_seed = getattr(plan.config, "teacher_seed", "absent")
-    if teacher_seed != "absent":
-        out["teacher_seed"] = {seed: seed if teacher_seed is None else teacher_seed for seed in seeds}
+    teachers = {seed: fits[label][seed]["teacher"] for seed in seeds if fits[label][seed].get("teacher")}
+    if teachers:  # a distilled student: the seed and cache key of the teacher it learnt from
+        out["teacher"] = teachers
     return out

@@ -326,8 +326,9 @@ class LeaderStudent(TorchModel):
     def teacher_seed(self) -> int:
         return self.seed if self.config.teacher_seed is None else self.config.teacher_seed
 
-    def load_teacher_targets(self, train: Sequence[Sample], val: Sequence[Sample]) -> np.ndarray:
-        """The teacher's hidden states or probabilities for the training samples, once per fit."""
+    def load_teacher_targets(self, train: Sequence[Sample], val: Sequence[Sample]) -> tuple[np.ndarray, dict]:
+        """The teacher's hidden states or probabilities for the training samples, once per fit, and which
+        teacher gave them (its seed and cache key, for the run's records)."""
         from leader.teacher import TeacherConfig, obtain_teacher
 
         teacher_config = TeacherConfig.preset(self.config.teacher_preset, **self.config.teacher_overrides)
@@ -340,16 +341,16 @@ class LeaderStudent(TorchModel):
             expected = (len(train), self.dataset.n_medications)
         if targets.shape != expected:
             raise ValueError(f"leader_s: the teacher returned targets of shape {targets.shape}, expected {expected}")
-        return targets
+        return targets, {"seed": self.teacher_seed, "cache_key": teacher.cache_key(train, val)}
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "LeaderStudent":
         train = list(train)
-        teacher_width = None
+        teacher_width, teacher = None, None
         if self.config.kd != "none":
             self._teacher_rows = {s.sample_id: i for i, s in enumerate(train)}
             if len(self._teacher_rows) != len(train):
                 raise ValueError("leader_s: training sample ids are not unique, so teacher targets cannot be looked up")
-            targets = self.load_teacher_targets(train, val)
+            targets, teacher = self.load_teacher_targets(train, val)
             teacher_width = targets.shape[1]
             self._teacher_targets = torch.from_numpy(targets).to(self.device)
         seed_everything(self.seed)  # after the teacher, so a cached and a fresh teacher give the same student
@@ -359,5 +360,5 @@ class LeaderStudent(TorchModel):
             self.fit_report = train_network(self, train, list(val))
         finally:
             self._teacher_targets, self._teacher_rows, self.training_heads = None, {}, None
-        self.fit_report.update(kd=self.config.kd, teacher_hidden_size=teacher_width if self.config.kd in HIDDEN_STATE_MODES else None)
+        self.fit_report.update(kd=self.config.kd, teacher=teacher, teacher_hidden_size=teacher_width if self.config.kd in HIDDEN_STATE_MODES else None)
         return self

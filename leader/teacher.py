@@ -70,6 +70,7 @@ from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything
@@ -329,12 +330,16 @@ class LeaderTeacher(MedRecModel):
         if not train:
             raise ValueError("leader_t: no training sample")
         cached = self.cache_path(train, val)
-        if cached.exists() and cached.with_suffix(".config.json").exists():
-            self.restore(cached)
-            self.fit_report["loaded_from"] = str(cached)
-            return self
-        self.fit_uncached(train, val)
-        self.save_to_cache(train, val)
+        folder = cached.parent  # stored whole by store_folder, so the lock sits beside it
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # students of one teacher running at once (worker processes, Ray tasks) wait here for one fine-tuning
+        with FileLock(folder.with_name(f".{folder.name}.lock")):
+            if cached.exists() and cached.with_suffix(".config.json").exists():
+                self.restore(cached)
+                self.fit_report["loaded_from"] = str(cached)
+                return self
+            self.fit_uncached(train, val)
+            self.save_to_cache(train, val)
         return self
 
     def fit_uncached(self, train: Sequence[Sample], val: Sequence[Sample]) -> "LeaderTeacher":

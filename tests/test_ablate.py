@@ -40,7 +40,8 @@ def test_ablation_runs_the_chosen_variants_with_one_teacher(tiny_cli, teacher_se
     args = ["ablate", "leader", "--drop", "kd", "--drop", "align", "--compare", "temperature-kd", "--with-teacher",
             "--preset", "quick", "--resamples", "30", "--results-dir", str(tmp_path), "--run-id", "ablation", *teacher_settings]
     teachers = cache_root() / "teachers"
-    before = set(teachers.iterdir()) if teachers.exists() else set()
+    stored = lambda: {p for p in teachers.iterdir() if p.is_dir()} if teachers.exists() else set()  # noqa: E731 (lock files aside)
+    before = stored()
     invoke(tiny_cli, args)
     summary = json.loads((tmp_path / "ablation" / "summary.json").read_text())
     assert list(summary["models"]) == ["LEADER(T)", "LEADER(S)", "w/o KD", "w/o align", "temperature KD"]
@@ -52,7 +53,10 @@ def test_ablation_runs_the_chosen_variants_with_one_teacher(tiny_cli, teacher_se
     entries = {e["label"]: e["config"] for e in json.loads((tmp_path / "ablation" / "config.json").read_text())["entries"]}
     assert (entries["w/o KD"]["kd"], entries["w/o align"]["align"], entries["temperature KD"]["kd"]) == ("none", False, "temperature")
     assert entries["LEADER(S)"]["kd"] == "feature" and entries["LEADER(S)"]["epochs"] == 2
-    assert len(set(teachers.iterdir()) - before) == 1  # leader_t and every student share one fine-tuning
+    assert len(stored() - before) == 1  # leader_t and every student share one fine-tuning
+    distilled = {e["label"]: e["teacher"]["0"] for e in summary["entries"] if "teacher" in e}
+    assert set(distilled) == {"LEADER(S)", "w/o align", "temperature KD"}  # w/o KD learns from no teacher
+    assert len({t["cache_key"] for t in distilled.values()}) == 1 and {t["seed"] for t in distilled.values()} == {0}
 
 
 def test_without_drop_or_compare_the_four_table_vi_variants_run():

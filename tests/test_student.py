@@ -32,6 +32,9 @@ class FakeTeacher:
     def _rows(self, samples) -> np.ndarray:  # a fixed pseudo-random row per sample id
         return np.stack([np.random.default_rng(zlib.crc32(s.sample_id.encode())).random(TEACHER_WIDTH + self.n_medications) for s in samples])
 
+    def cache_key(self, train, val) -> str:
+        return "fake-teacher"
+
     def hidden_states(self, samples) -> np.ndarray:
         self.calls.append("hidden_states")
         return self._rows(samples)[:, :TEACHER_WIDTH].astype(np.float32)
