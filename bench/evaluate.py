@@ -240,31 +240,30 @@ def significance(data: Mapping[str, Mapping], proposed: Sequence[str], procedure
     return out
 
 
-def against_reference(data: Mapping[str, Mapping], reference: str, others: Sequence[str], procedure: str, n_patients: int, paired: bool = True) -> dict:
-    """Each of ``others`` against one ``reference`` (an ablation against its full model):
-    label -> group -> metric -> {"delta": reference - label, "p", ...}."""
+def _against_one(data: Mapping[str, Mapping], reference: str, labels: Sequence[str], cell) -> dict:
+    """label -> group -> ``cell(its group cells, the reference's)``, for the groups both serve."""
     out: dict = {}
-    for label in others:
+    for label in labels:
         out[label] = {}
         for group in GROUPS:
             mine, theirs = data[label].get(group), data[reference].get(group)
             if mine is not None and theirs is not None:
-                out[label][group] = {m: compare(theirs[m], mine[m], procedure, n_patients, paired) for m in TESTED}
+                out[label][group] = cell(mine, theirs)
     return out
+
+
+def against_reference(data: Mapping[str, Mapping], reference: str, others: Sequence[str], procedure: str, n_patients: int, paired: bool = True) -> dict:
+    """Each of ``others`` against one ``reference`` (an ablation against its full model):
+    label -> group -> metric -> {"delta": reference - label, "p", ...}."""
+    return _against_one(data, reference, others, lambda mine, theirs: {m: compare(theirs[m], mine[m], procedure, n_patients, paired) for m in TESTED})
 
 
 def retention(summary: Mapping[str, Mapping], teacher: str, students: Sequence[str]) -> dict:
     """Each student's mean as a percentage of the teacher's, per group and metric (the paper's efficiency claim)."""
-    out: dict = {}
-    for label in students:
-        out[label] = {}
-        for group in GROUPS:
-            mine, theirs = summary[label].get(group), summary[teacher].get(group)
-            if mine is not None and theirs is not None:
-                out[label][group] = {
-                    m: 100.0 * mine[m]["mean"] / theirs[m]["mean"] for m in TESTED if DIRECTION[m] > 0 and theirs[m]["mean"] > 0
-                }
-    return out
+    return _against_one(
+        summary, teacher, students,
+        lambda mine, theirs: {m: 100.0 * mine[m]["mean"] / theirs[m]["mean"] for m in TESTED if DIRECTION[m] > 0 and theirs[m]["mean"] > 0},
+    )
 
 
 def holm(pvalues: Mapping[object, float | None]) -> dict[object, float | None]:

@@ -125,6 +125,14 @@ class RunFolder:
         """Rows in the protocol's sample order, which the key's dataset fingerprint fixes: no patient id is stored."""
         return write_npz(self.predictions_path(label, seed), entry_key=np.asarray(key), **arrays)
 
+    def is_finished(self, label: str, seed: int, key: str) -> bool:
+        """Whether this unit's predictions are stored with this key (reads the key alone, not the arrays)."""
+        path = self.predictions_path(label, seed)
+        if not path.is_file():
+            return False
+        with np.load(path, allow_pickle=False) as stored:
+            return str(stored["entry_key"]) == key
+
     def finished_predictions(self, label: str, seed: int, key: str) -> dict[str, np.ndarray] | None:
         """The stored predictions when they were made by this exact unit, else ``None``."""
         path = self.predictions_path(label, seed)

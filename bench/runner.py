@@ -279,7 +279,7 @@ def execute_unit(dataset: PreparedDataset, unit: Unit, display: "_Display | None
 
 def _execute(units: list[Unit], dataset: PreparedDataset, folder: RunFolder, executor: ExecutorConfig, teachers: set[str], display: "_Display") -> None:
     """Run the units not finished yet; teachers first, so students distil from their finished fine-tuning."""
-    pending = [unit for unit in units if folder.finished_predictions(unit.label, unit.seed, unit.key) is None]
+    pending = [unit for unit in units if not folder.is_finished(unit.label, unit.seed, unit.key)]
     display.plan(units, pending, dataset.fingerprint)
     if executor.kind == "local":
         function = lambda shared, unit: execute_unit(shared, unit, display)  # noqa: E731 (in process: shows epochs)
