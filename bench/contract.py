@@ -58,6 +58,9 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str = "paper", **overrides) -> "ModelConfig":
+        """The named preset with ``overrides``; an override ``preset`` puts this one model on another
+        preset than the run's (``--preset paper --set leader_t.preset=quick``)."""
+        name = overrides.pop("preset", name)
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
         values = {"paper": {}, "harness": dict(cls.HARNESS), "quick": {**cls.HARNESS, **cls.QUICK}}[name]

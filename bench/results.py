@@ -206,10 +206,10 @@ class TimingHistory:
 FRAMEWORKS = ("torch", "transformers", "peft")
 
 
-def weights_key(model_class: type, config: dict, seed: int, dataset_fingerprint: str, protocol: str, deterministic: bool = False) -> str:
-    """What determines a unit's trained weights: model, config, seed, data, protocol, kernels, code and frameworks."""
+def weights_key(model_class: type, config: dict, seed: int, dataset_fingerprint: str, protocol: str, deterministic: bool = False, threads: int = 1) -> str:
+    """What determines a unit's trained weights: model, config, seed, data, protocol, kernels, threads, code and frameworks."""
     code = source_digest(model_class.__module__)
-    return stable_hash(model_class.name, _jsonable(config), seed, dataset_fingerprint, protocol, deterministic, code, {f: _version(f) for f in FRAMEWORKS})
+    return stable_hash(model_class.name, _jsonable(config), seed, dataset_fingerprint, protocol, deterministic, threads, code, {f: _version(f) for f in FRAMEWORKS})
 
 
 def entry_key(weights: str, decision: str) -> str:

@@ -31,7 +31,7 @@ from rich.table import Table
 from bench import registry
 from bench.contract import MedRecModel, ModelConfig
 from bench.decisions import DECISIONS, tune_threshold
-from bench.executors import ExecutorConfig, run_tasks
+from bench.executors import ExecutorConfig, ProgressReport, no_progress, run_tasks
 from bench.evaluate import STATS, against_reference, cell_values, collect, draw_resamples, retention, significance, summarise
 from bench.metrics import aggregate, multi_hot, per_sample_metrics
 from bench.results import RunFolder, TimingHistory, entry_key, environment_info, file_stem, read_json, weights_key, write_json
@@ -105,6 +105,8 @@ class _Display:
     def __init__(self, console: Console | None):
         self.console = console
         self.progress = None
+        self.tasks: dict[str, int] = {}
+        self.logged: dict[str, int] = {}  # the last tenth of each unit's work logged (output not a terminal)
         if console is not None:
             self.progress = Progress(
                 TextColumn("[bold]{task.description:<22}"),
@@ -123,21 +125,18 @@ class _Display:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
-    def start(self, name: str, total: int):
-        """A callback ``(done, total, status)`` for this unit's training loop."""
+    def report(self, name: str, done: int, total: int, status: str) -> None:
+        """A unit's progress (its training loop's ``(done, total, status)``), from this process or a worker."""
         if self.progress is None:
-            return lambda done, total, status: None
-        task = self.progress.add_task(name, total=total, status="")
-        logged = [-1]
-
-        def update(done: int, total: int, status: str) -> None:
-            self.progress.update(task, completed=done, total=total, status=status)
-            tenth = 10 * done // max(total, 1)
-            if not self.console.is_terminal and (tenth > logged[0] or done == total):
-                logged[0] = tenth
-                self.console.log(f"{name}: {done}/{total} {status}")
-
-        return update
+            return
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total, status="")
+            self.logged[name] = -1
+        self.progress.update(self.tasks[name], completed=done, total=total, status=status)
+        tenth = 10 * done // max(total, 1)
+        if not self.console.is_terminal and (tenth > self.logged[name] or done == total):
+            self.logged[name] = tenth
+            self.console.log(f"{name}: {done}/{total} {status}")
 
     def plan(self, units: list["Unit"], pending: list["Unit"], fingerprint: str) -> None:
         """Before anything trains: each unit, whether it trains or is reused, its budget and its last time here."""
@@ -164,27 +163,24 @@ class _Display:
             self.console.print(f"estimated training time: {estimate:.0f} s for the units trained here before" + (f", plus {unknown} unit(s) never trained here" if unknown else ""))
 
     def note(self, name: str, status: str) -> None:
-        if self.progress is not None:
-            self.progress.add_task(name, total=1, completed=1, status=status)
-            if not self.console.is_terminal:
-                self.console.log(f"{name}: {status}")
+        self.report(name, 1, 1, status)
 
 
-def _train_or_load(unit: "Unit", model_class: type[MedRecModel], folder: RunFolder, dataset: PreparedDataset, train: list[Sample], val: list[Sample], display: _Display) -> MedRecModel:
+def _train_or_load(unit: "Unit", model_class: type[MedRecModel], folder: RunFolder, dataset: PreparedDataset, train: list[Sample], val: list[Sample], progress: ProgressReport) -> MedRecModel:
     """The unit's fitted model: its saved weights when an earlier run trained them alike, else trained now."""
     weights = folder.trained_model(unit.label, unit.seed, unit.weights_key)
     if weights is not None:
         return model_class.load(weights, dataset, device=unit.device)
     model = model_class(dataset, unit.config, seed=unit.seed, device=unit.device)
-    # models without a training loop (no on_progress hook) show one step
-    report = display.start(f"{unit.label} (seed {unit.seed})", 1)
+    name = f"{unit.label} (seed {unit.seed})"
+    progress(name, 0, 1, "training")  # models without a training loop (no on_progress hook) show one step
     if hasattr(model, "on_progress"):
-        model.on_progress = report
+        model.on_progress = lambda done, total, status: progress(name, done, total, status)
     started = time.perf_counter()
     model.fit(train, val)
     model.fit_report.setdefault("train_seconds", time.perf_counter() - started)
     TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, unit.protocol), model.fit_report["train_seconds"])
-    report(1, 1, "trained")
+    progress(name, 1, 1, "trained")
     model.save(folder.model_path(unit.label, unit.seed))
     folder.mark_trained(unit.label, unit.seed, unit.weights_key)
     return model
@@ -247,6 +243,7 @@ class Unit:
     decision: str
     device: str
     deterministic: bool = False
+    threads: int = 1  # torch threads: part of what the numbers depend on, the same whatever the executor
 
 
 def deterministic_torch() -> None:
@@ -261,40 +258,41 @@ class IncompleteRunError(RuntimeError):
     """Some units failed; the others are finished and kept, and rerunning the command retries the failed ones."""
 
 
-def execute_unit(dataset: PreparedDataset, unit: Unit, display: "_Display | None" = None) -> str:
-    """Train (or load) one unit, predict validation and test, write its files; runs in any worker."""
+def execute_unit(dataset: PreparedDataset, unit: Unit, progress: ProgressReport = no_progress) -> str:
+    """Train (or load) one unit, predict validation and test, write its files; runs in any worker (which
+    gives it ``unit.threads`` threads)."""
     folder = RunFolder(unit.run_dir)
     if unit.deterministic:
         deterministic_torch()
     task = get_protocol(unit.protocol)
     train, val, test = (task.samples(dataset, part) for part in ("train", "val", "test"))
-    model = _train_or_load(unit, registry.get(unit.model), folder, dataset, train, val, display or _Display(None))
+    model = _train_or_load(unit, registry.get(unit.model), folder, dataset, train, val, progress)
+    progress(f"{unit.label} (seed {unit.seed})", 1, 1, "predicting")
     stored = _predict(model, unit.label, val, test, unit.decision)
     record = {"label": unit.label, "model": unit.model, "seed": unit.seed, "fit_report": model.fit_report, "decision": stored.pop("decision"),
-              "environment": environment_info(dataset.fingerprint, unit.device)}
+              "environment": {**environment_info(dataset.fingerprint, unit.device), "threads": unit.threads}}
     write_json(folder.metrics_path(unit.label, unit.seed), record)
     folder.write_predictions(unit.label, unit.seed, unit.key, **stored)  # last: marks the unit done
     return unit.label
 
 
-def _execute(units: list[Unit], dataset: PreparedDataset, folder: RunFolder, executor: ExecutorConfig, teachers: set[str], display: "_Display") -> None:
-    """Run the units not finished yet; teachers first, so students distil from their finished fine-tuning."""
+def _execute(units: list[Unit], dataset: PreparedDataset, folder: RunFolder, executor: ExecutorConfig, teacher_of: dict[str, str], display: "_Display") -> None:
+    """Run the units not finished yet: teachers first, then their students (each after its teacher's
+    units, so a free worker never waits on a fine-tuning; students also wait on the teacher's cache lock
+    where the executor does not order them), then the rest in the entries' order."""
     pending = [unit for unit in units if not folder.is_finished(unit.label, unit.seed, unit.key)]
     display.plan(units, pending, dataset.fingerprint)
-    if executor.kind == "local":
-        function = lambda shared, unit: execute_unit(shared, unit, display)  # noqa: E731 (in process: shows epochs)
-    else:
-        function = execute_unit
-    failures = []
-    for wave in ([u for u in pending if u.model in teachers], [u for u in pending if u.model not in teachers]):
+    teachers = set(teacher_of.values())
+    pending.sort(key=lambda unit: 0 if unit.model in teachers else 1 if unit.model in teacher_of else 2)  # stable
+    after = [[j for j, other in enumerate(pending) if other.model == teacher_of.get(unit.model)] for unit in pending]
+    threads = units[0].threads if units else 1
 
-        def done(index: int, outcome, wave=wave) -> None:
-            unit = wave[index]
-            if executor.kind != "local" or not outcome.ok:
-                display.note(f"{unit.label} (seed {unit.seed})", f"{executor.kind}: " + ("finished" if outcome.ok else f"failed: {outcome.error}"))
+    def done(index: int, outcome) -> None:
+        unit = pending[index]
+        display.note(f"{unit.label} (seed {unit.seed})", "finished" if outcome.ok else f"failed: {outcome.error}")
 
-        outcomes = run_tasks(executor, function, dataset, wave, done)
-        failures += [(unit, outcome.error) for unit, outcome in zip(wave, outcomes) if not outcome.ok]
+    outcomes = run_tasks(executor, execute_unit, dataset, pending, done, display.report, threads, after)
+    failures = [(unit, outcome.error) for unit, outcome in zip(pending, outcomes) if not outcome.ok]
     if failures:
         lines = "\n".join(f"  {unit.label} (seed {unit.seed}): {error}" for unit, error in failures)
         raise IncompleteRunError(
@@ -333,6 +331,7 @@ def run_entries(
     full_model: str | None = None,
     device: str = "cpu",
     deterministic: bool = False,
+    threads: int = 1,
     arguments: dict | None = None,
     console: Console | None = None,
     executor: ExecutorConfig | None = None,
@@ -349,7 +348,8 @@ def run_entries(
     ``full_model``: in an ablation, the label every other student entry is compared with (``versus_full``).
     ``arguments``: the command line's own arguments, recorded in config.json. ``console``: where the
     progress goes (None: silent). ``deterministic``: deterministic GPU kernels (:func:`deterministic_torch`);
-    part of each unit's key. ``executor``: where the units run (:mod:`bench.executors`; in process
+    part of each unit's key. ``threads``: torch threads per unit (a model's numbers depend on them, so
+    they are part of its key; every executor gives each unit this many). ``executor``: where the units run (:mod:`bench.executors`; in process
     by default); every unit is trained before any is evaluated, and units that fail are reported
     together (:class:`IncompleteRunError`) after the others have finished and been kept.
     """
@@ -394,6 +394,7 @@ def run_entries(
         "resamples": resamples,
         "decision": decision,
         "deterministic": deterministic,
+        "threads": threads,
         "proposed": proposed,
         "teacher": teacher,
         "entries": [
@@ -411,14 +412,14 @@ def run_entries(
     draws = draw_resamples(patient_of, stratum, stats, resamples, resample_seed)
 
     units = [
-        Unit(p.entry.label, p.entry.model, p.config, seed, str(folder.root), trained, entry_key(trained, decision), task.name, decision, device, deterministic)
+        Unit(p.entry.label, p.entry.model, p.config, seed, str(folder.root), trained, entry_key(trained, decision), task.name, decision, device, deterministic, threads)
         for p in plans
         for seed in seeds
-        for trained in [weights_key(p.model_class, p.config.to_dict(), seed, dataset.fingerprint, task.name, deterministic)]
+        for trained in [weights_key(p.model_class, p.config.to_dict(), seed, dataset.fingerprint, task.name, deterministic, threads)]
     ]
     display = _Display(console)
     with display:
-        _execute(units, dataset, folder, executor or ExecutorConfig(), set(teacher_of.values()), display)
+        _execute(units, dataset, folder, executor or ExecutorConfig(), teacher_of, display)
 
     cells, validation, fits, decisions = {}, {}, {}, {}
     for plan in plans:

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--keep", type=Path, help="Keep the results folder here instead of a temporary one.")
-    parser.add_argument("--executor", default="local", help="local, or processes (with --jobs 2: the units of a wave share the cores)")
+    parser.add_argument("--executor", default="processes", help="processes (the default: one unit per core), local or ray")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="first-run-") as scratch:
         results = args.keep or Path(scratch) / "results"

@@ -100,7 +100,7 @@ class StudentConfig(ModelConfig):
 
     @classmethod
     def preset(cls, name: str = "paper", **overrides) -> "StudentConfig":
-        overrides.setdefault("teacher_preset", name)
+        overrides.setdefault("teacher_preset", overrides.get("preset", name))
         return super().preset(name, **overrides)
 
     def __post_init__(self) -> None:

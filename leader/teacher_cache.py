@@ -1,7 +1,7 @@
 """Where a fine-tuned LEADER teacher and its hidden states are kept on disk, and under which key.
 
 The key of a fine-tuned teacher hashes the data (dataset fingerprint, the training and validation sample ids),
-the config, the seed, the base model's fingerprint, the source code that trains it (this package and the
+the config, the seed, the torch threads, the base model's fingerprint, the source code that trains it (this package and the
 training loop) and the versions of torch, transformers and peft: weights made by other code are never reused.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from data_prep.cache import cache_root, stable_hash
 from data_prep.dataset import PreparedDataset, Sample
@@ -52,6 +53,7 @@ def teacher_cache_key(
         [s.sample_id for s in val],
         base_fingerprint,
         training_code_digest(),
+        torch.get_num_threads(),  # fine-tuned weights depend on the threads (the order of summation)
     )
 
 

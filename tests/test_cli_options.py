@@ -22,3 +22,14 @@ def test_per_model_settings_name_a_model_of_the_run():
     with pytest.raises(click.BadParameter, match="MODEL among freq, mlp"):
         model_entries(["freq", "mlp"], None, None, ["gamenet.lr=1e-4"])
     assert model_entries(["mlp"], None, None, ["mlp.lr=0.01"])[0].overrides == {"lr": 0.01}
+
+
+def test_one_model_can_take_another_preset_and_the_student_distils_from_that_teacher():
+    from leader.student import StudentConfig
+    from leader.teacher import TeacherConfig
+
+    entries = {e.label: e.overrides for e in model_entries(["leader_t", "leader_s"], None, None, ["leader_t.preset=quick"])}
+    assert TeacherConfig.preset("paper", **entries["leader_t"]) == TeacherConfig.preset("quick")
+    student = StudentConfig.preset("paper", **entries["leader_s"])
+    assert student == StudentConfig.preset("paper", teacher_overrides={"preset": "quick"})  # the paper's student
+    assert TeacherConfig.preset(student.teacher_preset, **student.teacher_overrides) == TeacherConfig.preset("quick")

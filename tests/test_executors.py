@@ -27,16 +27,51 @@ def local_ray():
     ray.shutdown()
 
 
-def _square(shared, task):
+def _square(shared, task, progress):
     if task == 3:
         raise ValueError("three is not welcome")
     return shared * task * task
+
+
+def _threads_and_progress(shared, task, progress):
+    import torch
+
+    progress(f"task {task}", task, 10, "working")
+    return torch.get_num_threads()
+
+
+def _timed(shared, task, progress):
+    import time
+
+    started = time.time()
+    time.sleep(task)
+    return started, time.time()
+
+
+def test_a_task_waits_for_its_prerequisites_while_a_free_worker_takes_the_next_ready_one():
+    teacher, student, other = run_tasks(ExecutorConfig("processes", jobs=2), _timed, None, [1.5, 0.0, 0.0], after=[[], [0], []])
+    assert student.value[0] >= teacher.value[1]  # started after the teacher ended
+    assert other.value[0] < teacher.value[1]  # not queued behind the waiting student
+    with pytest.raises(ValueError, match="earlier tasks only"):
+        run_tasks(ExecutorConfig("processes", jobs=2), _timed, None, [0.0, 0.0], after=[[1], []])
 
 
 def test_tasks_return_in_order_and_a_failure_is_one_outcome():
     outcomes = run_tasks(ExecutorConfig("local"), _square, 10, [1, 2, 3, 4])
     assert [o.value for o in outcomes] == [10, 40, None, 160]
     assert outcomes[2].error == "ValueError: three is not welcome" and all(o.ok for i, o in enumerate(outcomes) if i != 2)
+
+
+@pytest.mark.parametrize("kind", ["local", "processes"])
+def test_every_task_gets_the_requested_threads_and_its_progress_reaches_the_driver(kind):
+    import torch
+
+    before = torch.get_num_threads()
+    reports = []
+    outcomes = run_tasks(ExecutorConfig(kind, jobs=2), _threads_and_progress, None, [1, 2, 3], on_progress=lambda *r: reports.append(r), threads=2)
+    assert [o.value for o in outcomes] == [2, 2, 2]  # not the caller's (conftest: 1) nor cores // jobs
+    assert sorted(reports) == [(f"task {t}", t, 10, "working") for t in (1, 2, 3)]
+    assert torch.get_num_threads() == before  # in process: the caller's setting is restored
 
 
 @pytest.mark.parametrize("kind", ["processes", "ray"])

@@ -79,6 +79,7 @@ def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_
             proposed=proposed,
             full_model=full_model,
             device=arguments["device"],
+            threads=arguments["threads"],
             arguments={**arguments, **dataset_kwargs},
             console=console,
             executor=where,
@@ -116,7 +117,7 @@ def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Tab
 @click.option("--compare", default="", help="Alternatives the family declares, comma-separated (LEADER: temperature-kd, projector-kd).")
 @click.option("--with-teacher", is_flag=True, help="Add the family's teacher as an entry, so the summary holds each student's retention of it.")
 def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
-           executor, jobs, ray_address, gpus_per_task, drops, compare, with_teacher, **dataset_kwargs) -> None:
+           executor, jobs, threads, ray_address, gpus_per_task, drops, compare, with_teacher, **dataset_kwargs) -> None:
     """Run a family's full model and its ablated variants on the same splits and resamples."""
     drops = parse_list(",".join(drops), family.ablations, "--drop")
     alternatives = parse_list(compare, family.alternatives, "--compare")
@@ -128,7 +129,7 @@ def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpai
     proposed = [family.label] + ([family.teacher_label] if with_teacher else [])
     arguments = dict(command="ablate", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
                      unpaired=unpaired, holm=holm, decision=decision, settings=common,
-                     results_dir=results_dir, run_id=run_id, device=device, drops=drops, compare=alternatives, with_teacher=with_teacher)
+                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, drops=drops, compare=alternatives, with_teacher=with_teacher)
     summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, executor_config(locals()), full_model=family.label)
     Console().print(prauc_table(summary, f"{family.label} ablation ({run_dir})", family.label))
 
@@ -147,7 +148,7 @@ def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Se
 @click.option("--param", required=True, help="An option the family declares sweepable (LEADER: alpha, the KD weight; beta, the alignment weight).")
 @click.option("--values", "raw_values", required=True, help="Comma-separated values, e.g. 0.1,0.2,0.4,0.8.")
 def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
-          executor, jobs, ray_address, gpus_per_task, param, raw_values, **dataset_kwargs) -> None:
+          executor, jobs, threads, ray_address, gpus_per_task, param, raw_values, **dataset_kwargs) -> None:
     """Train the family's model once per value of one option; choose the value on validation; plot validation and test PRAUC."""
     if len(parse_list(param, family.sweepable, "--param")) != 1:
         raise click.BadParameter("sweep one option at a time", param_hint="--param")
@@ -158,7 +159,7 @@ def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpair
     entries = [Entry(f"{param}={value:g}", family.model, {**common, param: value}) for value in values]
     arguments = dict(command="sweep", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
                      unpaired=unpaired, holm=holm, decision=decision, settings=common,
-                     results_dir=results_dir, run_id=run_id, device=device, param=param, values=values)
+                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, param=param, values=values)
     summary, run_dir = execute(entries, [], arguments, dataset_kwargs, executor_config(locals()))
     labels = [e.label for e in entries]
     written = write_sweep(summary, family.label, param, values, labels, RunFolder(run_dir).root)

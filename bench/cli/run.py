@@ -78,11 +78,14 @@ def evaluation_options(command):
 
 
 def executor_options(command):
-    """Where the units run; not part of a run's identity, so any executor resumes any other's folder."""
+    """Where the units run (not part of a run's identity: any executor resumes any other's folder), and
+    the threads each unit gets (part of it: a model's numbers depend on them)."""
     options = [
-        click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
-                     help="local: in this process; processes: --jobs worker processes; ray: one Ray task per model x seed."),
-        click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes (--executor processes)."),
+        click.option("--executor", type=click.Choice(EXECUTORS), default="processes", show_default=True,
+                     help="processes: --jobs worker processes on this machine; local: in this process; ray: one Ray task per model x seed."),
+        click.option("--jobs", type=click.IntRange(min=1), help="Worker processes (--executor processes) [this machine's cores // --threads]."),
+        click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="torch threads per model x seed, under every executor; part of the run (numbers depend on it)."),
         click.option("--ray-address", help="Ray cluster: 'auto' or HOST:PORT (--executor ray) [a local Ray runtime]."),
         click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0.0, show_default=True, help="GPUs each Ray task requests (fractions share a GPU)."),
     ]
@@ -218,7 +221,7 @@ def experiment_file(ctx: click.Context, _param, path: Path | None) -> Path | Non
 @click.option("--run-id", help="Folder name under --results-dir [derived from the arguments, so a rerun resumes].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, proposed, teacher, teacher_path, gguf_file, settings, device,
-                deterministic, executor, jobs, ray_address, gpus_per_task, run_id, results_dir, **data_kwargs):
+                deterministic, executor, jobs, threads, ray_address, gpus_per_task, run_id, results_dir, **data_kwargs):
     """Train, evaluate and tabulate models; rerunning the same command resumes the same run folder."""
     names = _models(models_spec)
     entries = model_entries(names, teacher_path, gguf_file, settings)
@@ -231,6 +234,7 @@ def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamp
         "proposed": _labels(proposed),
         "teacher": teacher,
         "deterministic": deterministic,
+        "threads": threads,
         "overrides": {e.label: e.overrides for e in entries if e.overrides},
         "data": {k: str(v) if isinstance(v, Path) else v for k, v in data_kwargs.items() if k != "refresh"},
     }
@@ -252,6 +256,7 @@ def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamp
             teacher=teacher,
             device=device,
             deterministic=deterministic,
+            threads=threads,
             arguments=arguments,
             console=console,
             executor=where,
