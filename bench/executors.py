@@ -116,13 +116,11 @@ def run_tasks(
     after = [list(a) for a in after] if after is not None else [[] for _ in tasks]
     if len(after) != len(tasks) or any(not 0 <= j < i for i, a in enumerate(after) for j in a):
         raise ValueError("after[i] must list earlier tasks only, one list per task")
-    kind = config.kind
-    if kind == "processes" and config.workers(threads, len(tasks)) == 1:
-        kind = "local"  # one worker: no process to spawn
-    if kind == "processes":
-        return _run_processes(config, function, shared, list(tasks), on_done or (lambda index, outcome: None), on_progress or no_progress, threads, after)
-    runner = {"local": _run_local, "ray": _run_ray}[kind]
-    return runner(config, function, shared, list(tasks), on_done or (lambda index, outcome: None), on_progress or no_progress, threads)
+    done, progress = on_done or (lambda index, outcome: None), on_progress or no_progress
+    if config.kind == "processes" and config.workers(threads, len(tasks)) > 1:
+        return _run_processes(config, function, shared, list(tasks), done, progress, threads, after)
+    runner = _run_ray if config.kind == "ray" else _run_local  # one process worker: nothing to spawn
+    return runner(config, function, shared, list(tasks), done, progress, threads)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bench.contract import MedRecModel, seed_everything
-from bench.metrics import prauc_per_sample
+from bench.metrics import per_sample_metrics, prauc_per_sample
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
 
@@ -173,13 +173,10 @@ def target_tensor(samples: Sequence[Sample], n_medications: int) -> torch.Tensor
 def validation_score(model: MedRecModel, samples: Sequence[Sample], proba: np.ndarray) -> float:
     """What model selection maximises (``config.selection``): mean validation PRAUC (the harness default), or
     mean validation Jaccard of the model's own sets (the SafeDrug / GAMENet scripts keep that epoch)."""
-    truth = multi_hot([s.target for s in samples], model.dataset.n_medications)
+    targets = [s.target for s in samples]
     if model.config.selection == "prauc":
-        return float(prauc_per_sample(truth, proba).mean())
-    chosen = multi_hot(model.predict_sets(samples, proba), model.dataset.n_medications).astype(bool)
-    truth = truth.astype(bool)
-    union = (chosen | truth).sum(1)
-    return float(np.divide((chosen & truth).sum(1), union, out=np.zeros(len(union)), where=union > 0).mean())
+        return float(prauc_per_sample(multi_hot(targets, model.dataset.n_medications), proba).mean())
+    return float(per_sample_metrics(proba, model.predict_sets(samples, proba), targets, model.dataset.ddi_adj)["jaccard"].mean())
 
 
 class TorchModel(MedRecModel):
