@@ -266,6 +266,39 @@ def retention(summary: Mapping[str, Mapping], teacher: str, students: Sequence[s
     )
 
 
+def ratio_interval(student: CellData, teacher: CellData, procedure: str, n_patients: int) -> dict:
+    """The student's mean as a percentage of the teacher's, with its 95% interval (percentage points).
+
+    Patients: the paired resamples' ratio of the seed-averaged means (each resample holds both labels), its
+    standard deviation the patient part; seeds: the delta method on each label's between-seed variance,
+    ``var(S/T) ~ var(S)/T^2 + (S/T)^2 var(T)/T^2``; Welch-Satterthwaite degrees of freedom, as :func:`compare`.
+    With ``--stats paper``: the std of the ratio over the rounds (no interval)."""
+    ratio = student.mean / teacher.mean
+    rounds_s, rounds_t = student.replicates.mean(axis=0), teacher.replicates.mean(axis=0)
+    ratios = np.divide(rounds_s, rounds_t, out=np.full(len(rounds_t), np.nan), where=rounds_t > 0)
+    ratios = ratios[np.isfinite(ratios)]
+    if procedure == "paper":
+        spread = float(ratios.std()) if len(ratios) else 0.0
+        return {"percent": 100 * ratio, "pm": 100 * spread, "ci": None}
+    se_patients = float(ratios.std(ddof=1)) if len(ratios) > 1 else 0.0
+    seed_parts = [
+        (student.seed_variance_of_mean() / teacher.mean**2, student.seeds),
+        (ratio**2 * teacher.seed_variance_of_mean() / teacher.mean**2, teacher.seeds),
+    ]
+    se = float(np.sqrt(se_patients**2 + sum(part for part, _ in seed_parts)))
+    half = float(stats.t.ppf(0.975, _welch_df(se_patients, n_patients, seed_parts))) * se if se > 0 else 0.0
+    return {"percent": 100 * ratio, "pm": 100 * half, "ci": [100 * (ratio - half), 100 * (ratio + half)], "se": 100 * se}
+
+
+def retention_intervals(data: Mapping[str, Mapping], teacher: str, students: Sequence[str], procedure: str, n_patients: int) -> dict:
+    """DistilLLM-Med's retention with intervals: student -> group -> metric -> :func:`ratio_interval`, for
+    the metrics where higher is better."""
+    return _against_one(
+        data, teacher, students,
+        lambda mine, theirs: {m: ratio_interval(mine[m], theirs[m], procedure, n_patients) for m in TESTED if DIRECTION[m] > 0 and theirs[m].mean > 0},
+    )
+
+
 def holm(pvalues: Mapping[object, float | None]) -> dict[object, float | None]:
     """Holm-Bonferroni adjusted p-values (family-wise error across the given tests); ``None`` stays ``None``."""
     present = sorted(((p, key) for key, p in pvalues.items() if p is not None), key=lambda item: item[0])

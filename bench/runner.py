@@ -32,7 +32,7 @@ from bench import registry
 from bench.contract import MedRecModel, ModelConfig
 from bench.decisions import DECISIONS, tune_threshold
 from bench.executors import ExecutorConfig, ProgressReport, no_progress, run_tasks
-from bench.evaluate import STATS, against_reference, cell_values, collect, draw_resamples, retention, significance, summarise
+from bench.evaluate import STATS, against_reference, cell_values, collect, draw_resamples, retention, retention_intervals, significance, summarise
 from bench.metrics import aggregate, multi_hot, per_sample_metrics
 from bench.results import RunFolder, TimingHistory, entry_key, environment_info, file_stem, read_json, weights_key, write_json
 from data_prep.dataset import PreparedDataset, Sample
@@ -440,6 +440,7 @@ def run_entries(
     models = summarise(cells, stats, n_patients)
     # every student entry (an ablation's variants too) and every other proposed label
     students = [label for label in dict.fromkeys([*(p.entry.label for p in plans if p.entry.model in teacher_of), *proposed]) if label != teacher]
+    teacher_labels = [p.entry.label for p in plans if p.entry.model in set(teacher_of.values())]
     summary = {
         "run": str(folder.root),
         "dataset": dataset.name,
@@ -456,6 +457,10 @@ def run_entries(
         "significance": significance(cells, proposed, stats, n_patients, paired),
         "teacher": teacher,
         "retention": retention(models, teacher, students) if teacher else {},
+        # every teacher entry: each student's metrics as a percentage of it, with 95% intervals
+        "retention_intervals": {
+            label: retention_intervals(cells, label, [s for s in students if s not in teacher_labels], stats, n_patients) for label in teacher_labels
+        },
         "versus_full": against_reference(cells, full_model, [x for x in labels if x not in (full_model, teacher)], stats, n_patients, paired) if full_model else {},
         "train_seconds": {label: {seed: fit.get("train_seconds") for seed, fit in by_seed.items()} for label, by_seed in fits.items()},
     }

@@ -8,7 +8,9 @@ default statistics the half-width of the 95% interval over test patients and tra
 underlined (ties share the mark); a star marks a proposed model that beats the column's best baseline
 (p < 0.05, Holm-corrected across the row's columns when the run or the table asks for it); a model
 that cannot serve a group reads "-". Every rendering says which procedure, seeds and decision rules
-made it (:func:`notes`).
+made it (:func:`notes`). ``retention`` is DistilLLM-Med's headline: one row per student and teacher of
+the run, each student's PRAUC, Jaccard and F1 as a percentage of that teacher's, per group, with the 95%
+interval over test patients and training seeds (``retention_intervals`` of the summary).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from rich.table import Table
 from bench.evaluate import DIRECTION, holm as holm_adjust
 from data_prep.protocol import GROUPS
 
-TABLES = ("main", "ablation", "safety")
+TABLES = ("main", "ablation", "safety", "retention")
 FORMATS = ("latex", "markdown", "csv")
-TABLE_METRICS = {"main": ("prauc", "jaccard", "f1"), "ablation": ("prauc",), "safety": ("ddi_rate", "avg_meds")}
+TABLE_METRICS = {"main": ("prauc", "jaccard", "f1"), "ablation": ("prauc",), "safety": ("ddi_rate", "avg_meds"), "retention": ("prauc", "jaccard", "f1")}
 GROUP_TITLES = {"overall": "Overall", "multi": "Multi-visit", "single": "Single-visit"}
 METRIC_TITLES = {"prauc": "PRAUC", "jaccard": "Jaccard", "f1": "F1", "precision": "Precision", "recall": "Recall", "ddi_rate": "DDI", "avg_meds": "#Med"}
 ALPHA = 0.05
@@ -117,6 +119,8 @@ def render(summary: Mapping, fmt: str, table: str = "main", holm: bool | None = 
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
     metrics = TABLE_METRICS[table]
+    if table == "retention":
+        return {"latex": retention_latex, "markdown": retention_markdown, "csv": retention_csv}[fmt](summary, metrics)
     return {"latex": latex, "markdown": markdown, "csv": to_csv}[fmt](summary, metrics, holm)
 
 
@@ -244,4 +248,97 @@ def rich_table(summary: Mapping, table: str = "main") -> Table:
             out.add_section()
         marks = {"bold": ("[bold]", "[/bold]"), "underline": ("[underline]", "[/underline]"), "star": "*"}
         out.add_row(label, *(_plain_cell(grid[label][(g, m)], **marks) for g in GROUPS for m in metrics))
+    return out
+
+
+# ----- retention (DistilLLM-Med) ------------------------------------------------------------------
+def retention_rows(summary: Mapping) -> list[tuple[str, str, Mapping]]:
+    """(student, teacher, group -> metric -> interval) for every teacher entry and student of the run."""
+    by_teacher = summary.get("retention_intervals") or {}
+    if not by_teacher:
+        raise ValueError("this run has no teacher entry, so no retention (run the teacher too: bench ablate ... --with-teacher, or bench run with it)")
+    return [(student, teacher, groups) for teacher, students in by_teacher.items() for student, groups in students.items()]
+
+
+def retention_notes(summary: Mapping) -> list[str]:
+    line = ("Retention: the student's mean as a percentage of the teacher's, [95% interval]: the paired bootstrap of the ratio over "
+            "test patients and the training seeds' variance of each (delta method).")
+    if summary.get("stats", {}).get("procedure") == "paper":
+        line = "Retention: the student's mean as a percentage of the teacher's, ± the std of the ratio over the paper procedure's rounds."
+    return [line, *notes(summary)[:1], *notes(summary)[2:3]]
+
+
+def _retention_text(interval: Mapping | None, percent: str = "%") -> str:
+    if interval is None:
+        return "-"
+    if interval.get("ci") is None:
+        return f"{interval['percent']:.1f}{percent} ± {interval['pm']:.1f}"
+    low, high = interval["ci"]
+    return f"{interval['percent']:.1f}{percent} [{low:.1f}, {high:.1f}]"
+
+
+def _retention_cells(groups: Mapping, metrics: Sequence[str], percent: str = "%") -> list[str]:
+    return [_retention_text((groups.get(g) or {}).get(m), percent) for g in GROUPS for m in metrics]
+
+
+def retention_markdown(summary: Mapping, metrics: Sequence[str]) -> str:
+    header = ["Student", "Teacher", *(f"{GROUP_TITLES[g]} {METRIC_TITLES[m]}" for g in GROUPS for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", ":---", *(":---:" for _ in header[2:])]) + "|"]
+    for student, teacher, groups in retention_rows(summary):
+        lines.append("| " + " | ".join([student.replace("|", r"\|"), teacher.replace("|", r"\|"), *_retention_cells(groups, metrics)]) + " |")
+    return "\n".join([*lines, "", *retention_notes(summary)]) + "\n"
+
+
+def retention_latex(summary: Mapping, metrics: Sequence[str]) -> str:
+    n = len(metrics)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{ll" + (" " + "c" * n) * len(GROUPS) + "}",
+        r"\toprule",
+        " & ".join(["", "", *(f"\\multicolumn{{{n}}}{{c}}{{{GROUP_TITLES[g]}}}" for g in GROUPS)]) + r" \\",
+        " ".join(f"\\cmidrule(lr){{{3 + i * n}-{2 + (i + 1) * n}}}" for i in range(len(GROUPS))),
+        " & ".join(["Student", "Teacher", *(latex_escape(METRIC_TITLES[m]) for _ in GROUPS for m in metrics)]) + r" \\",
+        r"\midrule",
+    ]
+    for student, teacher, groups in retention_rows(summary):
+        cells = [cell.replace("±", r"$\pm$") for cell in _retention_cells(groups, metrics, r"\%")]
+        lines.append(" & ".join([latex_escape(student), latex_escape(teacher), *cells]) + r" \\")
+    caption = latex_escape(" ".join(retention_notes(summary))).replace("±", r"$\pm$").replace("<", "$<$")
+    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def retention_csv(summary: Mapping, metrics: Sequence[str]) -> str:
+    """One row per student x teacher x group x metric: percentage, interval, both means."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["student", "teacher", "group", "metric", "percent", "ci_low", "ci_high", "student_mean", "teacher_mean"])
+    models = summary["models"]
+    for student, teacher, groups in retention_rows(summary):
+        for group in GROUPS:
+            for metric in metrics:
+                interval = (groups.get(group) or {}).get(metric)
+                if interval is None:
+                    continue
+                ci = interval.get("ci") or ["", ""]
+                writer.writerow([student, teacher, group, metric, f"{interval['percent']:.4f}", *(f"{v:.4f}" if v != "" else "" for v in ci),
+                                 f"{models[student][group][metric]['mean']:.6f}", f"{models[teacher][group][metric]['mean']:.6f}"])
+    return buffer.getvalue()
+
+
+def rich_retention(summary: Mapping) -> Table:
+    metrics = TABLE_METRICS["retention"]
+    out = Table(title=f"Retention of each teacher — {summary.get('dataset', '')}", caption="\n".join(retention_notes(summary)), caption_justify="left")
+    out.add_column("Student", style="bold")
+    out.add_column("Teacher")
+    for group in GROUPS:
+        for metric in metrics:
+            out.add_column(f"{GROUP_TITLES[group]}\n{METRIC_TITLES[metric]}", justify="center")
+    previous = None
+    for student, teacher, groups in retention_rows(summary):
+        if previous is not None and teacher != previous:
+            out.add_section()
+        previous = teacher
+        out.add_row(student, teacher, *_retention_cells(groups, metrics))
     return out

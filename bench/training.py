@@ -8,6 +8,12 @@ callback (``on_progress(done, total, status)``) and says in its report whether t
 A :class:`TorchModel` says how to build its network, collate samples into a padded batch, compute
 its loss and its logits; :func:`train_network` runs it through that loop with Adam (or the model's
 optimizer). The reference repositories train one patient at a time; here every step is a padded mini-batch.
+
+Curriculum learning (DistilLLM-Med's easy-to-hard schedule) is an option any :class:`TorchModel` can offer by
+adding :class:`CurriculumOptions` to its config's bases: the training samples are ranked by
+:meth:`TorchModel.sample_difficulty` (the record's length by default; a distilled model may use its teacher's
+per-sample loss), and epoch e admits the easiest ``min(1, start + (1 - start) e / epochs)`` of them
+(competence-based pacing, Platanios et al., NAACL 2019), shuffled.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from abc import abstractmethod
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -62,6 +69,7 @@ def run_training(
     restore: Callable[[Any], None],
     end_of_epoch: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    admitted: Callable[[int], np.ndarray] | None = None,
 ) -> dict:
     """The one training loop: seeded shuffling, evaluation, early stopping, the best weights restored.
 
@@ -70,6 +78,7 @@ def run_training(
     the last evaluation); ``snapshot``/``restore`` copy and reinstate the weights of the best evaluation.
     ``on_progress(done, total, status)`` is called after every epoch (epoch-based) or every optimizer step
     (step-based) with the epochs or steps done, their budget, and the latest loss and validation PRAUC.
+    ``admitted(epoch)``, if given, is the training indices that epoch may use (a curriculum); every index otherwise.
 
     The report: best and last epoch and step, ``stopped_by`` (``patience``, ``epochs`` or ``max_steps``) and
     ``converged``, False when the best evaluation is the last one (the model was still improving).
@@ -113,7 +122,7 @@ def run_training(
     for epoch in range(schedule.epochs):
         state["epoch"] = epoch + 1
         stop = False
-        for index in batches(rng.permutation(n_train)):
+        for index in batches(rng.permutation(n_train if admitted is None else admitted(epoch))):
             state["step"] += 1
             losses.append(float(train_step(index, epoch)))
             if step_based:
@@ -179,6 +188,40 @@ def validation_score(model: MedRecModel, samples: Sequence[Sample], proba: np.nd
     return float(per_sample_metrics(proba, model.predict_sets(samples, proba), targets, model.dataset.ddi_adj)["jaccard"].mean())
 
 
+@dataclass
+class CurriculumOptions:
+    """Config fields of the curriculum; a model's config inherits them to offer it (``--set MODEL.curriculum=true``)."""
+
+    curriculum: bool = False
+    curriculum_start: float = 0.3  # fraction of the training samples (the easiest) admitted in the first epoch
+    curriculum_epochs: int = 5  # epochs until every sample is admitted
+
+
+def admitted_fraction(epoch: int, start: float, epochs: int) -> float:
+    """Linear competence: ``start`` in epoch 0, every sample from epoch ``epochs`` on."""
+    if not 0 < start <= 1 or epochs < 1:
+        raise ValueError(f"curriculum_start must lie in (0, 1] and curriculum_epochs be at least 1, got {start} and {epochs}")
+    return min(1.0, start + (1.0 - start) * epoch / epochs)
+
+
+def curriculum(difficulty: np.ndarray, start: float, epochs: int) -> Callable[[int], np.ndarray]:
+    """``admitted(epoch)`` for :func:`run_training`: the easiest samples first (ties in input order)."""
+    order = np.argsort(np.asarray(difficulty, dtype=np.float64), kind="stable")
+    admitted_fraction(0, start, epochs)  # the arguments are checked before training starts
+
+    def admitted(epoch: int) -> np.ndarray:
+        return order[: max(1, math.ceil(admitted_fraction(epoch, start, epochs) * len(order)))]
+
+    return admitted
+
+
+def record_length(sample: Sample) -> int:
+    """Codes in a sample's record: every earlier visit's diagnoses, procedures and medications, and the
+    current visit's diagnoses and procedures."""
+    earlier = sum(len(v.diagnoses) + len(v.procedures) + len(v.medications) for v in sample.history)
+    return earlier + len(sample.diagnoses) + len(sample.procedures)
+
+
 class TorchModel(MedRecModel):
     """A model trained by :func:`train_network`. Subclasses implement the four abstract methods."""
 
@@ -209,6 +252,10 @@ class TorchModel(MedRecModel):
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
         """Samples the loop trains on (a model may drop those it cannot use, e.g. without history)."""
         return list(train)
+
+    def sample_difficulty(self, train: Sequence[Sample]) -> tuple[np.ndarray, str]:
+        """Each training sample's difficulty for a curriculum (higher = harder) and what it measures."""
+        return np.array([record_length(s) for s in train], dtype=np.float64), "record length"
 
     # ----- contract ----------------------------------------------------------------------------
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "TorchModel":
@@ -245,6 +292,11 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
     if not train:
         raise ValueError(f"{model.name}: no training sample")
     optimizer = model.make_optimizer()
+    admitted, plan = None, None
+    if getattr(config, "curriculum", False):
+        difficulty, measure = model.sample_difficulty(train)
+        admitted = curriculum(difficulty, config.curriculum_start, config.curriculum_epochs)
+        plan = {"difficulty": measure, "start": config.curriculum_start, "epochs": config.curriculum_epochs}
 
     def train_step(index: np.ndarray, epoch: int) -> float:
         model.network.train()
@@ -258,7 +310,7 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
         model.network.load_state_dict(state)
         model.network.eval()
 
-    return run_training(
+    report = run_training(
         Schedule(batch_size=config.batch_size, epochs=config.epochs, patience=config.patience),
         len(train),
         model.seed,
@@ -268,4 +320,8 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
         restore=restore,
         end_of_epoch=model.end_of_epoch,
         on_progress=model.on_progress,
+        admitted=admitted,
     )
+    if plan is not None:
+        report["curriculum"] = plan
+    return report

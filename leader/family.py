@@ -21,6 +21,16 @@ LEADER = ModelFamily(
     alternatives={
         "temperature-kd": Variant("temperature KD", {"kd": "temperature"}, "DistilLLM-Med: temperature-scaled output KD"),
         "projector-kd": Variant("projector KD", {"kd": "projector"}, "DistilLLM-Med: projected feature KD"),
+        "multi-teacher": Variant(
+            "multi-teacher KD", {"teachers": ["minilm", "smollm2"]}, "DistilLLM-Med: MiniLM and SmolLM2-135M at once, weighted by validation loss"
+        ),
+        "curriculum": Variant("curriculum", {"curriculum": True}, "DistilLLM-Med: samples from easy to hard (the teacher's per-sample loss)"),
+        "layer-kd": Variant("layer KD", {"layer_kd": True}, "DistilLLM-Med: two intermediate teacher layers mapped to the student's, beside eq. 9"),
+        "specialty-weighting": Variant(
+            "specialty-weighted", {"specialty_weighting": True}, "DistilLLM-Med: BCE weighted by ATC main group, rarer groups more"
+        ),
+        "smollm2-teacher": Variant("SmolLM2 teacher", {"teachers": ["smollm2"]}, "eq. 9 from the SmolLM2-135M decoder instead of MiniLM"),
+        "int8-teacher": Variant("int8 teacher", {"teacher_overrides": {"quantization": "int8"}}, "the teacher fine-tuned and run in int8"),
     },
     sweepable={"alpha": "KD weight (Fig. 2)", "beta": "alignment weight (Fig. 3)"},
     baselines=("retain", "gbert", "gamenet", "safedrug", "micron", "cognet", "refine"),  # Table IV's order

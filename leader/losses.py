@@ -17,6 +17,8 @@ different width (384 for MiniLM, 4096 for LLaMA-7B).
 from __future__ import annotations
 
 import math
+import re
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,9 @@ def feature_kd_loss(projected_student: torch.Tensor, teacher_hidden: torch.Tenso
     return F.mse_loss(projected_student, teacher_hidden)
 
 
-def bernoulli_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def bernoulli_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Output-level KD for multi-label sigmoid outputs: KL(teacher || student) per medication.
 
     Each medication is an independent Bernoulli variable, so the softmax KL of Hinton et al. becomes
@@ -41,7 +45,7 @@ def bernoulli_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     averaged over medications and samples and multiplied by ``T**2`` (Hinton's scaling, so the
     gradient size does not shrink as T grows). T = 1 is LEADER's "w/o feature-KD" ablation; a
     decaying T is DistilLLM-Med's temperature-scaled KD. Computed from logits with ``logsigmoid``
-    for numerical stability.
+    for numerical stability. ``weight`` [n_medications] scales each medication's term (specialty weighting).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -51,7 +55,52 @@ def bernoulli_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     kl = p_teacher * (F.logsigmoid(t_scaled) - F.logsigmoid(s_scaled)) + (1 - p_teacher) * (
         F.logsigmoid(-t_scaled) - F.logsigmoid(-s_scaled)
     )
+    if weight is not None:
+        kl = kl * weight
     return kl.mean() * temperature**2
+
+
+ATC_MAIN_GROUP = re.compile(r"^([A-Z])\d\d")
+
+
+def atc_main_groups(codes: Sequence[str]) -> list[str]:
+    """ATC level 1, the anatomical main group (the first letter: C = cardiovascular system, ...), of each
+    medication code; DistilLLM-Med's "specialty" for a medication vocabulary of ATC classes."""
+    groups = [ATC_MAIN_GROUP.match(code) for code in codes]
+    unmatched = [code for code, group in zip(codes, groups) if group is None]
+    if unmatched:
+        raise ValueError(
+            f"specialty weighting needs ATC medication codes (as MIMIC and the synthetic cohort have); "
+            f"{len(unmatched)} code(s) are not, e.g. {unmatched[0]!r}"
+        )
+    return [group.group(1) for group in groups]
+
+
+def specialty_weights(targets: torch.Tensor, groups: Sequence[str], power: float = 0.5) -> torch.Tensor:
+    """Per-medication loss weights [n_medications] from its group's frequency: rarer groups weigh more.
+
+    A group's weight is ``(mean group count / its count) ** power`` over the training prescriptions
+    (``targets``, multi-hot [n, n_medications]); ``power`` 1 is the inverse frequency, 0 no weighting. The
+    weights are scaled so that a training prescription weighs 1 on average (the loss keeps its scale);
+    a group never prescribed in training gets the largest weight of the others.
+    """
+    if power < 0:
+        raise ValueError(f"specialty power must be non-negative, got {power}")
+    if targets.shape[1] != len(groups):
+        raise ValueError(f"{targets.shape[1]} medications but {len(groups)} group labels")
+    counts = targets.sum(dim=0).double()
+    names = sorted(set(groups))
+    index = torch.tensor([names.index(g) for g in groups])
+    group_counts = torch.zeros(len(names), dtype=torch.float64).index_add_(0, index, counts)
+    seen = group_counts > 0
+    if not seen.any():
+        raise ValueError("specialty weighting: no training prescription")
+    weights = torch.zeros(len(names), dtype=torch.float64)
+    weights[seen] = (group_counts[seen].mean() / group_counts[seen]) ** power
+    weights[~seen] = weights[seen].max()
+    per_medication = weights[index]
+    per_medication = per_medication * counts.sum() / (per_medication * counts).sum()
+    return per_medication.float()
 
 
 def probability_logits(proba: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

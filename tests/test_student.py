@@ -24,10 +24,13 @@ TEACHER_WIDTH = 24
 
 class FakeTeacher:
     hidden_size = TEACHER_WIDTH
+    n_layers = 6
 
-    def __init__(self, n_medications: int):
+    def __init__(self, n_medications: int, val_loss: float = 0.2):
         self.n_medications = n_medications
-        self.calls: list[str] = []
+        self.calls: list = []
+        self.fit_report = {"val_loss": val_loss}
+        self.head = np.random.default_rng(1).normal(size=(TEACHER_WIDTH, n_medications)).astype(np.float32)
 
     def _rows(self, samples) -> np.ndarray:  # a fixed pseudo-random row per sample id
         return np.stack([np.random.default_rng(zlib.crc32(s.sample_id.encode())).random(TEACHER_WIDTH + self.n_medications) for s in samples])
@@ -35,9 +38,17 @@ class FakeTeacher:
     def cache_key(self, train, val) -> str:
         return "fake-teacher"
 
-    def hidden_states(self, samples) -> np.ndarray:
+    def hidden_states(self, samples, layers=None) -> np.ndarray:
+        if layers is not None:
+            self.calls.append(("hidden_states", tuple(layers)))
+            rows = self._rows(samples)[:, :TEACHER_WIDTH].astype(np.float32)
+            return np.stack([rows * (layer + 1) for layer in layers], axis=1)
         self.calls.append("hidden_states")
         return self._rows(samples)[:, :TEACHER_WIDTH].astype(np.float32)
+
+    def logits_from_states(self, states) -> np.ndarray:
+        self.calls.append("logits_from_states")
+        return states @ self.head
 
     def predict_proba(self, samples) -> np.ndarray:
         self.calls.append("predict_proba")
@@ -157,7 +168,7 @@ def test_feature_kd_uses_each_samples_own_teacher_state(tiny_dataset, splits, fa
         out = model.network(batch)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch["target"])
         teacher = torch.from_numpy(fake_teacher.hidden_states(batch_samples))
-        expected = bce + model.config.alpha * feature_kd_loss(model.training_heads["kd_projector"](out.representation), teacher)
+        expected = bce + model.config.alpha * feature_kd_loss(model.training_heads["kd_projectors"][0](out.representation), teacher)
         checked["difference"] = abs(model.loss(batch, 0).item() - expected.item())
         return {}
 
@@ -167,14 +178,14 @@ def test_feature_kd_uses_each_samples_own_teacher_state(tiny_dataset, splits, fa
     assert checked["difference"] < 1e-5
     assert fake_teacher.calls[0] == ("obtain", "quick", 4, len(train), 3)
     assert fake_teacher.calls.count("hidden_states") == 2  # once for the fit, once in check_loss
+    assert model.fit_report["teacher"] == {"name": "default", "seed": 3, "cache_key": "fake-teacher", "val_loss": 0.2, "weight": 1.0}
     assert model.fit_report["teacher_hidden_size"] == TEACHER_WIDTH
 
 
 @pytest.mark.parametrize("kd", ["output", "temperature", "projector"])
 def test_other_distillation_strategies_train(tiny_dataset, splits, fake_teacher, kd):
     model = LeaderStudent(tiny_dataset, quick(kd=kd, epochs=1), seed=0).fit(*splits[:2])
-    expected_call = "hidden_states" if kd == "projector" else "predict_proba"
-    assert fake_teacher.calls[1:] == [expected_call]
+    assert fake_teacher.calls[1:] == ["hidden_states", "logits_from_states"]  # output KD: the head on the cached h
     assert np.isfinite(model.predict_proba(splits[2])).all()
 
 

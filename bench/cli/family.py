@@ -125,22 +125,50 @@ def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpai
     if with_teacher and family.teacher is None:
         raise click.UsageError(f"family {family.name!r} has no teacher")
     common = parse_settings(settings)
-    entries = ablation_entries(family, drops, alternatives, common, with_teacher)
-    proposed = [family.label] + ([family.teacher_label] if with_teacher else [])
+    try:
+        entries = ablation_entries(family, drops, alternatives, common, with_teacher, preset)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.UsageError(str(error)) from None
+    proposed = [family.label] + [e.label for e in entries if e.model == family.teacher]
     arguments = dict(command="ablate", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
                      unpaired=unpaired, holm=holm, decision=decision, settings=common,
                      results_dir=results_dir, run_id=run_id, device=device, threads=threads, drops=drops, compare=alternatives, with_teacher=with_teacher)
     summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, executor_config(locals()), full_model=family.label)
     Console().print(prauc_table(summary, f"{family.label} ablation ({run_dir})", family.label))
+    if summary.get("retention_intervals"):
+        Console().print(tables.rich_retention(summary))
 
 
-def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Sequence[str], common: dict, with_teacher: bool) -> list[Entry]:
-    """The full model first, then each variant: the common settings with the variant's change on top."""
-    entries = [Entry(family.teacher_label, family.teacher, dict(common.get("teacher_overrides", {})))] if with_teacher else []
-    entries.append(Entry(family.label, family.model, dict(common)))
+def _merged(common: dict, overrides: dict) -> dict:
+    """The variant's settings over the common ones; a dict setting (teacher_overrides) is merged key by key."""
+    out = dict(common)
+    for key, value in overrides.items():
+        out[key] = {**common[key], **value} if isinstance(value, dict) and isinstance(common.get(key), dict) else value
+    return out
+
+
+def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Sequence[str], common: dict, with_teacher: bool,
+                     preset: str = "paper") -> list[Entry]:
+    """The full model first, then each variant: the common settings with the variant's change on top.
+
+    ``with_teacher`` puts the teacher entries first: one per distinct teacher the students distil from when
+    the family's model says which (``teacher_entries(config)``, LEADER's several teachers), else one."""
+    students = [Entry(family.label, family.model, dict(common))]
     for variant in [family.ablations[d] for d in drops] + [family.alternatives[a] for a in alternatives]:
-        entries.append(Entry(variant.label, family.model, {**common, **variant.overrides}))
-    return entries
+        students.append(Entry(variant.label, family.model, _merged(common, variant.overrides)))
+    if not with_teacher:
+        return students
+    model_class = registry.get(family.model)
+    if not hasattr(model_class, "teacher_entries"):
+        return [Entry(family.teacher_label, family.teacher, dict(common.get("teacher_overrides", {}))), *students]
+    base = common.get("teacher_overrides", {})
+    teachers: dict[str, Entry] = {}
+    for student in students:
+        for name, options in model_class.teacher_entries(model_class.config_class.preset(preset, **student.overrides)).items():
+            extras = [f"{k}={v}" for k, v in sorted(options.items()) if k != "teacher_path" and base.get(k) != v]
+            label = " ".join([family.teacher_label, *([name] if name else []), *extras])
+            teachers.setdefault(label, Entry(label, family.teacher, options))
+    return [*teachers.values(), *students]
 
 
 @main.command()

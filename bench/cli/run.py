@@ -270,14 +270,20 @@ def run_command(config_file, models_spec, preset, seeds, protocol, stats, resamp
 
 @main.command("table")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A run folder, results/<run-id>.")
-@click.option("--format", "fmt", type=click.Choice(tables.FORMATS), default="latex", show_default=True)
-@click.option("--table", "table", type=click.Choice(tables.TABLES), default="main", show_default=True, help="main: Tables IV/V; ablation: Table VI; safety: DDI and #meds.")
+@click.option("--format", "fmt", type=click.Choice([*tables.FORMATS, "terminal"]), default="latex", show_default=True, help="terminal: a rich table on standard output.")
+@click.option("--table", "table", type=click.Choice(tables.TABLES), default="main", show_default=True,
+              help="main: Tables IV/V; ablation: Table VI; safety: DDI and #meds; retention: each student as a percentage of each teacher (DistilLLM-Med).")
 @click.option("--holm/--no-holm", default=None, help="Holm-correct the stars across each row's columns [as the run was made].")
 @click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of standard output.")
 def table_command(run_dir, fmt, table, holm, out):
     """Render a finished run's summary as LaTeX, Markdown or CSV (nothing is retrained)."""
+    if fmt == "terminal" and out is not None:
+        raise click.UsageError("--format terminal prints to the terminal; write --out files as latex, markdown or csv")
     try:
         summary = read_json(RunFolder(run_dir).require().summary_path)
+        if fmt == "terminal":
+            _console().print(tables.rich_retention(summary) if table == "retention" else tables.rich_table(summary, table))
+            return
         text = tables.render(summary, fmt, table, holm=holm)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise click.ClickException(str(error)) from None
