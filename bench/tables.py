@@ -327,8 +327,7 @@ def retention_csv(summary: Mapping, metrics: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def rich_retention(summary: Mapping) -> Table:
-    metrics = TABLE_METRICS["retention"]
+def rich_retention(summary: Mapping, metrics: Sequence[str] = TABLE_METRICS["retention"]) -> Table:
     out = Table(title=f"Retention of each teacher — {summary.get('dataset', '')}", caption="\n".join(retention_notes(summary)), caption_justify="left")
     out.add_column("Student", style="bold")
     out.add_column("Teacher")

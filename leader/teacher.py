@@ -147,6 +147,8 @@ class TeacherConfig(ModelConfig):
     }
 
     def __post_init__(self) -> None:
+        if self.teacher_path.strip().lower() == "minilm":  # the default by name: one config, one cached fine-tuning
+            self.teacher_path = ""
         if self.pooling not in POOLINGS:
             raise ValueError(f"leader_t pooling {self.pooling!r}; expected one of {POOLINGS}")
         if self.quantization not in QUANTIZATIONS:

@@ -109,3 +109,31 @@ def test_bad_arguments_fail_with_one_clear_message(tiny_cli, tmp_path, args, mes
     result = tiny_cli.invoke(main, [*args, "--results-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_with_teacher_adds_one_entry_per_distinct_teacher_of_the_students():
+    entries = family_cli.ablation_entries(LEADER, [], ["multi-teacher", "smollm2-teacher", "int8-teacher", "curriculum"],
+                                          {"teacher_overrides": {"max_steps": 3}}, with_teacher=True, preset="quick")
+    teachers = [(e.label, e.overrides) for e in entries if e.model == "leader_t"]
+    assert teachers == [  # "minilm" is the default teacher: the multi-teacher student shares its fine-tuning
+        ("LEADER(T)", {"max_steps": 3}),
+        ("LEADER(T) smollm2", {"max_steps": 3, "teacher_path": "smollm2"}),
+        ("LEADER(T) quantization=int8", {"max_steps": 3, "quantization": "int8"}),
+    ]
+    int8 = next(e for e in entries if e.label == "int8 teacher")
+    assert int8.overrides["teacher_overrides"] == {"max_steps": 3, "quantization": "int8"}  # merged, not replaced
+
+
+def test_the_retention_table_renders_from_an_ablation_with_its_teacher(tiny_cli, teacher_settings, tmp_path):
+    args = ["ablate", "leader", "--compare", "curriculum,layer-kd,specialty-weighting", "--with-teacher", "--preset", "quick",
+            "--resamples", "30", "--results-dir", str(tmp_path), "--run-id", "retention", *teacher_settings]
+    invoke(tiny_cli, args)
+    summary = json.loads((tmp_path / "retention" / "summary.json").read_text())
+    assert set(summary["retention_intervals"]["LEADER(T)"]) == {"LEADER(S)", "curriculum", "layer KD", "specialty-weighted"}
+    cell = summary["retention_intervals"]["LEADER(T)"]["curriculum"]["overall"]["prauc"]
+    assert cell["percent"] == pytest.approx(summary["retention"]["curriculum"]["overall"]["prauc"])
+    fits = {e["label"]: e for e in summary["entries"]}
+    assert fits["layer KD"]["teacher"]["0"]["layers"] == [1, 1]  # L/3 and 2L/3 of the tiny teacher's 2 layers
+    for fmt in ("markdown", "terminal"):
+        shown = invoke(tiny_cli, ["table", "--run", str(tmp_path / "retention"), "--table", "retention", "--format", fmt]).output
+        assert "curriculum" in shown and "LEADER(T)" in shown and "%" in shown

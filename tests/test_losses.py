@@ -106,3 +106,27 @@ def test_alignment_of_a_single_sample_is_zero_and_still_backpropagates():
 def test_alignment_rejects_mismatched_batches():
     with pytest.raises(ValueError, match="must both be"):
         profile_alignment_loss(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def test_specialty_weights_favour_rare_atc_groups_and_keep_the_loss_scale():
+    from leader.losses import atc_main_groups, specialty_weights
+
+    groups = atc_main_groups(["C01A", "C03C", "N02B", "A02B"])
+    assert groups == ["C", "C", "N", "A"]
+    targets = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0]], dtype=torch.float32)  # C: 7, N: 2, A: 0
+    weights = specialty_weights(targets, groups, power=1.0)
+    assert weights[0] == weights[1] and weights[2] / weights[0] == pytest.approx(3.5)  # inverse frequency 7 : 2
+    assert weights[3] == weights[2]  # a group never prescribed weighs as the rarest
+    assert float((weights * targets.sum(0)).sum() / targets.sum()) == pytest.approx(1.0)  # a prescription weighs 1 on average
+    assert torch.allclose(specialty_weights(targets, groups, power=0.0), torch.ones(4))
+    with pytest.raises(ValueError, match="ATC"):
+        atc_main_groups(["C01A", "M00"])
+
+
+def test_output_kd_takes_per_medication_weights():
+    student, teacher = torch.randn(3, 4), torch.randn(3, 4)
+    weight = torch.tensor([1.0, 0.0, 2.0, 1.0])
+    per_term = bernoulli_kd_loss(student[:, [0]], teacher[:, [0]])  # one medication: its mean over samples
+    assert bernoulli_kd_loss(student, teacher, weight=torch.ones(4)) == pytest.approx(float(bernoulli_kd_loss(student, teacher)))
+    assert bernoulli_kd_loss(student, teacher, weight=weight) != pytest.approx(float(bernoulli_kd_loss(student, teacher)))
+    assert per_term >= 0

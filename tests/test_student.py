@@ -55,26 +55,33 @@ class FakeTeacher:
         return self._rows(samples)[:, TEACHER_WIDTH:].astype(np.float32)
 
 
+@dataclasses.dataclass
+class FakeTeacherConfig:
+    preset_name: str = "paper"
+    lora_rank: int = 8
+    teacher_path: str = ""
+
+    @classmethod
+    def preset(cls, name="paper", **overrides):
+        return cls(preset_name=name, **overrides)
+
+
+def install_fake_teachers(monkeypatch, obtain_teacher) -> None:
+    """``leader.teacher`` replaced by a module whose ``obtain_teacher(dataset, train, val, config, seed, device)`` is given."""
+    module = types.ModuleType("leader.teacher")
+    module.TeacherConfig, module.obtain_teacher = FakeTeacherConfig, obtain_teacher
+    monkeypatch.setitem(sys.modules, "leader.teacher", module)
+
+
 @pytest.fixture
 def fake_teacher(monkeypatch, tiny_dataset):
     teacher = FakeTeacher(tiny_dataset.n_medications)
-    module = types.ModuleType("leader.teacher")
-
-    @dataclasses.dataclass
-    class TeacherConfig:
-        preset_name: str = "paper"
-        lora_rank: int = 8
-
-        @classmethod
-        def preset(cls, name="paper", **overrides):
-            return cls(preset_name=name, **overrides)
 
     def obtain_teacher(dataset, train, val, config, seed, device="cpu"):
         teacher.calls.append(("obtain", config.preset_name, config.lora_rank, len(train), seed))
         return teacher
 
-    module.TeacherConfig, module.obtain_teacher = TeacherConfig, obtain_teacher
-    monkeypatch.setitem(sys.modules, "leader.teacher", module)
+    install_fake_teachers(monkeypatch, obtain_teacher)
     return teacher
 
 
@@ -216,3 +223,137 @@ def test_the_teacher_seed_defaults_to_the_students_and_can_be_fixed(tiny_dataset
     LeaderStudent(tiny_dataset, quick(epochs=1), seed=3).fit(train[:6], val)
     LeaderStudent(tiny_dataset, quick(epochs=1, teacher_seed=0), seed=5).fit(train[:6], val)
     assert [call[-1] for call in fake_teacher.calls if call[0] == "obtain"] == [3, 0]
+
+
+# ----- DistilLLM-Med options: several teachers, layer KD, specialty weighting, curriculum ------------------
+@pytest.fixture
+def fake_teachers(monkeypatch, tiny_dataset):
+    """Teachers by teacher_path: "a" (validation BCE 0.2) and "b" (0.6); "" is "a"."""
+    teachers = {"a": FakeTeacher(tiny_dataset.n_medications, 0.2), "b": FakeTeacher(tiny_dataset.n_medications, 0.6)}
+    teachers["b"].head = -teachers["b"].head  # b disagrees with a on every medication
+    install_fake_teachers(monkeypatch, lambda dataset, train, val, config, seed, device="cpu": teachers[config.teacher_path or "a"])
+    return teachers
+
+
+def capture_loss_check(monkeypatch, expected_of):
+    """Replace the training loop by one comparison of model.loss with expected_of(model, batch, out)."""
+    checked = {}
+
+    def check(model, train_samples, val_samples):
+        batch = model.collate(train_samples[:6])
+        model.network.eval()
+        out = model.network(batch)
+        checked["loss"], checked["expected"] = model.loss(batch, 0).item(), expected_of(model, batch, out, train_samples[:6]).item()
+        return {}
+
+    monkeypatch.setattr(student_module, "train_network", check)
+    return checked
+
+
+def test_several_teachers_are_weighted_by_validation_loss_and_recorded(tiny_dataset, splits, fake_teachers, monkeypatch):
+    train, val, _ = splits
+
+    def expected(model, batch, out, samples):
+        terms = [feature_kd_loss(model.training_heads["kd_projectors"][i](out.representation), torch.from_numpy(t.hidden_states(samples)))
+                 for i, t in enumerate((fake_teachers["a"], fake_teachers["b"]))]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch["target"])
+        return bce + model.config.alpha * (0.75 * terms[0] + 0.25 * terms[1])  # 1/0.2 : 1/0.6 = 3 : 1
+
+    checked = capture_loss_check(monkeypatch, expected)
+    model = LeaderStudent(tiny_dataset, quick(align=False, teachers=["a", "b"]), seed=0).fit(train, val)
+    assert checked["loss"] == pytest.approx(checked["expected"], abs=1e-5)
+    records = model.fit_report["teacher"]
+    assert [(r["name"], r["val_loss"], r["weight"]) for r in records] == [("a", 0.2, pytest.approx(0.75)), ("b", 0.6, pytest.approx(0.25))]
+
+    fixed = LeaderStudent(tiny_dataset, quick(teachers=["a", {"teacher_path": "b", "lora_rank": 4}], teacher_weighting="fixed",
+                                               teacher_weights=[1, 3]), seed=0).fit(train, val)
+    assert [r["weight"] for r in fixed.fit_report["teacher"]] == [pytest.approx(0.25), pytest.approx(0.75)]
+    assert fixed.fit_report["teacher"][1]["name"] == "b"
+
+
+def test_teacher_options_are_checked_and_survive_a_save(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="teacher_weights"):
+        quick(teachers=["a", "b"], teacher_weights=[1.0])
+    with pytest.raises(ValueError, match="teacher_weighting"):
+        quick(teacher_weighting="best")
+    with pytest.raises(ValueError, match="layer_kd"):
+        quick(layer_kd=True, kd="output")
+    config = quick(teachers=["minilm", {"teacher_path": "smollm2", "quantization": "int8"}], teacher_overrides={"max_steps": 5})
+    assert config.teacher_specs() == [("minilm", {"max_steps": 5, "teacher_path": "minilm"}),
+                                      ("smollm2", {"max_steps": 5, "teacher_path": "smollm2", "quantization": "int8"})]
+    assert quick(kd="none", teachers=["a"]).teacher_specs() == []
+    model = untrained(tiny_dataset, teachers=["minilm", {"teacher_path": "smollm2"}], teacher_weights=[1, 2])
+    assert LeaderStudent.load(model.save(tmp_path / "s.pt"), tiny_dataset).config == model.config
+
+
+def test_layer_kd_maps_two_teacher_layers_to_the_set_and_visit_levels(tiny_dataset, splits, fake_teachers, monkeypatch):
+    train, val, _ = splits
+    teacher = fake_teachers["a"]
+
+    def expected(model, batch, out, samples):
+        heads = model.training_heads
+        layers = torch.from_numpy(teacher.hidden_states(samples, layers=(2, 4)))
+        eq9 = feature_kd_loss(heads["kd_projectors"][0](out.representation), torch.from_numpy(teacher.hidden_states(samples)))
+        levels = feature_kd_loss(heads["set_projectors"][0](out.set_level), layers[:, 0]) + feature_kd_loss(heads["visit_projectors"][0](out.visit_level), layers[:, 1])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch["target"])
+        return bce + model.config.alpha * (eq9 + 0.5 * levels / 2)
+
+    checked = capture_loss_check(monkeypatch, expected)
+    model = LeaderStudent(tiny_dataset, quick(align=False, layer_kd=True, layer_kd_weight=0.5), seed=0).fit(train, val)
+    assert checked["loss"] == pytest.approx(checked["expected"], abs=1e-5)
+    assert ("hidden_states", (2, 4)) in teacher.calls  # L/3 and 2L/3 of the teacher's 6 layers
+    assert model.fit_report["teacher"]["layers"] == [2, 4]
+    out = model.network(model.collate(train[:3]))
+    assert out.set_level.shape == (3, 2 * model.config.embedding_dim) and out.visit_level.shape == (3, 3 * model.config.embedding_dim)
+
+
+def test_specialty_weighting_weighs_each_medications_bce_by_its_atc_group(splits, fake_teachers, monkeypatch):
+    from conftest import make_tiny_dataset
+    from data_prep.dataset import Vocabulary
+    from leader.losses import specialty_weights
+
+    dataset = make_tiny_dataset()
+    codes = ["C01A", "C03C", "C07A", "C09A", "N02B", "N05B", "A02B", "B01A"]
+    dataset = dataclasses.replace(dataset, medications=Vocabulary("medication", codes, codes))
+    train, val = dataset.samples("train"), dataset.samples("val")
+    weights = specialty_weights(target_tensor_of(train, dataset.n_medications), [c[0] for c in codes])
+
+    def expected(model, batch, out, samples):
+        return torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch["target"], weight=weights)
+
+    checked = capture_loss_check(monkeypatch, expected)
+    LeaderStudent(dataset, quick(align=False, kd="none", specialty_weighting=True), seed=0).fit(train, val)
+    assert checked["loss"] == pytest.approx(checked["expected"], abs=1e-6)
+    with pytest.raises(ValueError, match="ATC"):
+        LeaderStudent(make_tiny_dataset(), quick(kd="none", specialty_weighting=True), seed=0).fit(train, val)
+
+
+def target_tensor_of(samples, n):
+    from bench.training import target_tensor
+
+    return target_tensor(samples, n)
+
+
+def test_curriculum_ranks_by_the_teachers_loss_or_by_record_length(tiny_dataset, splits, fake_teachers, monkeypatch):
+    train, val, _ = splits
+    ranked = {}
+
+    def record(model, train_samples, val_samples):
+        ranked["difficulty"], ranked["measure"] = model.sample_difficulty(train_samples)
+        return {}
+
+    monkeypatch.setattr(student_module, "train_network", record)
+    LeaderStudent(tiny_dataset, quick(curriculum=True), seed=0).fit(train, val)
+    teacher = fake_teachers["a"]
+    logits = torch.from_numpy(teacher.logits_from_states(teacher.hidden_states(train)))
+    per_sample = torch.nn.functional.binary_cross_entropy_with_logits(logits, target_tensor_of(train, tiny_dataset.n_medications), reduction="none").mean(1)
+    assert ranked["measure"] == "teacher per-sample BCE"
+    np.testing.assert_allclose(ranked["difficulty"], per_sample.numpy(), rtol=1e-5)
+    LeaderStudent(tiny_dataset, quick(curriculum=True, kd="none"), seed=0).fit(train, val)
+    assert ranked["measure"] == "record length"
+
+
+def test_a_curriculum_student_trains_end_to_end(tiny_dataset, splits, fake_teachers):
+    model = LeaderStudent(tiny_dataset, quick(curriculum=True, curriculum_epochs=1, epochs=3), seed=0).fit(*splits[:2])
+    assert model.fit_report["curriculum"] == {"difficulty": "teacher per-sample BCE", "start": 0.3, "epochs": 1}
+    assert np.isfinite(model.predict_proba(splits[2])).all()

@@ -247,3 +247,37 @@ def test_the_latex_check_finds_what_pdflatex_rejects(old, new, error):
     text = render(known_summary(), "latex")
     assert latex_errors(text) == [] and old in text
     assert any(error in found for found in latex_errors(text.replace(old, new, 1))), latex_errors(text.replace(old, new, 1))
+
+
+# ----- retention (DistilLLM-Med) --------------------------------------------------------------------------
+def retention_summary():
+    summary = known_summary()
+    summary["models"]["LEADER(T)"] = {g: cells([0.80, 0.82], [0.50, 0.50], [0.65, 0.67]) for g in ("overall", "multi", "single")}
+    interval = lambda percent: {"percent": percent, "pm": 3.0, "ci": [percent - 3.0, percent + 3.0], "se": 1.5}  # noqa: E731
+    summary["retention_intervals"] = {
+        "LEADER(T)": {
+            "leader_s": {g: {"prauc": interval(92.5), "jaccard": interval(81.0), "f1": interval(94.0)} for g in ("overall", "multi", "single")},
+            "micron": {"overall": {}, "multi": {"prauc": interval(88.0), "jaccard": interval(92.0), "f1": interval(93.0)}, "single": {}},
+        }
+    }
+    return summary
+
+
+def test_retention_renders_each_student_as_a_percentage_of_each_teacher_with_intervals():
+    summary = retention_summary()
+    text = render(summary, "markdown", "retention")
+    assert "| leader_s | LEADER(T) | 92.5% [89.5, 95.5] | 81.0% [78.0, 84.0] |" in text
+    assert "| micron | LEADER(T) | - | - | - | 88.0% [85.0, 91.0] |" in text
+    assert "Retention: the student's mean as a percentage of the teacher's" in text
+    latex = render(summary, "latex", "retention")
+    assert "92.5\\% [89.5, 95.5]" in latex and latex_errors(latex) == []
+    rows = list(csv.DictReader(io.StringIO(render(summary, "csv", "retention"))))
+    first = rows[0]
+    assert (first["student"], first["teacher"], first["group"], first["metric"], first["percent"]) == ("leader_s", "LEADER(T)", "overall", "prauc", "92.5000")
+    assert float(first["teacher_mean"]) == pytest.approx(0.81) and len(rows) == 9 + 3
+    from bench.tables import rich_retention
+
+    table = rich_retention(summary)
+    assert [c.header for c in table.columns][:3] == ["Student", "Teacher", "Overall\nPRAUC"] and table.row_count == 2
+    with pytest.raises(ValueError, match="no teacher entry"):
+        render(known_summary(), "markdown", "retention")

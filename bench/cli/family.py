@@ -22,10 +22,11 @@ from rich.table import Table
 from bench import registry, tables
 from bench.cli import main
 from bench.cli.data import dataset_from_options, dataset_options
-from bench.cli.run import evaluation_arguments, evaluation_options, executor_config, executor_options, parse_settings
+from bench.cli.run import _console, evaluation_arguments, evaluation_options, executor_config, executor_options, parse_settings
 from bench.contract import PRESETS, ModelFamily
 from bench.executors import ExecutorConfig
 from bench.results import RunFolder, run_id_for, write_json
+from data_prep.cache import stable_hash
 from data_prep.tables import write_atomic
 from bench.runner import Entry, IncompleteRunError, run_entries
 from data_prep.protocol import GROUPS
@@ -135,8 +136,8 @@ def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpai
                      results_dir=results_dir, run_id=run_id, device=device, threads=threads, drops=drops, compare=alternatives, with_teacher=with_teacher)
     summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, executor_config(locals()), full_model=family.label)
     Console().print(prauc_table(summary, f"{family.label} ablation ({run_dir})", family.label))
-    if summary.get("retention_intervals"):
-        Console().print(tables.rich_retention(summary))
+    if summary.get("retention_intervals"):  # PRAUC here; bench table --table retention has Jaccard and F1 too
+        _console().print(tables.rich_retention(summary, ("prauc",)))
 
 
 def _merged(common: dict, overrides: dict) -> dict:
@@ -161,13 +162,14 @@ def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Se
     model_class = registry.get(family.model)
     if not hasattr(model_class, "teacher_entries"):
         return [Entry(family.teacher_label, family.teacher, dict(common.get("teacher_overrides", {}))), *students]
-    base = common.get("teacher_overrides", {})
-    teachers: dict[str, Entry] = {}
+    base, teacher_config = common.get("teacher_overrides", {}), registry.get(family.teacher).config_class
+    teachers: dict[str, Entry] = {}  # one entry per distinct teacher configuration, the first label seen
     for student in students:
         for name, options in model_class.teacher_entries(model_class.config_class.preset(preset, **student.overrides)).items():
+            identity = stable_hash(teacher_config.preset(preset, **options).to_dict())
             extras = [f"{k}={v}" for k, v in sorted(options.items()) if k != "teacher_path" and base.get(k) != v]
             label = " ".join([family.teacher_label, *([name] if name else []), *extras])
-            teachers.setdefault(label, Entry(label, family.teacher, options))
+            teachers.setdefault(identity, Entry(label, family.teacher, options))
     return [*teachers.values(), *students]
 
 
