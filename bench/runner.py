@@ -461,7 +461,7 @@ def run_entries(
         "retention_intervals": {
             label: retention_intervals(cells, label, [s for s in students if s not in teacher_labels], stats, n_patients) for label in teacher_labels
         },
-        "versus_full": against_reference(cells, full_model, [x for x in labels if x not in (full_model, teacher)], stats, n_patients, paired) if full_model else {},
+        "versus_full": against_reference(cells, full_model, [x for x in labels if x not in (full_model, teacher, *teacher_labels)], stats, n_patients, paired) if full_model else {},
         "train_seconds": {label: {seed: fit.get("train_seconds") for seed, fit in by_seed.items()} for label, by_seed in fits.items()},
     }
     write_json(folder.summary_path, summary)
