@@ -60,7 +60,7 @@ def bernoulli_kd_loss(
     return kl.mean() * temperature**2
 
 
-ATC_MAIN_GROUP = re.compile(r"^([A-Z])\d\d")
+ATC_MAIN_GROUP = re.compile(r"^([ABCDGHJLMNPRSV])\d\d")  # the 14 anatomical main groups
 
 
 def atc_main_groups(codes: Sequence[str]) -> list[str]:

@@ -324,8 +324,9 @@ def test_specialty_weighting_weighs_each_medications_bce_by_its_atc_group(splits
     checked = capture_loss_check(monkeypatch, expected)
     LeaderStudent(dataset, quick(align=False, kd="none", specialty_weighting=True), seed=0).fit(train, val)
     assert checked["loss"] == pytest.approx(checked["expected"], abs=1e-6)
+    not_atc = dataclasses.replace(dataset, medications=Vocabulary("medication", [f"drug{i}" for i in range(8)], codes))
     with pytest.raises(ValueError, match="ATC"):
-        LeaderStudent(make_tiny_dataset(), quick(kd="none", specialty_weighting=True), seed=0).fit(train, val)
+        LeaderStudent(not_atc, quick(kd="none", specialty_weighting=True), seed=0).fit(train, val)
 
 
 def target_tensor_of(samples, n):
