@@ -5,11 +5,20 @@ dataclass (:class:`ModelConfig` subclass), and implements ``fit(train, val)`` an
 ``predict_proba(samples)``; ``predict_sets`` turns probabilities into medication sets with the
 model's decision rule (a threshold unless the model decodes otherwise). ``save``/``load`` let a
 resumed run reuse a finished model. Models import this module and :mod:`bench.training`, never the CLI.
+
+What a model trains on is the protocol's decision, not the model's: ``fit(train, val)`` receives the
+protocol's samples (under ``last-visit`` each training patient's last visit, under ``all-visits`` and
+``train-all-test-last`` every visit), its loss reads the targets of those samples and of no other visit
+(a sample's history is input, never a label), and it may leave out the samples it cannot serve
+(``needs_history_medications``) and no other. Its fit report says what it trained on (``training_samples``,
+:func:`training_record`; :class:`bench.training.TorchModel`'s loop fills it in), and :func:`check_model`
+fails a model whose record differs from the protocol's samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import types
@@ -28,6 +37,9 @@ from data_prep.dataset import PreparedDataset, Sample
 # quick: the harness preset sized for a 2-core CPU (every model still stops by validation patience)
 PRESETS = ("quick", "harness", "paper")
 SELECTIONS = ("prauc", "jaccard")  # what early stopping and the kept epoch maximise on validation
+# the harness's training policy, part of --preset harness and quick for every model: stop after 10 evaluations
+# without a better validation PRAUC and keep the best one (the paper preset keeps each script's own rule)
+HARNESS_POLICY = {"patience": 10, "selection": "prauc"}
 
 
 @dataclass(frozen=True)
@@ -36,20 +48,24 @@ class Capabilities:
 
     needs_history_medications: bool = False  # cannot predict single-visit samples -> "-" cells; checked
     uses_profile: bool = False  # False: predictions must not follow the profile; checked
+    # a self-supervised stage on every visit of the training patients (G-Bert's masked-code pre-training),
+    # reported as fit_report["pretraining"] = training_record(those visits); checked: those visits, no other
+    pretrains_on_training_visits: bool = False
 
 
 @dataclass
 class ModelConfig:
-    """The published configuration is each model's dataclass defaults (``--preset paper``). ``HARNESS``
-    overrides them with what this harness changes to train the model in mini-batches (``--preset harness``,
-    each change documented in the model's docstring); ``QUICK`` overrides the harness preset to fit a 2-core
-    CPU (``--preset quick``: larger learning rates, smaller budgets, validation every few steps)."""
+    """The published configuration is each model's dataclass defaults (``--preset paper``: the official
+    script's settings, each cited in the README's preset table). ``--preset harness`` is :data:`HARNESS_POLICY`
+    plus ``HARNESS``, what this harness changes to train the model in mini-batches (each change documented in the
+    model's docstring); ``QUICK`` overrides the harness preset to fit a 2-core CPU (``--preset quick``: larger
+    learning rates, smaller budgets, validation every few steps)."""
 
     epochs: int = 50
-    batch_size: int = 32
+    batch_size: int = 32  # training samples per optimizer step
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 10  # evaluations without improvement of the selection score before stopping
+    patience: int | None = 10  # evaluations without a better selection score before stopping; None: run the budget
     threshold: float = 0.5
     selection: str = "prauc"  # the kept epoch maximises validation "prauc", or "jaccard" of the model's sets
 
@@ -63,7 +79,7 @@ class ModelConfig:
         name = overrides.pop("preset", name)
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
-        values = {"paper": {}, "harness": dict(cls.HARNESS), "quick": {**cls.HARNESS, **cls.QUICK}}[name]
+        values = {"paper": {}, "harness": {**HARNESS_POLICY, **cls.HARNESS}, "quick": {**HARNESS_POLICY, **cls.HARNESS, **cls.QUICK}}[name]
         values.update(overrides)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -77,6 +93,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def budget(self) -> str:
+        """The training budget in words, for the run's plan: samples per optimizer step, epochs, what stops it."""
+        stop = "fixed" if self.patience is None else f"patience {self.patience}"
+        return f"{self.epochs} epochs ({stop}), {self.batch_size} sample{'s' if self.batch_size != 1 else ''} per step"
 
 
 def _typed(option: str, value: object, hint: object) -> object:
@@ -108,6 +129,17 @@ def _type_name(hint: object) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def training_record(samples: Sequence[Sample]) -> dict:
+    """What a model trained on, for its fit report (``training_samples``; ``pretraining`` for visits): how many
+    samples, of how many patients, and a digest of their ids, so that no identifier leaves the process."""
+    return _record([s.sample_id for s in samples], len({s.patient_id for s in samples}))
+
+
+def _record(ids: Sequence[str], patients: int) -> dict:
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+    return {"samples": len(ids), "patients": patients, "digest": digest}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -137,7 +169,8 @@ class MedRecModel(ABC):
     # ----- to implement ------------------------------------------------------------------------
     @abstractmethod
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "MedRecModel":
-        """Train on ``train``, select (early stopping) on ``val``; fills ``self.fit_report``."""
+        """Train on ``train`` (the protocol's samples, less those the model cannot serve), select on ``val``;
+        fills ``self.fit_report``, with ``training_samples`` = :func:`training_record` of the samples trained on."""
 
     @abstractmethod
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
@@ -233,20 +266,31 @@ class ModelFamily:
 
 
 # ----- the public contract check (scikit-learn's check_estimator for medication recommenders) ---------
-def check_model(model_class: type[MedRecModel], dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0) -> MedRecModel:
+def check_model(
+    model_class: type[MedRecModel], dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0,
+    protocol: str = "last-visit", device: str = "cpu",
+) -> MedRecModel:
     """Fit ``model_class`` on ``dataset`` and check everything the harness relies on; return the fitted model.
 
     A third-party package calls it from its own tests (a tiny dataset and a fast ``config`` keep it to
     seconds). Each failure raises ``AssertionError`` naming the model and the broken promise:
     config presets, probability shapes and range, sets as unique in-range indices, determinism for a
-    seed, save/load round trip, the history capability, profile use as declared, targets never read
-    at prediction, and a decision rule in words.
+    seed (on a CUDA ``device`` with torch's deterministic algorithms on), save/load round trip, the history
+    capability, profile use as declared, targets never read at prediction, a decision rule in words, and
+    the training samples: ``fit_report["training_samples"]`` must be :func:`training_record` of exactly the
+    ``protocol``'s training samples, or of exactly those of them the model serves (a model that adds visits
+    of its own, e.g. every earlier visit of a patient under ``last-visit``, or drops others, fails), and a
+    model that declares
+    ``pretrains_on_training_visits`` must report ``fit_report["pretraining"]`` of exactly every visit of the
+    training patients (one that does not declare it must report none). What the check cannot see is a loss
+    that builds labels from a sample's history; the contract forbids it (module docstring).
     """
     import os
     import tempfile
     from unittest import mock
 
-    from data_prep.protocol import served
+    from bench import determinism
+    from data_prep.protocol import longest_records, served
 
     name = getattr(model_class, "name", model_class.__qualname__)
 
@@ -260,50 +304,72 @@ def check_model(model_class: type[MedRecModel], dataset: PreparedDataset, config
     for preset in PRESETS:
         config_class.preset(preset)  # unknown fields in HARNESS / QUICK raise here
     config = config if config is not None else config_class.preset("quick")
-    train, val, test = (dataset.samples(part) for part in ("train", "val", "test"))
+    train, val, test = (dataset.samples(part, protocol) for part in ("train", "val", "test"))
 
     def fitted() -> MedRecModel:
-        return model_class(dataset, config, seed=seed).fit(train, val)
+        return model_class(dataset, config, seed=seed, device=device).fit(train, val)
 
-    model = fitted()
-    samples = [s for s, ok in zip(test, served(test, model.capabilities.needs_history_medications)) if ok]
-    require(bool(samples), "serves no test sample of this dataset")
-    proba = model.predict_proba(samples)
-    require(isinstance(proba, np.ndarray) and proba.shape == (len(samples), dataset.n_medications),
-            f"predict_proba must return an array [{len(samples)}, {dataset.n_medications}], got {getattr(proba, 'shape', type(proba))}")
-    require(bool(np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()), "probabilities must be finite and in [0, 1]")
-    sets = model.predict_sets(samples, proba)
-    require(len(sets) == len(samples), "predict_sets must return one set per sample")
-    for chosen in map(np.asarray, sets):
-        require(chosen.ndim == 1 and (chosen.size == 0 or np.issubdtype(chosen.dtype, np.integer)), "each set must be a 1-d array of medication indices")
-        require(bool(((chosen >= 0) & (chosen < dataset.n_medications)).all()) and len(set(chosen.tolist())) == len(chosen), "sets hold unique indices in range")
-    require(isinstance(model.decision_rule(), str) and bool(model.decision_rule()), "decision_rule() must describe the rule in words")
+    with determinism.required(torch.device(device).type == "cuda"):  # two fits on a GPU agree only so
+        model = fitted()
+        samples = [s for s, ok in zip(test, served(test, model.capabilities.needs_history_medications)) if ok]
+        require(bool(samples), "serves no test sample of this dataset")
+        proba = model.predict_proba(samples)
+        require(isinstance(proba, np.ndarray) and proba.shape == (len(samples), dataset.n_medications),
+                f"predict_proba must return an array [{len(samples)}, {dataset.n_medications}], got {getattr(proba, 'shape', type(proba))}")
+        require(bool(np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all()), "probabilities must be finite and in [0, 1]")
+        sets = model.predict_sets(samples, proba)
+        require(len(sets) == len(samples), "predict_sets must return one set per sample")
+        for chosen in map(np.asarray, sets):
+            require(chosen.ndim == 1 and (chosen.size == 0 or np.issubdtype(chosen.dtype, np.integer)), "each set must be a 1-d array of medication indices")
+            require(bool(((chosen >= 0) & (chosen < dataset.n_medications)).all()) and len(set(chosen.tolist())) == len(chosen), "sets hold unique indices in range")
+        require(isinstance(model.decision_rule(), str) and bool(model.decision_rule()), "decision_rule() must describe the rule in words")
 
-    with tempfile.TemporaryDirectory() as empty, mock.patch.dict(os.environ, {"MEDREC_BENCH_CACHE": empty}):
-        again = fitted()  # an empty disk cache: a model that caches its training (the LEADER teacher) trains again
-    np.testing.assert_array_equal(again.predict_proba(samples), proba, err_msg=f"{name}: two fits with seed {seed} must predict the same")
-    with tempfile.TemporaryDirectory() as folder:
-        loaded = model_class.load(model.save(Path(folder) / f"{name}.pt"), dataset)
-    np.testing.assert_array_equal(loaded.predict_proba(samples), proba, err_msg=f"{name}: a saved and loaded model must predict the same")
-    require([s.tolist() for s in map(np.asarray, loaded.predict_sets(samples, proba))] == [s.tolist() for s in map(np.asarray, sets)],
-            "a saved and loaded model must choose the same sets")
-    require(loaded.config == model.config, "load must restore the config")
-
-    without_history = [s for s in train if not s.history][:2]
-    if without_history and model.capabilities.needs_history_medications:
-        try:
-            model.predict_proba(without_history)
-        except CapabilityError:
-            pass
+        trained = model.fit_report.get("training_samples")
+        require(trained is not None, "fit_report['training_samples'] is missing: report training_record(the samples the loss read) (TorchModel's loop does)")
+        every = training_record(train)
+        expected = training_record([s for s, ok in zip(train, served(train, model.capabilities.needs_history_medications)) if ok])
+        require(trained in (every, expected), (
+            f"trained on {trained['samples']} samples of {trained['patients']} patients, where the {protocol} protocol gives "
+            f"{expected['samples']} samples of {expected['patients']} patients that it serves (digests {trained['digest']} and "
+            f"{expected['digest']}): train on the samples fit() receives, or on those of them it serves, never on samples of "
+            "its own making; every visit is --protocol all-visits or train-all-test-last, not a rule of the model"
+        ))
+        records = longest_records(train)
+        every_visit = _record([f"{s.patient_id}#{t}" for s in records for t in range(1, s.visit_number + 1)], len(records))
+        pretraining = model.fit_report.get("pretraining")
+        if model.capabilities.pretrains_on_training_visits:
+            require(pretraining == every_visit, (
+                f"declares pretrains_on_training_visits, so fit_report['pretraining'] must be training_record(every visit of the "
+                f"training patients): {every_visit['samples']} visits of {every_visit['patients']} patients, got {pretraining}"
+            ))
         else:
-            raise AssertionError(f"{name}: declares needs_history_medications but predicted samples without history instead of raising CapabilityError")
-    elif without_history:
-        require(model.predict_proba(without_history).shape == (len(without_history), dataset.n_medications), "must predict samples without history")
+            require(pretraining is None, "reports a pre-training stage (fit_report['pretraining']) but does not declare Capabilities(pretrains_on_training_visits=True)")
 
-    if not model.capabilities.uses_profile:
-        cardinalities = dataset.profile_cardinalities()
-        flipped = [dataclasses.replace(s, profile=tuple((v + 1) % c for v, c in zip(s.profile, cardinalities))) for s in samples]
-        np.testing.assert_array_equal(model.predict_proba(flipped), proba, err_msg=f"{name}: declares uses_profile=False but its predictions follow the profile")
-    other_targets = [dataclasses.replace(s, target=tuple(range(dataset.n_medications))) for s in samples]
-    np.testing.assert_array_equal(model.predict_proba(other_targets), proba, err_msg=f"{name}: predictions must not read the target")
-    return model
+        with tempfile.TemporaryDirectory() as empty, mock.patch.dict(os.environ, {"MEDREC_BENCH_CACHE": empty}):
+            again = fitted()  # an empty disk cache: a model that caches its training (the LEADER teacher) trains again
+        np.testing.assert_array_equal(again.predict_proba(samples), proba, err_msg=f"{name}: two fits with seed {seed} must predict the same")
+        with tempfile.TemporaryDirectory() as folder:
+            loaded = model_class.load(model.save(Path(folder) / f"{name}.pt"), dataset, device=device)
+        np.testing.assert_array_equal(loaded.predict_proba(samples), proba, err_msg=f"{name}: a saved and loaded model must predict the same")
+        require([s.tolist() for s in map(np.asarray, loaded.predict_sets(samples, proba))] == [s.tolist() for s in map(np.asarray, sets)],
+                "a saved and loaded model must choose the same sets")
+        require(loaded.config == model.config, "load must restore the config")
+
+        without_history = [s for s in train if not s.history][:2]
+        if without_history and model.capabilities.needs_history_medications:
+            try:
+                model.predict_proba(without_history)
+            except CapabilityError:
+                pass
+            else:
+                raise AssertionError(f"{name}: declares needs_history_medications but predicted samples without history instead of raising CapabilityError")
+        elif without_history:
+            require(model.predict_proba(without_history).shape == (len(without_history), dataset.n_medications), "must predict samples without history")
+
+        if not model.capabilities.uses_profile:
+            cardinalities = dataset.profile_cardinalities()
+            flipped = [dataclasses.replace(s, profile=tuple((v + 1) % c for v, c in zip(s.profile, cardinalities))) for s in samples]
+            np.testing.assert_array_equal(model.predict_proba(flipped), proba, err_msg=f"{name}: declares uses_profile=False but its predictions follow the profile")
+        other_targets = [dataclasses.replace(s, target=tuple(range(dataset.n_medications))) for s in samples]
+        np.testing.assert_array_equal(model.predict_proba(other_targets), proba, err_msg=f"{name}: predictions must not read the target")
+        return model

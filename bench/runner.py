@@ -15,7 +15,6 @@ Resuming is by files (see :mod:`bench.results`): a finished unit is never refit.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,12 +22,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import registry
+from bench import determinism, registry
 from bench.contract import MedRecModel, ModelConfig
 from bench.decisions import DECISIONS, tune_threshold
 from bench.executors import ExecutorConfig, ProgressReport, no_progress, run_tasks
@@ -152,12 +150,10 @@ class _Display:
                 table.add_row(unit.label, str(unit.seed), "reuse (run folder)", "", "")
                 continue
             config = unit.config
-            steps = getattr(config, "max_steps", None)
-            budget = f"<= {steps} steps x {config.batch_size}" if steps else f"<= {config.epochs} epochs x batches of {config.batch_size}"
             seconds = history.get(TimingHistory.key(unit.model, config.to_dict(), fingerprint, unit.protocol))
             estimate += seconds or 0.0
             unknown += seconds is None
-            table.add_row(unit.label, str(unit.seed), "train", budget, "not measured yet" if seconds is None else f"{seconds:.0f} s")
+            table.add_row(unit.label, str(unit.seed), "train", config.budget(), "not measured yet" if seconds is None else f"{seconds:.0f} s")
         self.console.print(table)
         if pending:
             self.console.print(f"estimated training time: {estimate:.0f} s for the units trained here before" + (f", plus {unknown} unit(s) never trained here" if unknown else ""))
@@ -246,14 +242,6 @@ class Unit:
     threads: int = 1  # torch threads: part of what the numbers depend on, the same whatever the executor
 
 
-def deterministic_torch() -> None:
-    """Deterministic kernels (cuBLAS workspace, no cuDNN autotuning); an op without a deterministic
-    implementation (some scatter-based ones) then raises, naming itself, instead of varying silently."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-
-
 class IncompleteRunError(RuntimeError):
     """Some units failed; the others are finished and kept, and rerunning the command retries the failed ones."""
 
@@ -263,7 +251,7 @@ def execute_unit(dataset: PreparedDataset, unit: Unit, progress: ProgressReport 
     gives it ``unit.threads`` threads)."""
     folder = RunFolder(unit.run_dir)
     if unit.deterministic:
-        deterministic_torch()
+        determinism.enable()  # the models' fit reports then say which operations cost or lack a deterministic kernel
     task = get_protocol(unit.protocol)
     train, val, test = (task.samples(dataset, part) for part in ("train", "val", "test"))
     model = _train_or_load(unit, registry.get(unit.model), folder, dataset, train, val, progress)
@@ -347,7 +335,7 @@ def run_entries(
     against (default: the entry of the teacher a student entry's family names, if any).
     ``full_model``: in an ablation, the label every other student entry is compared with (``versus_full``).
     ``arguments``: the command line's own arguments, recorded in config.json. ``console``: where the
-    progress goes (None: silent). ``deterministic``: deterministic GPU kernels (:func:`deterministic_torch`);
+    progress goes (None: silent). ``deterministic``: torch's deterministic algorithms (:func:`bench.determinism.enable`);
     part of each unit's key. ``threads``: torch threads per unit (a model's numbers depend on them, so
     they are part of its key; every executor gives each unit this many). ``executor``: where the units run (:mod:`bench.executors`; in process
     by default); every unit is trained before any is evaluated, and units that fail are reported

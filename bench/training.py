@@ -2,8 +2,10 @@
 
 It shuffles with the model's seed, steps, evaluates validation PRAUC (after every epoch, or every
 ``eval_every`` optimizer steps for step-based training such as the LEADER teacher's), stops early after
-``patience`` evaluations without improvement, restores the best weights, reports progress through one
-callback (``on_progress(done, total, status)``) and says in its report whether the model converged.
+``patience`` evaluations without improvement (or runs its whole budget), restores the best weights, reports
+progress through one callback (``on_progress(done, total, status)``) and says in its report whether the model
+converged. With torch's deterministic algorithms on, it probes its first step and evaluation
+(:class:`bench.determinism.OpProbe`) and reports which operations take a slower or no deterministic kernel.
 
 A :class:`TorchModel` says how to build its network, collate samples into a padded batch, compute
 its loss and its logits; :func:`train_network` runs it through that loop with Adam (or the model's
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.contract import MedRecModel, seed_everything
+from bench.contract import MedRecModel, seed_everything, training_record
+from bench.determinism import OpProbe
 from bench.metrics import per_sample_metrics, prauc_per_sample
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
@@ -42,7 +45,7 @@ class Schedule:
 
     batch_size: int
     epochs: int
-    patience: int  # evaluations without improvement before stopping
+    patience: int | None  # evaluations without improvement before stopping; None: the budget decides
     max_steps: int | None = None
     eval_every: int | None = None
     whole_batches: bool = False
@@ -72,7 +75,8 @@ def run_training(
     (step-based) with the epochs or steps done, their budget, and the latest loss and validation PRAUC.
 
     The report: best and last epoch and step, ``stopped_by`` (``patience``, ``epochs`` or ``max_steps``) and
-    ``converged``, False when the best evaluation is the last one (the model was still improving).
+    ``converged``, False when the best evaluation is the last one (the model was still improving); with
+    deterministic algorithms on, ``determinism`` (:func:`bench.determinism.describe`) of the first step and evaluation.
     """
     if n_train == 0:
         raise ValueError("no training sample")
@@ -83,13 +87,19 @@ def run_training(
     history: list[dict] = []
     losses: list[float] = []
     state = {"stale": 0, "step": 0, "epoch": 0, "status": "", "eval_seconds": 0.0}
+    probe = OpProbe() if torch.are_deterministic_algorithms_enabled() else None
     started = time.perf_counter()
 
     def evaluation() -> bool:
         """Record one evaluation; True when patience has run out."""
         eval_started = time.perf_counter()
         loss = float(np.mean(losses)) if losses else float("nan")
-        score = evaluate() if evaluate is not None else -loss
+        if evaluate is None:
+            score = -loss
+        elif probe is not None and not history:
+            score = probe.record(evaluate)
+        else:
+            score = evaluate()
         losses.clear()
         history.append({"epoch": state["epoch"], "step": state["step"], "loss": loss, "val_prauc": score})
         if score > best["score"]:
@@ -99,7 +109,7 @@ def run_training(
             state["stale"] += 1
         state["status"] = f"loss {loss:.4f}  val score {score:.4f}"
         state["eval_seconds"] += time.perf_counter() - eval_started
-        return state["stale"] >= schedule.patience
+        return schedule.patience is not None and state["stale"] >= schedule.patience
 
     def batches(order: np.ndarray):
         if schedule.whole_batches:
@@ -115,7 +125,10 @@ def run_training(
         stop = False
         for index in batches(rng.permutation(n_train)):
             state["step"] += 1
-            losses.append(float(train_step(index, epoch)))
+            if probe is not None and state["step"] == 1:
+                losses.append(float(probe.record(lambda: train_step(index, epoch))))
+            else:
+                losses.append(float(train_step(index, epoch)))
             if step_based:
                 stop = state["step"] % schedule.eval_every == 0 and evaluation()
                 if on_progress is not None:
@@ -141,6 +154,7 @@ def run_training(
     restore(best["state"])
     seconds = time.perf_counter() - started
     return {
+        **({"determinism": probe.report()} if probe is not None else {}),
         "best_epoch": best["epoch"],
         "best_step": best["step"],
         "best_val_score": float(best["score"]),
@@ -207,7 +221,8 @@ class TorchModel(MedRecModel):
         return torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
-        """Samples the loop trains on (a model may drop those it cannot use, e.g. without history)."""
+        """Samples the loop trains on: the protocol's, less those the model cannot serve (e.g. without history);
+        :func:`bench.contract.check_model` fails a model whose choice differs."""
         return list(train)
 
     # ----- contract ----------------------------------------------------------------------------
@@ -240,7 +255,8 @@ class TorchModel(MedRecModel):
 
 
 def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Sample]) -> dict:
-    """The model's optimizer over shuffled mini-batches, one evaluation per epoch (:func:`run_training`)."""
+    """The model's optimizer over shuffled mini-batches of ``train``, one evaluation per epoch (:func:`run_training`);
+    the report records what it trained on (``training_samples``: the samples its batches were drawn from)."""
     config = model.config
     if not train:
         raise ValueError(f"{model.name}: no training sample")
@@ -258,7 +274,7 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
         model.network.load_state_dict(state)
         model.network.eval()
 
-    return run_training(
+    report = run_training(
         Schedule(batch_size=config.batch_size, epochs=config.epochs, patience=config.patience),
         len(train),
         model.seed,
@@ -269,3 +285,4 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
         end_of_epoch=model.end_of_epoch,
         on_progress=model.on_progress,
     )
+    return {**report, "training_samples": training_record(train)}

@@ -294,6 +294,8 @@ def test_deterministic_kernels_are_recorded_and_keyed(tiny_dataset, tmp_path):
         torch.use_deterministic_algorithms(False)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["deterministic"] is True
+    record = json.loads(RunFolder(tmp_path / "r").metrics_path("MLP h8", 1).read_text())
+    assert record["fit_report"]["determinism"]["enabled"] and record["fit_report"]["determinism"]["cuda_raises"] == []
     assert summary["models"] == run(tiny_dataset, tmp_path / "r2", entries=ENTRIES[1:])["models"]  # CPU kernels were already deterministic
     with np.load(RunFolder(tmp_path / "r").predictions_path("MLP h8", 1)) as a, np.load(RunFolder(tmp_path / "r2").predictions_path("MLP h8", 1)) as b:
         assert str(a["entry_key"]) != str(b["entry_key"])

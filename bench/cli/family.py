@@ -57,6 +57,7 @@ def run_options(command):
             click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True),
             click.option("--run-id", help="Run folder name (default: derived from the arguments, so a rerun resumes)."),
             click.option("--device", default="cpu", show_default=True),
+            click.option("--deterministic", is_flag=True, help="torch's deterministic algorithms, as bench run's."),
             executor_options,
         ]
     ):
@@ -79,6 +80,7 @@ def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_
             proposed=proposed,
             full_model=full_model,
             device=arguments["device"],
+            deterministic=arguments.get("deterministic", False),
             threads=arguments["threads"],
             arguments={**arguments, **dataset_kwargs},
             console=console,
@@ -116,7 +118,7 @@ def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Tab
 @click.option("--drop", "drops", multiple=True, help="An ablation the family declares (repeatable; an unknown one lists them), e.g. LEADER's kd, feature-kd, align, shared-visit; default: all unless --compare is given.")
 @click.option("--compare", default="", help="Alternatives the family declares, comma-separated (LEADER: temperature-kd, projector-kd).")
 @click.option("--with-teacher", is_flag=True, help="Add the family's teacher as an entry, so the summary holds each student's retention of it.")
-def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
+def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, deterministic,
            executor, jobs, threads, ray_address, gpus_per_task, drops, compare, with_teacher, **dataset_kwargs) -> None:
     """Run a family's full model and its ablated variants on the same splits and resamples."""
     drops = parse_list(",".join(drops), family.ablations, "--drop")
@@ -129,7 +131,8 @@ def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpai
     proposed = [family.label] + ([family.teacher_label] if with_teacher else [])
     arguments = dict(command="ablate", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
                      unpaired=unpaired, holm=holm, decision=decision, settings=common,
-                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, drops=drops, compare=alternatives, with_teacher=with_teacher)
+                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, drops=drops, compare=alternatives, with_teacher=with_teacher,
+                     **({"deterministic": True} if deterministic else {}))
     summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, executor_config(locals()), full_model=family.label)
     Console().print(prauc_table(summary, f"{family.label} ablation ({run_dir})", family.label))
 
@@ -147,7 +150,7 @@ def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Se
 @run_options
 @click.option("--param", required=True, help="An option the family declares sweepable (LEADER: alpha, the KD weight; beta, the alignment weight).")
 @click.option("--values", "raw_values", required=True, help="Comma-separated values, e.g. 0.1,0.2,0.4,0.8.")
-def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
+def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device, deterministic,
           executor, jobs, threads, ray_address, gpus_per_task, param, raw_values, **dataset_kwargs) -> None:
     """Train the family's model once per value of one option; choose the value on validation; plot validation and test PRAUC."""
     if len(parse_list(param, family.sweepable, "--param")) != 1:
@@ -159,7 +162,8 @@ def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpair
     entries = [Entry(f"{param}={value:g}", family.model, {**common, param: value}) for value in values]
     arguments = dict(command="sweep", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
                      unpaired=unpaired, holm=holm, decision=decision, settings=common,
-                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, param=param, values=values)
+                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, param=param, values=values,
+                     **({"deterministic": True} if deterministic else {}))
     summary, run_dir = execute(entries, [], arguments, dataset_kwargs, executor_config(locals()))
     labels = [e.label for e in entries]
     written = write_sweep(summary, family.label, param, values, labels, RunFolder(run_dir).root)

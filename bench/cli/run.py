@@ -216,7 +216,7 @@ def experiment_file(ctx: click.Context, _param, path: Path | None) -> Path | Non
 @click.option("--retention-of", "teacher", help="Label whose scores the proposed models' retention is measured against [a run student's teacher].")
 @model_options
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
-@click.option("--deterministic", is_flag=True, help="Deterministic GPU kernels (cuBLAS workspace, no autotuning; an op without one raises); recorded in the run.")
+@click.option("--deterministic", is_flag=True, help="torch's deterministic algorithms (an op without one raises); each fit record says which ops take a slower kernel or have none on CUDA.")
 @executor_options
 @click.option("--run-id", help="Folder name under --results-dir [derived from the arguments, so a rerun resumes].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
