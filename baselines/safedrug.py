@@ -28,6 +28,8 @@ Deliberate differences from the published code:
   ``min(0, 1 + (target - rate) / kp)`` is 0 or negative whenever the rate exceeds the target, i.e.
   it drops the accuracy loss entirely (or ascends it). No option keeps it: a negative BCE weight
   trains the model away from the labels, which no experiment wants.
+- Training samples are the protocol's: under ``last-visit`` one per patient, its last visit; the
+  reference steps on every visit prefix of every patient (``--protocol all-visits``).
 - Mini-batches: beta is computed per sample from that sample's own predicted set, as the reference
   computes it per visit, and the batch loss is the mean of the per-sample mixes. (One beta from the
   batch's pooled rate, as this module first did, applies the DDI weight to patients whose own set

@@ -51,6 +51,8 @@ Deliberate differences from the published code:
   switches off the base model's own dropout (MiniLM's 0.1; LLaMA has none, so this is the paper's regime);
   ``cache_lower_layers`` (needs both) runs the frozen lower layers once per prompt and trains the upper ones
   on their cached output, exact because those layers have no trainable weight and no dropout.
+- ``precision`` is fp32 in every preset, so the paper preset runs on a CPU too; the published script trains
+  in fp16 (``precision="fp16"`` or ``"bf16"``, CUDA only).
 - ``device="cuda:N"`` places the whole model on that GPU; plain ``"cuda"`` lets accelerate spread it
   (``device_map="auto"``).
 - ``batch_size`` counts samples per optimizer step (the paper's 32, reached in the published script as 4
