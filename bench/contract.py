@@ -5,6 +5,12 @@ dataclass (:class:`ModelConfig` subclass), and implements ``fit(train, val)`` an
 ``predict_proba(samples)``; ``predict_sets`` turns probabilities into medication sets with the
 model's decision rule (a threshold unless the model decodes otherwise). ``save``/``load`` let a
 resumed run reuse a finished model. Models import this module and :mod:`bench.training`, never the CLI.
+
+Everything the harness calls on or reads from a model is declared on :class:`MedRecModel`:
+``capabilities``, ``config_class``, ``decides_by_threshold``, ``table_note``, ``training_budget``,
+``on_progress`` (set by the harness before ``fit``), ``fit``, ``predict_proba``, ``predict_sets``,
+``decision_rule``, ``save``/``load`` and the ``fit_report`` keys listed on :meth:`MedRecModel.fit`.
+:func:`check_model` holds a model to the parts that can be checked.
 """
 
 from __future__ import annotations
@@ -17,17 +23,19 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
+from data_prep.atomic import write_atomic
 from data_prep.dataset import PreparedDataset, Sample
 
 # paper: each model's published configuration; harness: what this harness changes for mini-batch training;
 # quick: the harness preset sized for a 2-core CPU (every model still stops by validation patience)
 PRESETS = ("quick", "harness", "paper")
 SELECTIONS = ("prauc", "jaccard")  # what early stopping and the kept epoch maximise on validation
+ProgressCallback = Callable[[int, int, str], None]  # on_progress(done, total, status)
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,12 @@ def _type_name(hint: object) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def threshold_sets(proba: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """Per row, the medications whose probability reaches ``threshold``: every threshold decision rule,
+    a model's own or one tuned on validation (:mod:`bench.decisions`), is this function."""
+    return [np.flatnonzero(row >= threshold) for row in proba]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -124,6 +138,10 @@ class MedRecModel(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     # False for models that decode their own sets (MICRON, COGNet): a tuned-threshold run keeps their rule
     decides_by_threshold: ClassVar[bool] = True
+    # a sentence the result tables print under every table this model is in (how to read its numbers)
+    table_note: ClassVar[str] = ""
+    # set by the harness before fit: a model with a training loop reports its epochs or steps through it
+    on_progress: ProgressCallback | None = None
 
     def __init__(self, dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0, device: str = "cpu"):
         self.dataset = dataset
@@ -137,7 +155,13 @@ class MedRecModel(ABC):
     # ----- to implement ------------------------------------------------------------------------
     @abstractmethod
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "MedRecModel":
-        """Train on ``train``, select (early stopping) on ``val``; fills ``self.fit_report``."""
+        """Train on ``train``, select (early stopping) on ``val``; fills ``self.fit_report``.
+
+        The harness reads these report keys when present: ``train_seconds`` (else it times ``fit``),
+        ``converged`` (False: the best validation score was the last one; the tables flag it) and
+        ``teacher`` (a distilled model: the seed and cache key of the teacher it learnt from). The
+        whole report is stored in the run folder.
+        """
 
     @abstractmethod
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
@@ -151,10 +175,15 @@ class MedRecModel(ABC):
     def set_state(self, state: dict) -> None: ...
 
     # ----- shared behaviour --------------------------------------------------------------------
+    @classmethod
+    def training_budget(cls, config: ModelConfig) -> str:
+        """The most ``fit`` trains with ``config``, in words (a run's plan shows it before training)."""
+        return f"<= {config.epochs} epochs x batches of {config.batch_size}"
+
     def predict_sets(self, samples: Sequence[Sample], proba: np.ndarray | None = None) -> list[np.ndarray]:
         """The decision rule: medications whose probability reaches the threshold."""
         proba = self.predict_proba(samples) if proba is None else proba
-        return [np.flatnonzero(row >= self.config.threshold) for row in proba]
+        return threshold_sets(proba, self.config.threshold)
 
     def decision_rule(self) -> str:
         """The rule ``predict_sets`` applies, in words, for the tables' notes."""
@@ -171,16 +200,9 @@ class MedRecModel(ABC):
     def save(self, path: str | Path) -> Path:
         """Weights with ``torch.save`` (loaded back with ``weights_only=True``), config as JSON beside them."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = path.with_suffix(".config.json")
-        for target, write in (
-            (meta, lambda tmp: tmp.write_text(json.dumps({"model": self.name, "seed": self.seed, "config": self.config.to_dict()}, indent=2))),
-            (path, lambda tmp: torch.save({"state": self.get_state(), "fit_report": self.fit_report}, tmp)),
-        ):  # each written beside its target and renamed into place: a killed save leaves no partial file
-            tmp = target.with_name(f".{target.name}.tmp")
-            write(tmp)
-            tmp.replace(target)
-        return path
+        meta = {"model": self.name, "seed": self.seed, "config": self.config.to_dict()}
+        write_atomic(path.with_suffix(".config.json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        return write_atomic(path, lambda tmp: torch.save({"state": self.get_state(), "fit_report": self.fit_report}, tmp))
 
     @classmethod
     def load(cls, path: str | Path, dataset: PreparedDataset, device: str = "cpu") -> "MedRecModel":

@@ -47,6 +47,7 @@ import numpy as np
 from data_prep.code_names import icd9_diagnosis_names, icd9_procedure_names
 from data_prep.dataset import ADULT_AGE_BANDS as AGE_BANDS
 from data_prep.dataset import Patient, PreparedDataset, Sample, Visit, Vocabulary, assemble
+from data_prep.sources import DatasetSource, Located
 
 AGE_BAND_WEIGHTS = (0.14, 0.36, 0.30, 0.20)
 GENDERS = ("F", "M")
@@ -73,17 +74,29 @@ class SyntheticOptions:
     """Size, seeds and the knobs of the generative model (all recorded in the dataset's meta)."""
 
     patients: int = 2000
-    seed: int = 0  # draws the patients
-    split_seed: int = 0  # draws the train/val/test split
+    """Cohort size."""
+    seed: int = 0
+    """Seed of the draws that make the patients."""
+    split_seed: int = 0
+    """Seed of the patient-level 8:1:1 split."""
     single_visit_fraction: float = 1 / 3
+    """Share of single-visit patients."""
     max_visits: int = 10
-    visit_count_decay: float = 0.6  # P(k visits) ~ decay**(k-2) for multi-visit patients
-    code_zipf_exponent: float = 1.5  # sibling k of a family has weight 1/k**exponent
-    chronic_coding_rate: float = 0.8  # chance that a present chronic condition is coded in a visit
-    chronic_onset_rate: float = 0.05  # per later visit, relative to the condition's baseline risk
-    noise_diagnoses_mean: float = 3.0  # background codes per visit: 1 + Poisson(mean)
-    ddi_avoidance: float = 0.6  # chance that a drawn interacting pair loses one of its classes
+    """Most visits of a patient."""
+    visit_count_decay: float = 0.6
+    """P(k visits) ~ decay**(k-2) for multi-visit patients."""
+    code_zipf_exponent: float = 1.5
+    """Sibling k of a code family has weight 1/k**exponent."""
+    chronic_coding_rate: float = 0.8
+    """Chance that a present chronic condition is coded in a visit."""
+    chronic_onset_rate: float = 0.05
+    """Onset chance of a chronic condition per later visit, relative to its baseline risk."""
+    noise_diagnoses_mean: float = 3.0
+    """Background diagnosis codes per visit: 1 + Poisson(mean)."""
+    ddi_avoidance: float = 0.6
+    """Chance that a drawn interacting pair of classes loses one of them."""
     mean_days_between_visits: float = 200.0
+    """Mean days between a patient's visits."""
 
     def __post_init__(self) -> None:
         if self.patients < 1:
@@ -469,7 +482,6 @@ def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
         medications=Vocabulary(
             "medication", [model.medication_codes[m] for m in used_meds], [model.medication_names[m] for m in used_meds]
         ),
-        profile_fields=list(PROFILE_VALUES),
         profile_values={f: list(v) for f, v in PROFILE_VALUES.items()},
         ddi_adj=ddi[np.ix_(used_meds, used_meds)],
         smiles=[list(model.smiles[m]) for m in used_meds],
@@ -500,3 +512,12 @@ def oracle_proba(dataset: PreparedDataset, samples: list[Sample]) -> np.ndarray:
         active[i, [index[c] for c in sample.conditions]] = True
     columns = [med_index[code] for code in dataset.medications.codes]
     return _noisy_or(active, model.medication_prob, model.background_medication_prob)[:, columns].astype(np.float64)
+
+
+SOURCE = DatasetSource(
+    name="synth",
+    summary="the embedded synthetic cohort (no download)",
+    options=SyntheticOptions,
+    locate=lambda paths: Located({}, generate),
+    credentialed=False,
+)

@@ -69,7 +69,7 @@ def test_a_shard_outside_the_schema_is_refused(exported, tmp_path):
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"subject_id": pa.array([1], pa.int32()), "code": ["X"]}), tmp_path / "data" / "0.parquet")
     with pytest.raises(DataError, match=r"0.parquet: not a MEDS data shard .*time"):
-        load_dataset("meds", root=tmp_path, aux=exported[1] / "aux", cache_dir=tmp_path / "cache")
+        load_dataset("meds", paths={"root": tmp_path, "aux": exported[1] / "aux"}, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
