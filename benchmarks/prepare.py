@@ -48,7 +48,7 @@ def measure(name: str, options: dict, root: Path | None = None) -> dict:
 
 def export_mimic4(patients: int, rows_per_medication: float, folder: Path) -> float:
     from data_prep.export_tables import TableExportOptions, export_tables
-    from data_prep.mimic import MIMIC4
+    from data_prep.mimic_layout import MIMIC4
     from data_prep.synthetic import SyntheticOptions, generate
 
     start = time.perf_counter()

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from data_prep.dataset import PreparedDataset
-from data_prep.mimic import Layout
+from data_prep.mimic_layout import Layout
 from data_prep.atomic import write_atomic
 from data_prep.tables import DataError
 

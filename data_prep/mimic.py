@@ -24,6 +24,7 @@ import pandas as pd
 
 from data_prep.aux_maps import AuxFiles
 from data_prep.dataset import PreparedDataset
+from data_prep.mimic_layout import MIMIC3, MIMIC4, Layout
 from data_prep.pipeline import (
     CodePairs,
     PipelineOptions,
@@ -46,33 +47,6 @@ class MimicOptions(PipelineOptions):
     """The shared pipeline's options, as MIMIC-III and MIMIC-IV use them."""
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where one MIMIC release keeps what the pipeline reads (and an export writes).
-
-    ``subfolder``: the folder under the root holding the tables (MIMIC-IV's ``hosp``); ``upper_case``:
-    file names and headers in upper case (the MIMIC-III release); ``versioned_codes``: ICD codes come with
-    an ``icd_version`` column; ``dated_starts``: prescription starts have day resolution; ``anchored_ages``:
-    ages from ``anchor_age`` / ``anchor_year`` (else from a date of birth, ``dob``)."""
-
-    name: str
-    subfolder: str
-    upper_case: bool
-    code_column: str
-    versioned_codes: bool
-    start_column: str
-    stop_column: str
-    dated_starts: bool
-    ethnicity_column: str
-    anchored_ages: bool
-
-    @property
-    def patient_columns(self) -> tuple[str, ...]:
-        return ("subject_id", "gender", *(("anchor_age", "anchor_year") if self.anchored_ages else ("dob",)))
-
-
-MIMIC3 = Layout("mimic3", "", True, "icd9_code", False, "startdate", "enddate", True, "ethnicity", False)
-MIMIC4 = Layout("mimic4", "hosp", False, "icd_code", True, "starttime", "stoptime", False, "race", True)
 TABLES = ("admissions", "patients", "diagnoses_icd", "procedures_icd", "prescriptions")
 NAME_TABLES = ("d_icd_diagnoses", "d_icd_procedures")
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from bench.cli import main
 from data_prep.atomic import write_atomic
 from data_prep.export_tables import TableExportOptions, export_tables
-from data_prep.mimic import MIMIC3, MIMIC4, MimicOptions, locate, read_mimic
+from data_prep.mimic import MimicOptions, locate, read_mimic
+from data_prep.mimic_layout import MIMIC3, MIMIC4
 
 LAYOUTS = {"mimic3": MIMIC3, "mimic4": MIMIC4}
 from data_prep.synthetic import SyntheticOptions, generate

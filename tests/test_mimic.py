@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from data_prep.mimic import MIMIC3, MIMIC4, MimicOptions, locate, read_mimic
+from data_prep.mimic import MimicOptions, locate, read_mimic
+from data_prep.mimic_layout import MIMIC3, MIMIC4
 
 LAYOUTS = {"mimic3": MIMIC3, "mimic4": MIMIC4}
 from data_prep.molecules import build_molecule_set

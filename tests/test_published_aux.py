@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from data_prep.mimic import MIMIC3, MIMIC4, MimicOptions, locate, read_mimic
+from data_prep.mimic import MimicOptions, locate, read_mimic
+from data_prep.mimic_layout import MIMIC3, MIMIC4
 
 LAYOUTS = {"mimic3": MIMIC3, "mimic4": MIMIC4}
 from data_prep.published_aux import build_aux, load_plain_pickle

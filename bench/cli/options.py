@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,7 +58,7 @@ class DatasetFlag:
         return click.Option(list(self.declarations), **self.settings)
 
 
-class Optional(click.ParamType):
+class OrNone(click.ParamType):
     """A value of ``inner``, or ``none`` for None (an option whose None means "no limit")."""
 
     def __init__(self, inner: click.ParamType):
@@ -85,9 +86,9 @@ def _param_type(hint: Any) -> tuple[click.ParamType | None, bool]:
         return click.Choice([str(a) for a in arguments]), False
     if origin is tuple:
         return CommaTuple(), False
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")) and type(None) in arguments:
+    if origin in (typing.Union, types.UnionType) and type(None) in arguments:
         inner, _ = _param_type(next(a for a in arguments if a is not type(None)))
-        return Optional(inner or click.STRING), False
+        return OrNone(inner or click.STRING), False
     return {int: click.INT, float: click.FLOAT, str: click.STRING, Path: click.Path(path_type=Path)}.get(hint, click.STRING), False
 
 
