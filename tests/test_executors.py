@@ -12,12 +12,13 @@ from bench.executors import ExecutorConfig, run_tasks
 from bench.results import RunFolder
 from bench.execute import IncompleteRunError
 from bench.spec import Entry
-from conftest import run_spec
 
 GRID = [Entry("freq", "freq"), Entry("MLP h8", "mlp", {"hidden_dim": 8, "epochs": 2})]
 
 
 def grid(dataset, run_dir, executor):
+    from conftest import run_spec  # here, not at the top: workers that import this module must not run conftest's thread setting
+
     return run_spec(dataset, GRID, run_dir, seeds=[0, 1], resamples=50, preset="quick", executor=executor)
 
 
