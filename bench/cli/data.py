@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cli import main
-from bench.metrics import ddi_rate_of_sets
 from data_prep.dataset import PreparedDataset
 from data_prep.prepare import DATASETS, cache_entry, load_dataset
-from data_prep.stats import dataset_statistics
+from data_prep.stats import REALISM_KEYS, dataset_statistics
+from data_prep.synthetic import PROFILES
 from data_prep.tables import DataError
 
 # MIMIC pipeline flags -> MimicOptions fields (only flags the user gives are passed on).
@@ -33,7 +33,12 @@ def dataset_options(command):
         click.option("--dataset", type=click.Choice(DATASETS), default="synth", show_default=True, help="Data source."),
         click.option("--root", type=click.Path(path_type=Path), help="MIMIC folder (MIMIC-IV: the folder holding hosp/) or MEDS dataset folder."),
         click.option("--aux", type=click.Path(path_type=Path), help="Folder of auxiliary mapping files (ndc2RXCUI.txt, ...)."),
-        click.option("--patients", type=click.IntRange(min=1), help="Synthetic cohort size (synth only)."),
+        click.option("--patients", type=click.IntRange(min=1), help="Synthetic cohort size (synth only) [the profile's: 6350 for mimic3]."),
+        click.option(
+            "--profile",
+            type=click.Choice(list(PROFILES)),
+            help="Synthetic cohort: the column of the LEADER paper's Table III to match (mimic3: 6,350 ICU patients; mimic4: 8,906 admissions) [mimic3].",
+        ),
         click.option("--split-seed", type=int, help="Seed of the patient-level 8:1:1 split."),
         click.option("--cache-dir", type=click.Path(path_type=Path), help="Prepared-dataset cache (default: the user cache)."),
         click.option("--refresh", is_flag=True, help="Prepare again even when the cache holds the dataset."),
@@ -68,7 +73,7 @@ def dataset_options(command):
 
 
 def dataset_from_options(
-    *, dataset: str, root=None, aux=None, patients=None, split_seed=None, cache_dir=None, refresh=False, **pipeline
+    *, dataset: str, root=None, aux=None, patients=None, profile=None, split_seed=None, cache_dir=None, refresh=False, **pipeline
 ) -> PreparedDataset:
     """Load the dataset the ``dataset_options`` flags describe, with a status line; one-line errors."""
     options = {key: value for key, value in pipeline.items() if key in MIMIC_FLAGS and value is not None}
@@ -81,10 +86,11 @@ def dataset_from_options(
         options[f"{kind}_prefix"] = prefix
     if options and dataset == "synth":
         raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in options)} apply to MIMIC and MEDS datasets only")
-    if patients is not None:
-        if dataset != "synth":
-            raise click.UsageError("--patients applies to --dataset synth only")
-        options["patients"] = patients
+    for flag, value in (("patients", patients), ("profile", profile)):
+        if value is not None:
+            if dataset != "synth":
+                raise click.UsageError(f"--{flag} applies to --dataset synth only")
+            options[flag] = value
     if split_seed is not None:
         options["split_seed"] = split_seed
     console = Console(stderr=True)
@@ -124,10 +130,10 @@ def prepare(**kwargs) -> None:
 @dataset_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def info(as_json: bool, **kwargs) -> None:
-    """The statistics of the LEADER paper's Table III, the ground-truth DDI rate and mapping coverage."""
+    """The statistics of the LEADER paper's Table III, the realism figures (medication persistence, ground-truth
+    DDI rate, DDI density) and mapping coverage."""
     dataset = dataset_from_options(**kwargs)
     stats = dataset_statistics(dataset)
-    stats["ddi_rate_ground_truth"] = ddi_rate_of_sets([v.medications for p in dataset.patients for v in p.visits], dataset.ddi_adj)
     if as_json:
         click.echo(json.dumps(stats, indent=1))
         return
@@ -136,10 +142,16 @@ def info(as_json: bool, **kwargs) -> None:
     table.add_column("item")
     table.add_column("value", justify="right")
     for key, value in stats.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) and key not in REALISM_KEYS:
             table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     table.add_row("split (train / val / test)", " / ".join(str(n) for n in stats["split"].values()))
     console.print(table)
+    realism = Table(title=f"{dataset.name}: realism (over {stats['visit_pairs']} visits with an earlier visit)")
+    realism.add_column("item")
+    realism.add_column("value", justify="right")
+    for key in REALISM_KEYS:
+        realism.add_row(key.replace("_", " "), f"{stats[key]:.4f}")
+    console.print(realism)
     _print_source_tables(console, stats)
     coverage = stats.get("mapping_coverage")
     if coverage:
