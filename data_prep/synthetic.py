@@ -82,10 +82,10 @@ TAIL_ZIPF_OFFSET = 10.0  # the latent state of a visit spent (partly) in an inte
 PROFILES: dict[str, dict] = {
     # MIMIC-III: 908 single- / 5,442 multi-visit patients, 10.51 dx / 3.84 px / 11.64 meds per visit; every
     # admission of the MIMIC-III pipelines has an ICU stay.
-    "mimic3": {"patients": 6350, "single_visit_fraction": 908 / 6350, "icu_share": 1.0, "acute_rate_scale": 1.0, "tail_diagnoses_mean": 3.5, "tail_procedures_mean": 0.6},
+    "mimic3": {"patients": 6350, "single_visit_fraction": 908 / 6350, "icu_share": 1.0, "chronic_rate_scale": 1.0, "acute_rate_scale": 1.0, "tail_diagnoses_mean": 3.5, "tail_procedures_mean": 0.6},
     # MIMIC-IV: 2,877 single- / 6,029 multi-visit patients, 8.41 dx / 2.11 px / 7.02 meds per visit; its hospital
     # module holds every admission, most of them without an ICU stay.
-    "mimic4": {"patients": 8906, "single_visit_fraction": 2877 / 8906, "icu_share": 0.1, "acute_rate_scale": 0.35, "tail_diagnoses_mean": 3.0, "tail_procedures_mean": 0.5},
+    "mimic4": {"patients": 8906, "single_visit_fraction": 2877 / 8906, "icu_share": 0.1, "chronic_rate_scale": 0.5, "acute_rate_scale": 0.35, "tail_diagnoses_mean": 5.0, "tail_procedures_mean": 0.3},
 }
 
 
@@ -101,7 +101,8 @@ class SyntheticOptions:
     split_seed: int = 0  # draws the train/val/test split
     single_visit_fraction: float | None = None
     icu_share: float | None = None  # share of visits that are ICU stays when no critical condition makes them one
-    acute_rate_scale: float | None = None  # multiplies every acute condition's rate (a hospital population is less acutely ill than an ICU's)
+    chronic_rate_scale: float | None = None  # multiplies every chronic condition's prevalence (a hospital population is less comorbid than an ICU's)
+    acute_rate_scale: float | None = None  # multiplies every acute condition's rate (and less acutely ill)
     tail_diagnoses_mean: float | None = None  # Poisson mean of the diagnosis codes a visit draws from the tail
     tail_procedures_mean: float | None = None
     max_visits: int = 20
@@ -126,7 +127,7 @@ class SyntheticOptions:
         for name in ("single_visit_fraction", "icu_share", "chronic_coding_rate", "chronic_onset_rate", "regimen_switch_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"synthetic cohort: {name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("acute_rate_scale", "tail_diagnoses_mean", "tail_procedures_mean", "tail_zipf_exponent", "code_zipf_exponent"):
+        for name in ("chronic_rate_scale", "acute_rate_scale", "tail_diagnoses_mean", "tail_procedures_mean", "tail_zipf_exponent", "code_zipf_exponent"):
             if getattr(self, name) < 0:
                 raise ValueError(f"synthetic cohort: {name} must be at least 0, got {getattr(self, name)}")
 
@@ -423,14 +424,14 @@ def _visit_counts(rng: np.random.Generator, options: SyntheticOptions) -> np.nda
     return np.where(rng.random(options.patients) < options.single_visit_fraction, 1, multi)
 
 
-def _chronic_risk(rng, model: CohortModel, profile_risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _chronic_risk(rng, model: CohortModel, profile_risk: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Baseline chronic conditions per patient [N, C] and their risks, drawn in file order."""
     n = len(profile_risk)
     present = np.zeros((n, len(model.condition_names)), dtype=bool)
     risk = np.zeros_like(profile_risk)
     for c in np.flatnonzero(model.chronic):
         comorbidity = np.prod(np.where(present[:, :c], model.condition_risk[:c, c], 1.0), axis=1)
-        risk[:, c] = np.minimum(model.rates[c] * profile_risk[:, c] * comorbidity, 0.95)
+        risk[:, c] = np.minimum(scale * model.rates[c] * profile_risk[:, c] * comorbidity, 0.95)
         present[:, c] = rng.random(n) < risk[:, c]
     return present, risk
 
@@ -545,7 +546,7 @@ def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
     profile_risk = np.ones((n_patients, n_conditions))
     for field, table in model.profile_risk.items():
         profile_risk *= table[profiles[field]]
-    baseline, chronic_risk = _chronic_risk(rng, model, profile_risk)
+    baseline, chronic_risk = _chronic_risk(rng, model, profile_risk, options.chronic_rate_scale)
     onset = rng.random((n_total, n_conditions), dtype=np.float32) < chronic_risk[patient_of_visit] * options.chronic_onset_rate
     onset[first_visit] = False
     chronic_active = baseline[patient_of_visit] | (_within_patient_cumsum(onset.astype(np.int32), first_visit, patient_of_visit) > 0)
