@@ -44,7 +44,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
 
@@ -131,8 +131,6 @@ class SyntheticOptions:
             if getattr(self, name) < 0:
                 raise ValueError(f"synthetic cohort: {name} must be at least 0, got {getattr(self, name)}")
 
-
-OPTION_NAMES = tuple(f.name for f in fields(SyntheticOptions))
 
 
 # ----- the curated tables ------------------------------------------------------------------------
