@@ -42,8 +42,9 @@ FORMAT_VERSION = 1
 class Visit:
     """One admission: code indices into the dataset's vocabularies.
 
-    ``conditions`` holds the latent conditions of the synthetic cohort (empty for real data); an
-    oracle that knows them bounds what any model can reach. ``profile``, when the source records
+    ``conditions`` holds the latent truth of the synthetic cohort (empty for real data): its active
+    conditions, "ICU stay", and the regimens in force; an oracle that knows them bounds what any
+    model can reach. ``profile``, when the source records
     one per admission, is the profile at this visit (age then, this admission's insurance, ...), so
     a sample of an earlier visit never sees a later admission's values; empty: the patient's.
     """
