@@ -96,7 +96,7 @@ from torch.nn import functional as F
 from torch_geometric.nn import GATConv
 
 from bench import determinism
-from bench.contract import Capabilities, ModelConfig, seed_everything, training_record
+from bench.contract import Capabilities, ModelConfig, seed_everything, stopping_rule, training_record
 from bench.training import TorchModel, pad_sequences, target_tensor, train_network
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
@@ -425,12 +425,20 @@ class GBert(TorchModel):
         def pretraining_epochs(self) -> int:
             return self.epochs if self.pretrain_epochs is None else self.pretrain_epochs
 
-        def budget(self) -> str:
-            patience = self.patience if self.pretrain_patience is None else self.pretrain_patience
-            pretraining = f"pre-training {self.pretraining_epochs} epochs ({'fixed' if patience is None else f'patience {patience}'}), {self.pretrain_batch_size} visits per step"
-            return f"{self.rounds} x ({pretraining}; fine-tuning {super().budget()})"
+        @property
+        def pretraining_patience(self) -> int | None:
+            return self.patience if self.pretrain_patience is None else self.pretrain_patience
 
     config_class = Config
+
+    @classmethod
+    def training_budget(cls, config: Config) -> str:
+        """Both stages of every round, e.g. the paper preset's 16 x (5 + 5) epochs."""
+        finetuning = f"fine-tuning {super().training_budget(config)}"
+        if config.pretraining_epochs == 0:
+            return f"{config.rounds} x ({finetuning})"
+        pretraining = f"pre-training {config.pretraining_epochs} epochs ({stopping_rule(config.pretraining_patience)}), {config.pretrain_batch_size} visits per step"
+        return f"{config.rounds} x ({pretraining}; {finetuning})"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -532,8 +540,7 @@ class GBert(TorchModel):
         """Run the shared loop on one stage: its batches, loss and budget (``config`` swapped in)."""
         config = self.config
         if stage == "pretrain":
-            patience = config.patience if config.pretrain_patience is None else config.pretrain_patience
-            self.config = dataclasses.replace(config, epochs=config.pretraining_epochs, patience=patience, batch_size=config.pretrain_batch_size)
+            self.config = dataclasses.replace(config, epochs=config.pretraining_epochs, patience=config.pretraining_patience, batch_size=config.pretrain_batch_size)
         self.stage = stage
         try:
             yield

@@ -13,6 +13,12 @@ protocol's samples (under ``last-visit`` each training patient's last visit, und
 (``needs_history_medications``) and no other. Its fit report says what it trained on (``training_samples``,
 :func:`training_record`; :class:`bench.training.TorchModel`'s loop fills it in), and :func:`check_model`
 fails a model whose record differs from the protocol's samples.
+
+Everything the harness calls on or reads from a model is declared on :class:`MedRecModel`:
+``capabilities``, ``config_class``, ``decides_by_threshold``, ``table_note``, ``training_budget``,
+``on_progress`` (set by the harness before ``fit``), ``fit``, ``predict_proba``, ``predict_sets``,
+``decision_rule``, ``save``/``load`` and the ``fit_report`` keys listed on :meth:`MedRecModel.fit`.
+:func:`check_model` holds a model to the parts that can be checked.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
+from data_prep.atomic import write_atomic
 from data_prep.dataset import PreparedDataset, Sample
 
 # paper: each model's published configuration; harness: what this harness changes for mini-batch training;
@@ -40,6 +47,7 @@ SELECTIONS = ("prauc", "jaccard")  # what early stopping and the kept epoch maxi
 # the harness's training policy, part of --preset harness and quick for every model: stop after 10 evaluations
 # without a better validation PRAUC and keep the best one (the paper preset keeps each script's own rule)
 HARNESS_POLICY = {"patience": 10, "selection": "prauc"}
+ProgressCallback = Callable[[int, int, str], None]  # on_progress(done, total, status)
 
 
 @dataclass(frozen=True)
@@ -94,11 +102,6 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def budget(self) -> str:
-        """The training budget in words, for the run's plan: samples per optimizer step, epochs, what stops it."""
-        stop = "fixed" if self.patience is None else f"patience {self.patience}"
-        return f"{self.epochs} epochs ({stop}), {self.batch_size} sample{'s' if self.batch_size != 1 else ''} per step"
-
 
 def _typed(option: str, value: object, hint: object) -> object:
     """``value`` as the option's declared type (a JSON list for a tuple, an int for a float), or one clear error."""
@@ -140,6 +143,17 @@ def _record(ids: Sequence[str], patients: int) -> dict:
     return {"samples": len(ids), "patients": patients, "digest": digest}
 
 
+def stopping_rule(patience: int | None) -> str:
+    """What ends a training stage, in words: ``fixed`` (its whole budget runs) or ``patience N``."""
+    return "fixed" if patience is None else f"patience {patience}"
+
+
+def threshold_sets(proba: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """Per row, the medications whose probability reaches ``threshold``: every threshold decision rule,
+    a model's own or one tuned on validation (:mod:`bench.decisions`), is this function."""
+    return [np.flatnonzero(row >= threshold) for row in proba]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -156,6 +170,10 @@ class MedRecModel(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     # False for models that decode their own sets (MICRON, COGNet): a tuned-threshold run keeps their rule
     decides_by_threshold: ClassVar[bool] = True
+    # a sentence the result tables print under every table this model is in (how to read its numbers)
+    table_note: ClassVar[str] = ""
+    # set by the harness before fit: a model with a training loop reports its epochs or steps through it
+    on_progress: ProgressCallback | None = None
 
     def __init__(self, dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0, device: str = "cpu"):
         self.dataset = dataset
@@ -170,7 +188,16 @@ class MedRecModel(ABC):
     @abstractmethod
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "MedRecModel":
         """Train on ``train`` (the protocol's samples, less those the model cannot serve), select on ``val``;
-        fills ``self.fit_report``, with ``training_samples`` = :func:`training_record` of the samples trained on."""
+        fills ``self.fit_report``.
+
+        Every report has ``training_samples`` (:func:`training_record` of the samples the loss read;
+        :func:`check_model` compares it with the protocol's) and, for a model that declares
+        ``pretrains_on_training_visits``, ``pretraining`` (the record of the visits it pre-trained on). The
+        harness reads these keys when present: ``train_seconds`` (else it times ``fit``), ``converged``
+        (False: the best validation score was the last one; the tables flag it) and ``teacher`` (a distilled
+        model: the seed and cache key of the teacher it learnt from); under deterministic algorithms a
+        training loop adds ``determinism`` (:mod:`bench.determinism`). The whole report is stored in the run folder.
+        """
 
     @abstractmethod
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
@@ -184,10 +211,17 @@ class MedRecModel(ABC):
     def set_state(self, state: dict) -> None: ...
 
     # ----- shared behaviour --------------------------------------------------------------------
+    @classmethod
+    def training_budget(cls, config: ModelConfig) -> str:
+        """The most ``fit`` trains with ``config``, in words (a run's plan shows it before training): epochs,
+        what stops them and samples per optimizer step, e.g. "10 epochs (fixed), 1 sample per step"."""
+        per_step = f"{config.batch_size} sample{'s' if config.batch_size != 1 else ''} per step"
+        return f"{config.epochs} epochs ({stopping_rule(config.patience)}), {per_step}"
+
     def predict_sets(self, samples: Sequence[Sample], proba: np.ndarray | None = None) -> list[np.ndarray]:
         """The decision rule: medications whose probability reaches the threshold."""
         proba = self.predict_proba(samples) if proba is None else proba
-        return [np.flatnonzero(row >= self.config.threshold) for row in proba]
+        return threshold_sets(proba, self.config.threshold)
 
     def decision_rule(self) -> str:
         """The rule ``predict_sets`` applies, in words, for the tables' notes."""
@@ -204,16 +238,9 @@ class MedRecModel(ABC):
     def save(self, path: str | Path) -> Path:
         """Weights with ``torch.save`` (loaded back with ``weights_only=True``), config as JSON beside them."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = path.with_suffix(".config.json")
-        for target, write in (
-            (meta, lambda tmp: tmp.write_text(json.dumps({"model": self.name, "seed": self.seed, "config": self.config.to_dict()}, indent=2))),
-            (path, lambda tmp: torch.save({"state": self.get_state(), "fit_report": self.fit_report}, tmp)),
-        ):  # each written beside its target and renamed into place: a killed save leaves no partial file
-            tmp = target.with_name(f".{target.name}.tmp")
-            write(tmp)
-            tmp.replace(target)
-        return path
+        meta = {"model": self.name, "seed": self.seed, "config": self.config.to_dict()}
+        write_atomic(path.with_suffix(".config.json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        return write_atomic(path, lambda tmp: torch.save({"state": self.get_state(), "fit_report": self.fit_report}, tmp))
 
     @classmethod
     def load(cls, path: str | Path, dataset: PreparedDataset, device: str = "cpu") -> "MedRecModel":

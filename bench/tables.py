@@ -20,15 +20,22 @@ from typing import Mapping, Sequence
 
 from rich.table import Table
 
-from bench.evaluate import DIRECTION, holm as holm_adjust
+from bench.evaluate import holm as holm_adjust
+from bench.metrics import METRICS, Metric
 from data_prep.protocol import GROUPS
 
-TABLES = ("main", "ablation", "safety")
+# layout -> its title; the metrics each shows (and in which column order) are declared by the metric table
+TABLES = {"main": "Effectiveness", "ablation": "Ablation (PRAUC)", "safety": "Safety: DDI rate and #medications"}
 FORMATS = ("latex", "markdown", "csv")
-TABLE_METRICS = {"main": ("prauc", "jaccard", "f1"), "ablation": ("prauc",), "safety": ("ddi_rate", "avg_meds")}
 GROUP_TITLES = {"overall": "Overall", "multi": "Multi-visit", "single": "Single-visit"}
-METRIC_TITLES = {"prauc": "PRAUC", "jaccard": "Jaccard", "f1": "F1", "precision": "Precision", "recall": "Recall", "ddi_rate": "DDI", "avg_meds": "#Med"}
 ALPHA = 0.05
+
+
+def table_metrics(table: str) -> tuple[Metric, ...]:
+    """The metrics a table layout shows, in the metric table's order."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; expected one of {tuple(TABLES)}")
+    return tuple(m for m in METRICS if table in m.tables)
 
 
 @dataclass(frozen=True)
@@ -38,13 +45,17 @@ class Cell:
     rank: int | None  # 0 best, 1 second, None otherwise
     star: bool
     p: float | None  # the test's p-value against the column's best baseline (Holm-adjusted when asked)
+    fmt: str = ".4f"  # the metric's number format
+
+    def text(self, plus_minus: str = "±") -> str:
+        return f"{self.mean:{self.fmt}} {plus_minus} {self.spread:{self.fmt}}"
 
 
-def _pvalues(summary: Mapping, metrics: Sequence[str], holm: bool) -> dict[str, dict[tuple[str, str], float | None]]:
+def _pvalues(summary: Mapping, metrics: Sequence[Metric], holm: bool) -> dict[str, dict[tuple[str, str], float | None]]:
     """label -> (group, metric) -> p of the proposed labels; Holm across the row's columns when asked."""
     out = {}
     for label, groups in summary.get("significance", {}).items():
-        raw = {(g, m): groups.get(g, {}).get(m, {}).get("p") for g in GROUPS for m in metrics if m in groups.get(g, {})}
+        raw = {(g, m.name): groups.get(g, {}).get(m.name, {}).get("p") for g in GROUPS for m in metrics if m.name in groups.get(g, {})}
         out[label] = holm_adjust(raw) if holm else raw
     return out
 
@@ -53,25 +64,26 @@ def _holm(summary: Mapping, holm: bool | None) -> bool:
     return bool(summary.get("stats", {}).get("holm")) if holm is None else holm
 
 
-def cells(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> dict[str, dict[tuple[str, str], Cell | None]]:
-    """label -> (group, metric) -> Cell, with ranks per column and stars from the stored p-values."""
+def cells(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> dict[str, dict[tuple[str, str], Cell | None]]:
+    """label -> (group, metric name) -> Cell, with ranks per column and stars from the stored p-values."""
     models = summary["models"]
     significance = summary.get("significance", {})
     pvalues = _pvalues(summary, metrics, _holm(summary, holm))
     out: dict[str, dict[tuple[str, str], Cell | None]] = {label: {} for label in models}
     for group in GROUPS:
         for metric in metrics:
-            present = {label: groups[group][metric] for label, groups in models.items() if groups.get(group) is not None}
-            ranks = _ranks({label: stats["mean"] for label, stats in present.items()}, DIRECTION.get(metric, 0))
+            key = (group, metric.name)
+            present = {label: groups[group][metric.name] for label, groups in models.items() if groups.get(group) is not None}
+            ranks = _ranks({label: stats["mean"] for label, stats in present.items()}, metric.direction)
             for label in models:
                 stats = present.get(label)
                 if stats is None:
-                    out[label][(group, metric)] = None
+                    out[label][key] = None
                     continue
-                test = significance.get(label, {}).get(group, {}).get(metric)
-                p = pvalues.get(label, {}).get((group, metric))
+                test = significance.get(label, {}).get(group, {}).get(metric.name)
+                p = pvalues.get(label, {}).get(key)
                 star = test is not None and test["improves"] and p is not None and p < ALPHA
-                out[label][(group, metric)] = Cell(stats["mean"], stats["pm"], ranks.get(label), star, p)
+                out[label][key] = Cell(stats["mean"], stats["pm"], ranks.get(label), star, p, metric.fmt)
     return out
 
 
@@ -114,10 +126,7 @@ def _ranks(means: Mapping[str, float], direction: int) -> dict[str, int]:
 def render(summary: Mapping, fmt: str, table: str = "main", holm: bool | None = None) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
-    metrics = TABLE_METRICS[table]
-    return {"latex": latex, "markdown": markdown, "csv": to_csv}[fmt](summary, metrics, holm)
+    return {"latex": latex, "markdown": markdown, "csv": to_csv}[fmt](summary, table_metrics(table), holm)
 
 
 # ----- LaTeX -------------------------------------------------------------------------------------
@@ -131,7 +140,7 @@ def latex_escape(text: str) -> str:
 def _latex_cell(cell: Cell | None) -> str:
     if cell is None:
         return "-"
-    body = f"{cell.mean:.4f} \\pm {cell.spread:.4f}"
+    body = cell.text("\\pm")
     if cell.rank == 0:
         body = f"\\mathbf{{{body}}}"
     elif cell.rank == 1:
@@ -139,7 +148,7 @@ def _latex_cell(cell: Cell | None) -> str:
     return f"${body}{'^{*}' if cell.star else ''}$"
 
 
-def latex(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+def latex(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
     """A ``table`` environment (needs booktabs), in the layout of the paper's Tables IV/V/VI."""
     grid = cells(summary, metrics, holm)
     n = len(metrics)
@@ -150,13 +159,13 @@ def latex(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) ->
         r"\toprule",
         " & ".join(["", *(f"\\multicolumn{{{n}}}{{c}}{{{GROUP_TITLES[g]}}}" for g in GROUPS)]) + r" \\",
         " ".join(f"\\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(GROUPS))),
-        " & ".join(["Model", *(latex_escape(METRIC_TITLES[m]) for _ in GROUPS for m in metrics)]) + r" \\",
+        " & ".join(["Model", *(latex_escape(m.title) for _ in GROUPS for m in metrics)]) + r" \\",
         r"\midrule",
     ]
     for label, first_proposed in _rows(summary):
         if first_proposed:
             lines.append(r"\midrule")
-        row = [latex_escape(label), *(_latex_cell(grid[label][(g, m)]) for g in GROUPS for m in metrics)]
+        row = [latex_escape(label), *(_latex_cell(grid[label][(g, m.name)]) for g in GROUPS for m in metrics)]
         lines.append(" & ".join(row) + r" \\")
     caption = latex_escape(" ".join(notes(summary, holm))).replace("±", r"$\pm$").replace("<", "$<$")
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
@@ -179,7 +188,7 @@ def _rows(summary: Mapping) -> list[tuple[str, bool]]:
 def _plain_cell(cell: Cell | None, bold: tuple[str, str], underline: tuple[str, str], star: str) -> str:
     if cell is None:
         return "-"
-    body = f"{cell.mean:.4f} ± {cell.spread:.4f}"
+    body = cell.text()
     if cell.rank == 0:
         body = f"{bold[0]}{body}{bold[1]}"
     elif cell.rank == 1:
@@ -187,17 +196,17 @@ def _plain_cell(cell: Cell | None, bold: tuple[str, str], underline: tuple[str, 
     return body + (star if cell.star else "")
 
 
-def markdown(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+def markdown(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
     grid = cells(summary, metrics, holm)
-    header = ["Model", *(f"{GROUP_TITLES[g]} {METRIC_TITLES[m]}" for g in GROUPS for m in metrics)]
+    header = ["Model", *(f"{GROUP_TITLES[g]} {m.title}" for g in GROUPS for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", *(":---:" for _ in header[1:])]) + "|"]
     for label, _ in _rows(summary):
-        row = [label.replace("|", r"\|"), *(_plain_cell(grid[label][(g, m)], ("**", "**"), ("<u>", "</u>"), r"\*") for g in GROUPS for m in metrics)]
+        row = [label.replace("|", r"\|"), *(_plain_cell(grid[label][(g, m.name)], ("**", "**"), ("<u>", "</u>"), r"\*") for g in GROUPS for m in metrics)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join([*lines, "", *notes(summary, holm)]) + "\n"
 
 
-def to_csv(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+def to_csv(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
     """Long format, one row per model x group x metric; empty cells for "-"; seeds' values ';'-joined."""
     grid = cells(summary, metrics, holm)
     significance = summary.get("significance", {})
@@ -206,7 +215,7 @@ def to_csv(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -
     writer.writerow(["model", "group", "metric", "mean", "spread", "ci_low", "ci_high", "seed_sd", "seed_values", "rank", "p_value", "against"])
     for label, _ in _rows(summary):
         for group in GROUPS:
-            for metric in metrics:
+            for metric in (m.name for m in metrics):
                 cell = grid[label][(group, metric)]
                 stats = (summary["models"][label].get(group) or {}).get(metric, {})
                 test = significance.get(label, {}).get(group, {}).get(metric) or {}
@@ -231,17 +240,16 @@ def to_csv(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -
 
 # ----- rich (terminal) ---------------------------------------------------------------------------
 def rich_table(summary: Mapping, table: str = "main") -> Table:
-    metrics = TABLE_METRICS[table]
+    metrics = table_metrics(table)
     grid = cells(summary, metrics)
-    title = {"main": "Effectiveness", "ablation": "Ablation (PRAUC)", "safety": "Safety: DDI rate and #medications"}[table]
-    out = Table(title=f"{title} — {summary.get('dataset', '')}", caption="\n".join(notes(summary)), caption_justify="left")
+    out = Table(title=f"{TABLES[table]} — {summary.get('dataset', '')}", caption="\n".join(notes(summary)), caption_justify="left")
     out.add_column("Model", style="bold")
     for group in GROUPS:
         for metric in metrics:
-            out.add_column(f"{GROUP_TITLES[group]}\n{METRIC_TITLES[metric]}", justify="center")
+            out.add_column(f"{GROUP_TITLES[group]}\n{metric.title}", justify="center")
     for label, first_proposed in _rows(summary):
         if first_proposed:
             out.add_section()
         marks = {"bold": ("[bold]", "[/bold]"), "underline": ("[underline]", "[/underline]"), "star": "*"}
-        out.add_row(label, *(_plain_cell(grid[label][(g, m)], **marks) for g in GROUPS for m in metrics))
+        out.add_row(label, *(_plain_cell(grid[label][(g, m.name)], **marks) for g in GROUPS for m in metrics))
     return out

@@ -1,6 +1,7 @@
 """One training loop for every model trained by gradient descent: :func:`run_training`.
 
-It shuffles with the model's seed, steps, evaluates validation PRAUC (after every epoch, or every
+It shuffles with the model's seed, steps, evaluates the validation score (:func:`validation_score`: PRAUC
+or Jaccard, as ``config.selection`` says; after every epoch, or every
 ``eval_every`` optimizer steps for step-based training such as the LEADER teacher's), stops early after
 ``patience`` evaluations without improvement (or runs its whole budget), restores the best weights, reports
 progress through one callback (``on_progress(done, total, status)``) and says in its report whether the model
@@ -24,13 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.contract import MedRecModel, seed_everything, training_record
+from bench.contract import MedRecModel, ProgressCallback, seed_everything, training_record
 from bench.determinism import OpProbe
 from bench.metrics import per_sample_metrics, prauc_per_sample
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,10 @@ def run_training(
     ``evaluate()`` scores the current weights on validation data (``None``: minus the mean training loss since
     the last evaluation); ``snapshot``/``restore`` copy and reinstate the weights of the best evaluation.
     ``on_progress(done, total, status)`` is called after every epoch (epoch-based) or every optimizer step
-    (step-based) with the epochs or steps done, their budget, and the latest loss and validation PRAUC.
+    (step-based) with the epochs or steps done, their budget, and the latest loss and validation score.
 
-    The report: best and last epoch and step, ``stopped_by`` (``patience``, ``epochs`` or ``max_steps``) and
+    The report: best and last epoch and step, ``history`` (per evaluation: epoch, step, mean training loss
+    and ``val_score``, what ``evaluate`` returned), ``stopped_by`` (``patience``, ``epochs`` or ``max_steps``) and
     ``converged``, False when the best evaluation is the last one (the model was still improving); with
     deterministic algorithms on, ``determinism`` (:func:`bench.determinism.describe`) of the first step and evaluation.
     """
@@ -101,7 +101,7 @@ def run_training(
         else:
             score = evaluate()
         losses.clear()
-        history.append({"epoch": state["epoch"], "step": state["step"], "loss": loss, "val_prauc": score})
+        history.append({"epoch": state["epoch"], "step": state["step"], "loss": loss, "val_score": score})
         if score > best["score"]:
             best.update(score=score, epoch=state["epoch"], step=state["step"], state=snapshot())
             state["stale"] = 0
@@ -197,7 +197,6 @@ class TorchModel(MedRecModel):
     """A model trained by :func:`train_network`. Subclasses implement the four abstract methods."""
 
     network: nn.Module | None = None
-    on_progress: ProgressCallback | None = None  # set by the harness to drive a progress bar
 
     @abstractmethod
     def build_network(self) -> nn.Module: ...

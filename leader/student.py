@@ -70,7 +70,6 @@ from leader.losses import (
 
 KD_MODES = ("feature", "none", "output", "temperature", "projector")
 HIDDEN_STATE_MODES = ("feature", "projector")  # distil from the teacher's hidden state h
-OUTPUT_MODES = ("output", "temperature")  # distil from the teacher's probabilities
 
 
 @dataclass

@@ -77,8 +77,9 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything, training_record
-from bench.training import ProgressCallback, Schedule, run_training, target_tensor, validation_score
+from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything, stopping_rule, training_record
+from bench.training import Schedule, run_training, target_tensor, validation_score
+from data_prep.atomic import write_atomic
 from data_prep.cache import stable_hash
 from data_prep.dataset import PreparedDataset, Sample
 from leader.backbone import (
@@ -93,7 +94,7 @@ from leader.backbone import (
     peft_model,
 )
 from leader.prompts import PromptParts, fit_prompt, prompt_parts
-from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, store_folder, teacher_cache_key, teacher_path
+from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, teacher_cache_key, teacher_path
 from leader.teacher_network import TeacherNetwork
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # input ids, attention mask, cached lower states
@@ -153,10 +154,6 @@ class TeacherConfig(ModelConfig):
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"leader_t batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
 
-    def budget(self) -> str:
-        stop = "fixed" if self.patience is None else f"patience {self.patience}"
-        return f"{self.max_steps} steps ({stop}, validation every {self.eval_every}), {self.batch_size} samples per step"
-
     def resolved_path(self) -> Path:
         path = Path(self.teacher_path) if self.teacher_path else default_teacher_path()
         if not path.is_dir():
@@ -173,7 +170,11 @@ class LeaderTeacher(MedRecModel):
     name = "leader_t"
     config_class = TeacherConfig
     capabilities = Capabilities(uses_profile=True)
-    on_progress: ProgressCallback | None = None  # on_progress(step, max_steps, status) after every optimizer step
+
+    @classmethod
+    def training_budget(cls, config: TeacherConfig) -> str:
+        """Optimizer steps (the paper preset: 3,000, one evaluation at the end), not epochs."""
+        return f"{config.max_steps} steps ({stopping_rule(config.patience)}, validation every {config.eval_every}), {config.batch_size} samples per step"
 
     def __init__(self, dataset: PreparedDataset, config: TeacherConfig | None = None, seed: int = 0, device: str = "cpu"):
         super().__init__(dataset, config, seed, device)
@@ -339,7 +340,7 @@ class LeaderTeacher(MedRecModel):
         if not train:
             raise ValueError("leader_t: no training sample")
         cached = self.cache_path(train, val)
-        folder = cached.parent  # stored whole by store_folder, so the lock sits beside it
+        folder = cached.parent  # stored whole (write_atomic), so the lock sits beside it
         folder.parent.mkdir(parents=True, exist_ok=True)
         # students of one teacher running at once (worker processes, Ray tasks) wait here for one fine-tuning
         with FileLock(folder.with_name(f".{folder.name}.lock")):
@@ -498,7 +499,7 @@ class LeaderTeacher(MedRecModel):
     def save_to_cache(self, train: Sequence[Sample], val: Sequence[Sample]) -> Path:
         """Store the fitted teacher so a later ``fit`` on the same data and config (e.g. the student's) loads it."""
         path = self.cache_path(train, val)
-        store_folder(path.parent, lambda folder: self.save(folder / TEACHER_FILE))
+        write_atomic(path.parent, lambda folder: self.save(folder / TEACHER_FILE), folder=True, existing="keep")
         return path
 
 

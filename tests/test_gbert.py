@@ -186,5 +186,6 @@ def test_paper_preset_is_run_alternative_sh():
     paper, harness = GBert.Config.preset("paper"), GBert.Config.preset("harness")
     assert (paper.rounds, paper.epochs, paper.pretraining_epochs) == (16, 5, 5)
     assert (paper.batch_size, paper.pretrain_batch_size, paper.lr, paper.patience) == (1, 64, 5e-4, None)
-    assert "1 sample per step" in paper.budget() and paper.budget().startswith("16 x")
+    assert GBert.training_budget(paper) == "16 x (pre-training 5 epochs (fixed), 64 visits per step; fine-tuning 5 epochs (fixed), 1 sample per step)"
+    assert GBert.training_budget(GBert.Config(pretrain_epochs=0)) == "16 x (fine-tuning 5 epochs (fixed), 1 sample per step)"
     assert (harness.rounds, harness.batch_size, harness.lr, harness.patience) == (1, 32, 2e-3, 10)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench import registry
-from bench.runner import Entry, _plan
+from bench.plan import resolve
+from bench.spec import Entry, RunSpec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SETTING = re.compile(r"`([a-z_]+)=([^`]+)`")
@@ -60,10 +61,12 @@ def test_the_table_gives_each_models_paper_config(model, settings):
 
 def test_gbert_and_refine_paper_runs_take_one_sample_per_step():
     """bench run --models gbert,refine --preset paper: the plan it prints, one sample per optimizer step."""
-    planned = {p.entry.model: p.config for p in _plan([Entry("gbert", "gbert"), Entry("refine", "refine")], "paper")}
-    assert all(c.batch_size == 1 and "1 sample per step" in c.budget() for c in planned.values())
+    resolved = resolve(RunSpec((Entry("gbert", "gbert"), Entry("refine", "refine")), preset="paper"))
+    planned = {r.entry.model: r.config for r in resolved}
+    budgets = {r.entry.model: r.model_class.training_budget(r.config) for r in resolved}
+    assert all(c.batch_size == 1 and "1 sample per step" in budgets[m] for m, c in planned.items())
     assert planned["refine"].epochs <= 10 and planned["refine"].lr == 2e-4 and planned["gbert"].lr == 5e-4
-    assert planned["refine"].budget() == "10 epochs (fixed), 1 sample per step"
+    assert budgets["refine"] == "10 epochs (fixed), 1 sample per step"
 
 
 def test_harness_and_quick_presets_stop_by_validation_patience_on_prauc():
