@@ -95,9 +95,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.nn import GATConv
 
-from bench import determinism
 from bench.contract import Capabilities, ModelConfig, seed_everything, stopping_rule, training_record
-from bench.training import TorchModel, pad_sequences, target_tensor, train_network
+from bench.training import TorchModel, pad_sequences, staged_report, target_tensor, train_network
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
 from data_prep.protocol import longest_records
@@ -565,13 +564,10 @@ class GBert(TorchModel):
                         self.network.reset_heads(stage)
                     stages[stage] = train_network(self, stage_train, stage_val)
             rounds.append(stages)
-        final = rounds[-1]["finetune"]  # the model kept: selection, convergence, history and training samples are its
-        probed = [stage["determinism"] for r in rounds for stage in r.values() if "determinism" in stage]
         self.fit_report = {
-            **{k: final[k] for k in ("best_epoch", "best_step", "best_val_score", "stopped_by", "converged", "history", "training_samples")},
-            **{k: sum(stage[k] for r in rounds for stage in r.values()) for k in ("epochs_run", "steps_run", "eval_seconds")},
+            # the model kept is the last fine-tuning's: selection, convergence, history and training samples are its
+            **staged_report([stage for r in rounds for stage in r.values()], rounds[-1]["finetune"]),
             **({"pretraining": training_record(pretrain_train)} if self.capabilities.pretrains_on_training_visits else {}),
-            **({"determinism": determinism.merge(probed)} if probed else {}),
             "train_seconds": time.perf_counter() - started,
             "rounds": rounds,
         }

@@ -26,7 +26,8 @@ with no early stopping and the epoch of best validation Jaccard kept (training.p
 ``molecule_para``/``substruct_para``), fragments encoded by the GIN (``--embedding`` off), target DDI rate
 0.06 (``--target_ddi``), coefficient 2.5 (``--coef``), DDI-loss scale 0.0005 (hard-coded in MoleRec.py's
 ``forward``), threshold 0.5 (training.py ``eval_one_epoch``). ``--preset harness`` trains in mini-batches
-and stops early on validation PRAUC like every model here; ``--preset quick`` fits a 2-core CPU (below).
+and stops early on validation PRAUC (the harness's policy for every model); ``--preset quick`` fits a
+2-core CPU (below).
 
 Deliberate differences from the published code:
 
@@ -247,7 +248,7 @@ class MoleRec(DDITargetMixin, TorchModel):
         ddi_loss_scale: float | None = REFERENCE_DDI_LOSS_SCALE  # MoleRec.py forward; None: 10 * 0.0005 * 131 / |M|
         fragmentless: str = "bias"  # medications without fragments; "uniform": the reference (module docstring)
 
-        HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3, "ddi_loss_scale": None, "selection": "prauc", "patience": 10}
+        HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3, "ddi_loss_scale": None}  # mini-batches (module docstring)
         # 2,000 synthetic patients, last-visit protocol (50 batches of 32 an epoch, ~4.5 s each on one thread):
         # validation PRAUC peaks between epochs 20 and 26 and wanders within 0.01 after, so patience 5 and a 40-epoch
         # cap. Batches of 64 at lr 3e-3 halve the epoch's time but were still rising at epoch 40 (test PRAUC

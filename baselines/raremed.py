@@ -13,8 +13,9 @@ encoder (``nn.TransformerEncoder``: ReLU, dropout 0.3); the [CLS] output is the 
 medications (fine-tuning), the visit's own diagnoses and procedures ("self reconstruction", SR) and
 whether the two halves come from the same visit ("sequence matching", SMP).
 
-Pre-training on every visit of the training records (unlabelled: diagnoses and procedures only), first SMP
-then SR, each for a fixed number of epochs, keeping the last weights (as the reference: it logs validation
+Pre-training (declared: ``Capabilities.pretrains_on_training_visits``; fit report ``pretraining``) on every
+visit of the training records (unlabelled: diagnoses and procedures only), first SMP then SR, each for a
+fixed number of epochs, keeping the last weights (as the reference: it logs validation
 figures but saves the final model, ``main.py`` 501, 531). SMP pairs each visit with a negative that swaps
 one half (either, with probability 1/2) with that of another training visit whose procedures differ. SR is
 BCE against the visit's codes; the reference's default ``--mask_prob 0`` (line 36) masks nothing. No
@@ -29,8 +30,8 @@ dropout 0.3 (45), AdamW lr 1e-5 (44) and weight decay 0.1 (46), one visit per op
 epochs of each pre-training task (35), at most 60 fine-tuning epochs (397), stopped after 11 epochs
 without a better validation score (``epoch - best_epoch > 10`` with ``--early_stop 10``, 26 and 442),
 margin weight 0.005 (48), DDI weight 0.1 (49), threshold 0.5 (109). ``--preset harness``: batches of 32
-and lr 5e-4 (below). ``--preset quick``: dim 128, 2 layers, feed-forward 512, 5 pre-training epochs of
-each task, patience 5.
+and lr 5e-4 (below), fine-tuning stopped by the harness's validation patience 10 on PRAUC. ``--preset
+quick``: dim 128, 2 layers, feed-forward 512, 5 pre-training epochs of each task, patience 5.
 
 Deliberate differences from the published code:
 
@@ -72,8 +73,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig, seed_everything
-from bench.training import Schedule, TorchModel, pad_sequences, run_training, target_tensor, train_network
+from bench.contract import Capabilities, ModelConfig, seed_everything, visits_record
+from bench.training import Schedule, TorchModel, pad_sequences, run_training, staged_report, target_tensor, train_network
 from baselines.layers import ddi_loss, margin_loss
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
@@ -125,7 +126,8 @@ class RAREMedNetwork(nn.Module):
 
 class RAREMed(TorchModel):
     name = "raremed"
-    capabilities = Capabilities()  # the current visit only
+    # the current visit only; pre-training (SMP, SR) on every visit of the training patients, declared per config
+    capabilities = Capabilities(pretrains_on_training_visits=True)
 
     @dataclass
     class Config(ModelConfig):
@@ -160,6 +162,7 @@ class RAREMed(TorchModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.capabilities = Capabilities(pretrains_on_training_visits=self.config.pretrain_epochs > 0)
         self.optimizer: torch.optim.Optimizer | None = None
         self.ddi_adj = torch.as_tensor(self.dataset.ddi_adj, dtype=torch.float32, device=self.device)
 
@@ -231,8 +234,7 @@ class RAREMed(TorchModel):
             self.optimizer.step()
             return float(loss.detach())
 
-        epochs = self.config.pretrain_epochs
-        return run_training(Schedule(batch_size=self.config.batch_size, epochs=epochs, patience=epochs + 1), len(visits), self.seed,
+        return run_training(Schedule(batch_size=self.config.batch_size, epochs=self.config.pretrain_epochs, patience=None), len(visits), self.seed,
                             train_step, evaluate=None, snapshot=lambda: None, restore=lambda state: None, on_progress=self.on_progress)
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "RAREMed":
@@ -242,13 +244,12 @@ class RAREMed(TorchModel):
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
         visits = record_visits(train)  # every visit of the training records, once; never a validation or test record
         stages = {task: self.pretrain(task, visits) for task in ("matching", "reconstruction") if self.config.pretrain_epochs > 0}
-        stages["finetune"] = final = train_network(self, train, val)
+        stages["finetune"] = train_network(self, train, val)
         self.optimizer = None
         self.fit_report = {
-            **{k: final[k] for k in ("best_epoch", "best_step", "best_val_score", "stopped_by", "converged", "history")},
-            **{k: sum(stage[k] for stage in stages.values()) for k in ("epochs_run", "steps_run", "eval_seconds")},
+            **staged_report(list(stages.values()), stages["finetune"]),
+            **({"pretraining": visits_record(train)} if self.capabilities.pretrains_on_training_visits else {}),
             "train_seconds": time.perf_counter() - started,
-            "pretrain_visits": len(visits) if self.config.pretrain_epochs > 0 else 0,
             "stages": stages,
         }
         return self

@@ -33,7 +33,7 @@ target visit (a DataLoader per prefix, 203-207, so its ``--batch_size 16`` never
 100 epochs (186), dim 64 (53), 2 heads (``VITA_model.py`` 21), beam 4 (55) of at most 45 medications (54),
 Gumbel temperature 0.6 and attention temperature 20 (90-91; the annealing is commented out, 247-248),
 dropout 0.3 on embeddings and 0.2 in the transformer layers (33, 47, 51, 61), the medication encoder's
-feed-forward PyTorch's 2048 (51); early stopping by validation PRAUC with patience 10 as every model here
+feed-forward PyTorch's 2048 (51); early stopping by validation PRAUC with patience 10, the harness's policy
 (the reference saves every epoch and its test loads one chosen by hand, line 33). ``--preset harness``:
 batches of 16 target visits (the script's own ``--batch_size``, COGNet's batch here). ``--preset quick``:
 COGNet's quick settings (at most 40 epochs, patience 5, encoder feed-forward 512).

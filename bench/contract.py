@@ -39,6 +39,7 @@ import torch
 
 from data_prep.atomic import write_atomic
 from data_prep.dataset import PreparedDataset, Sample
+from data_prep.protocol import longest_records, served
 
 # paper: each model's published configuration; harness: what this harness changes for mini-batch training;
 # quick: the harness preset sized for a 2-core CPU (every model still stops by validation patience)
@@ -136,6 +137,13 @@ def training_record(samples: Sequence[Sample]) -> dict:
     """What a model trained on, for its fit report (``training_samples``; ``pretraining`` for visits): how many
     samples, of how many patients, and a digest of their ids, so that no identifier leaves the process."""
     return _record([s.sample_id for s in samples], len({s.patient_id for s in samples}))
+
+
+def visits_record(samples: Sequence[Sample]) -> dict:
+    """:func:`training_record` of every visit of the samples' records, each once (a patient's visits 1..T):
+    what a pre-training stage on the training patients' visits reports (``pretraining``)."""
+    records = longest_records(samples)
+    return _record([f"{s.patient_id}#{t}" for s in records for t in range(1, s.visit_number + 1)], len(records))
 
 
 def _record(ids: Sequence[str], patients: int) -> dict:
@@ -306,7 +314,8 @@ def check_model(
     capability, profile use as declared, targets never read at prediction, a decision rule in words, and
     the training samples: ``fit_report["training_samples"]`` must be :func:`training_record` of exactly the
     ``protocol``'s training samples, or of exactly those of them the model serves (a model that adds visits
-    of its own, e.g. every earlier visit of a patient under ``last-visit``, or drops others, fails), and a
+    of its own, e.g. every earlier visit of a patient under ``last-visit``, or drops others, fails), or of
+    none for a model that learns nothing (then a fit on no training sample must predict the same), and a
     model that declares
     ``pretrains_on_training_visits`` must report ``fit_report["pretraining"]`` of exactly every visit of the
     training patients (one that does not declare it must report none). What the check cannot see is a loss
@@ -317,7 +326,6 @@ def check_model(
     from unittest import mock
 
     from bench import determinism
-    from data_prep.protocol import longest_records, served
 
     name = getattr(model_class, "name", model_class.__qualname__)
 
@@ -353,16 +361,22 @@ def check_model(
 
         trained = model.fit_report.get("training_samples")
         require(trained is not None, "fit_report['training_samples'] is missing: report training_record(the samples the loss read) (TorchModel's loop does)")
-        every = training_record(train)
-        expected = training_record([s for s, ok in zip(train, served(train, model.capabilities.needs_history_medications)) if ok])
-        require(trained in (every, expected), (
-            f"trained on {trained['samples']} samples of {trained['patients']} patients, where the {protocol} protocol gives "
-            f"{expected['samples']} samples of {expected['patients']} patients that it serves (digests {trained['digest']} and "
-            f"{expected['digest']}): train on the samples fit() receives, or on those of them it serves, never on samples of "
-            "its own making; every visit is --protocol all-visits or train-all-test-last, not a rule of the model"
-        ))
-        records = longest_records(train)
-        every_visit = _record([f"{s.patient_id}#{t}" for s in records for t in range(1, s.visit_number + 1)], len(records))
+        if trained == training_record([]):  # a fixed rule (the repeat floor): it must predict alike without training data
+            try:
+                untrained = model_class(dataset, config, seed=seed, device=device).fit([], val).predict_proba(samples)
+            except Exception as error:
+                raise AssertionError(f"{name}: reports no training sample, yet cannot fit on none ({error})") from error
+            np.testing.assert_array_equal(untrained, proba, err_msg=f"{name}: reports no training sample, yet a fit on none predicts otherwise")
+        else:
+            every = training_record(train)
+            expected = training_record([s for s, ok in zip(train, served(train, model.capabilities.needs_history_medications)) if ok])
+            require(trained in (every, expected), (
+                f"trained on {trained['samples']} samples of {trained['patients']} patients, where the {protocol} protocol gives "
+                f"{expected['samples']} samples of {expected['patients']} patients that it serves (digests {trained['digest']} and "
+                f"{expected['digest']}): train on the samples fit() receives, or on those of them it serves, never on samples of "
+                "its own making; every visit is --protocol all-visits or train-all-test-last, not a rule of the model"
+            ))
+        every_visit = visits_record(train)
         pretraining = model.fit_report.get("pretraining")
         if model.capabilities.pretrains_on_training_visits:
             require(pretraining == every_visit, (

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import determinism
 from bench.contract import MedRecModel, ProgressCallback, seed_everything, training_record
-from bench.determinism import OpProbe
 from bench.metrics import per_sample_metrics, prauc_per_sample
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
@@ -87,7 +87,7 @@ def run_training(
     history: list[dict] = []
     losses: list[float] = []
     state = {"stale": 0, "step": 0, "epoch": 0, "status": "", "eval_seconds": 0.0}
-    probe = OpProbe() if torch.are_deterministic_algorithms_enabled() else None
+    probe = determinism.OpProbe() if torch.are_deterministic_algorithms_enabled() else None
     started = time.perf_counter()
 
     def evaluation() -> bool:
@@ -285,3 +285,15 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
         on_progress=model.on_progress,
     )
     return {**report, "training_samples": training_record(train)}
+
+
+def staged_report(stages: Sequence[dict], final: dict) -> dict:
+    """One fit report for a model trained in several runs of the loop (pre-training, rounds, a basic model
+    first): the kept stage's (``final``) selection, convergence, history and training samples, the epochs,
+    steps and evaluation time of every stage together, and their determinism probes merged."""
+    probed = [stage["determinism"] for stage in stages if "determinism" in stage]
+    return {
+        **{k: final[k] for k in ("best_epoch", "best_step", "best_val_score", "stopped_by", "converged", "history", "training_samples")},
+        **{k: sum(stage[k] for stage in stages) for k in ("epochs_run", "steps_run", "eval_seconds")},
+        **({"determinism": determinism.merge(probed)} if probed else {}),
+    }

@@ -122,6 +122,17 @@ class HidesItsPretraining(MostFrequent):
         return self
 
 
+class HidesItsTraining(CurrentVisitMLP):
+    """Trains, yet reports no training sample (as a fixed rule such as the repeat floor does)."""
+
+    name = "hides_its_training"
+
+    def fit(self, train, val):
+        super().fit(train, val)
+        self.fit_report["training_samples"] = training_record([])
+        return self
+
+
 @pytest.mark.parametrize(
     "model_class, promise, protocol",
     [
@@ -133,6 +144,7 @@ class HidesItsPretraining(MostFrequent):
         (DropsSingleVisitPatients, "train on the samples fit\\(\\) receives", "last-visit"),
         (PretrainsOnValidation, "every visit of the training patients", "last-visit"),
         (HidesItsPretraining, "does not declare", "last-visit"),
+        (HidesItsTraining, "reports no training sample", "last-visit"),
     ],
 )
 def test_the_check_catches_a_model_that_breaks_a_promise(model_class, promise, protocol, tiny_dataset):
@@ -140,7 +152,7 @@ def test_the_check_catches_a_model_that_breaks_a_promise(model_class, promise, p
         check_model(model_class, tiny_dataset, model_class.config_class.preset("quick", **({"epochs": 2} if issubclass(model_class, CurrentVisitMLP) else {})), protocol=protocol)
 
 
-@pytest.mark.parametrize("name", ["mlp", "gbert", "cognet"])
+@pytest.mark.parametrize("name", ["mlp", "gbert", "cognet", "raremed", "repeat"])
 def test_models_train_on_every_visit_through_the_protocol(name, tiny_dataset, tiny_teacher):
     model_class = registry.get(name)
     check_model(model_class, tiny_dataset, fast_config(model_class, tiny_teacher), protocol="all-visits")
