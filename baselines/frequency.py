@@ -15,7 +15,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from bench.contract import Capabilities, MedRecModel, ModelConfig
+from bench.contract import Capabilities, MedRecModel, ModelConfig, training_record
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
 
@@ -42,7 +42,7 @@ class MostFrequent(MedRecModel):
         targets = multi_hot([s.target for s in train], self.dataset.n_medications)
         self.frequency = targets.mean(0, dtype=np.float64).astype(np.float32)
         self.top_k = int(round(targets.sum(1).mean())) if self.config.top_k is None else self.config.top_k
-        self.fit_report = {"train_seconds": time.perf_counter() - started, "top_k": self.top_k}
+        self.fit_report = {"train_seconds": time.perf_counter() - started, "top_k": self.top_k, "training_samples": training_record(train)}
         return self
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:

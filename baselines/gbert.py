@@ -19,41 +19,42 @@ pre-training); 2 pre-LN transformer blocks (hidden 300, 4 heads, feed-forward 30
 dropout 0.4, attention dropout 0.1, bias-free Q/K/V); keys are the code tokens only, so [CLS]
 pools the codes. The visit vector is the [CLS] output.
 
-Pre-training on every training visit (single-visit patients included): 15% of the code tokens are
-masked (80% [MASK], 10% a random code, 10% kept) and four 2-layer heads predict the visit's
-diagnosis and medication sets from its diagnosis and medication vectors (dx->dx, rx->dx, dx->rx,
-rx->rx), the sum of four BCE losses; the epoch of best validation rx->rx PRAUC is kept.
-Fine-tuning on patients with history: each visit's diagnosis and medication vectors pass through
-their mapping heads (Linear + ReLU); visit t is predicted from
-``[mean_{tau<t} u_d ; mean_{tau<t} u_m ; u_d^t]`` by a 2-layer MLP (900 -> 600 -> |M|), BCE
-over every visit t >= 2 of the patient, as the reference trains; the prediction is the last
-visit's. Procedures are not used (as published). Adam (lr below), decision threshold 0.3.
+Pre-training (declared: ``Capabilities.pretrains_on_training_visits``; fit report ``pretraining``) on
+every visit of the training patients, single-visit patients included, each visit on its own: 15% of
+the code tokens are masked (80% [MASK], 10% a random code, 10% kept) and four 2-layer heads predict
+the visit's diagnosis and medication sets from its diagnosis and medication vectors (dx->dx, rx->dx,
+dx->rx, rx->rx), the sum of four BCE losses; the epoch of best validation rx->rx PRAUC is kept.
+Fine-tuning on the protocol's training samples that have history (the fit report's
+``training_samples``): each visit's diagnosis and medication vectors pass through their mapping heads
+(Linear + ReLU); the current visit is predicted from ``[mean_{tau<t} u_d ; mean_{tau<t} u_m ; u_d^t]``
+by a 2-layer MLP (900 -> 600 -> |M|), BCE against its medications; the epoch of best validation
+PRAUC is kept. Procedures are not used (as published). Adam, decision threshold 0.3.
 
-``--preset quick`` (a 2-core CPU): hidden and feed-forward size 128 instead of 300, pre-training
-for at most 20 epochs (patience 3), fine-tuning patience 5. On the synthetic cohort (2,000 patients,
-validation figures) pre-training is still improving at 20 epochs (rx->rx PRAUC 0.85), so there the
-cap, not patience, ends it; fine-tuning then peaks at validation PRAUC 0.64 by epoch 8, against
-0.61 at best (epoch 28 of 33) without pre-training (``pretrain_epochs=0``).
-
-Schedule. By default one round: pre-train until validation rx->rx PRAUC stops improving, then
-fine-tune until validation PRAUC stops improving (the harness's early stopping), each stage for at
-most 80 epochs, the reference's total (16 x 5). With the paper configuration on a 300-patient
-synthetic cohort (8 pre-training steps per epoch) the cap ended pre-training (rx->rx 0.89, still
-rising) and fine-tuning stopped by patience, best at epoch 4. The reference's
-alternating schedule (``run_alternative.sh``: 5 pre-training and 5 fine-tuning epochs, 16 times,
-only the encoder carried over, the heads re-initialised at each stage, each stage starting from the
-best checkpoint of the one before) is ``--set gbert.rounds=16 --set gbert.pretrain_epochs=5
---set gbert.epochs=5``; ``pretrain_epochs=0`` fine-tunes without pre-training.
+Presets. ``--preset paper`` is the reference's schedule (``run_alternative.sh``): 16 rounds of 5
+pre-training epochs (64 visits per step) and 5 fine-tuning epochs (one sample per step), every epoch
+run, lr 5e-4, each stage starting from the best checkpoint of the one before, only the encoder carried
+over (the heads re-initialised each round). ``--preset harness``: one round, each stage for at most
+80 epochs with validation patience 10, fine-tuning in batches of 32 samples, lr 2e-3 for both stages.
+``--preset quick``: the harness preset with hidden and feed-forward size 128, pre-training for at most
+20 epochs (patience 3), fine-tuning for at most 40 (patience 5). ``pretrain_epochs=0`` fine-tunes
+without pre-training.
 
 Deliberate differences from the published code:
 
+- Which visits are fine-tuning targets is the protocol's decision: under ``last-visit`` (the default)
+  each training patient's last visit, under ``all-visits`` and ``train-all-test-last`` every visit
+  with history, each its own sample. The reference's loss covers every visit t >= 2 of a patient in
+  one step; ``--protocol all-visits`` trains on the same visits, one sample per step at the paper preset.
+- Pre-training reads the training patients' visits only; the reference pre-trains on every
+  single-visit patient of the dataset (``data-single-visit.pkl``, test patients' included) plus the
+  visits of the multi-visit training patients. Its published numbers therefore come from more
+  pre-training data than a run here, whose pre-training sees nothing of validation or test.
 - Fine-tuning inputs, by modality. The reference stacks each patient's sequences interleaved
   (``dx1, rx1, dx2, rx2, ...``) and splits the pooled outputs with ``view(2, T, H)``, which takes
   the first half of the rows as "diagnoses" and the second half as "medications": the history
   means mix modalities and visits, and for patients with 3 or more visits they include the target
   visit's own medications and later visits. Here the means run over the earlier visits of each
-  modality only (a cumulative sum per patient). No option restores the reference: it would feed
-  the target to ``predict_proba``.
+  modality only. No option restores the reference: it would feed the target to ``predict_proba``.
 - Random replacements in pre-training masking come from the token's own modality; the reference
   draws diagnosis replacements from the medication vocabulary and the reverse. Validation visits
   are encoded unmasked (the reference masks them at random too), and they are every visit of the
@@ -67,21 +68,13 @@ Deliberate differences from the published code:
   terrorism, 610-612); Kaposi's sarcoma (176) is its own section, as in the reference.
 - One medication vocabulary (the dataset's) for pre-training, fine-tuning labels and prediction;
   the reference pre-trains on a finer ATC level than its fine-tuning labels.
-- Learning rate 2e-3 for both stages instead of the reference's 5e-4 (``lr=5e-4`` restores it).
-  Fine-tuning takes one step per 32 patients, not per patient (the policy of every baseline
-  here). Pre-training keeps the reference's 64-visit batches, but the synthetic cohort's ~4,200
-  training visits make 65 steps per epoch where the reference's (some 30,000 single-visit
-  patients plus the multi-visit training visits) make several hundred: at 5e-4 the
-  validation rx->rx PRAUC crept from 0.49 to 0.61 in 16 epochs, at 2e-3 it reached 0.85 in 20
-  (hidden 128; chosen on validation data).
-- Mini-batches: pre-training in batches of 64 visits (as the reference), fine-tuning in batches of
-  32 patients instead of one, the loss averaged per patient, then over the batch (under
-  ``--protocol all-visits`` each patient's longest record is fine-tuned, once). Sequences are
-  padded to the longest in the batch, not to 55 tokens, and never truncated. A visit with no code
-  lets [CLS] attend to itself (the reference gives uniform weights over the padding).
-- Early stopping on validation PRAUC with patience (``epochs``/``patience``, ``pretrain_epochs``/
-  ``pretrain_patience``) instead of fixed epoch counts; the default round runs one pre-training and
-  one fine-tuning stage, not 16 alternations of 5 epochs each.
+- ``--preset harness``/``quick``: one step per 32 samples at lr 2e-3 for both stages, one round with
+  early stopping instead of 16 fixed rounds. The synthetic cohort's ~4,200 training visits make 65
+  pre-training steps per epoch where the reference's (some 30,000 single-visit patients plus the
+  multi-visit training visits) make several hundred: at 5e-4 the validation rx->rx PRAUC crept
+  from 0.49 to 0.61 in 16 epochs, at 2e-3 it reached 0.85 in 20 (hidden 128; chosen on validation).
+- Sequences are padded to the longest in the batch, not to 55 tokens, and never truncated. A visit
+  with no code lets [CLS] attend to itself (the reference gives uniform weights over the padding).
 """
 
 from __future__ import annotations
@@ -102,8 +95,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.nn import GATConv
 
-from bench.contract import Capabilities, ModelConfig, seed_everything
-from bench.training import TorchModel, pad_sequences, train_network
+from bench.contract import Capabilities, ModelConfig, seed_everything, stopping_rule, training_record
+from bench.training import TorchModel, pad_sequences, staged_report, target_tensor, train_network
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
 from data_prep.protocol import longest_records
@@ -344,23 +337,25 @@ class GBertNetwork(nn.Module):
         dx, rx = pooled[:n], pooled[n:]
         return {name: self.pretrain_heads[name](dx if name.startswith("dx") else rx) for name in self.PRETRAIN_HEADS}
 
-    def record_logits(self, batch: dict) -> torch.Tensor:
-        """Logits of visits 1..T-1 of each record from its earlier visits: [B, T-1, M].
+    def sample_logits(self, batch: dict) -> torch.Tensor:
+        """Medication logits of each sample's current visit: [B, M].
 
-        Position t uses the mean of the mapped diagnosis and medication vectors of visits < t and
-        the mapped diagnosis vector of visit t; visit t's medications are never part of it.
+        From the mean of the mapped diagnosis and medication vectors of its earlier visits and the mapped
+        diagnosis vector of its current visit; the current visit's medications are never part of it.
         """
-        n_records, n_steps = batch["shape"]
+        n_samples, n_steps = batch["shape"]
         pooled = self.encode(batch["tokens"], batch["types"])
         n_dx = batch["dx_slot"].numel()
         dim = pooled.shape[1]
-        u_d = pooled.new_zeros(n_records * n_steps, dim).index_copy(0, batch["dx_slot"], self.map_dx(pooled[:n_dx]))
-        u_m = pooled.new_zeros(n_records * n_steps, dim).index_copy(0, batch["rx_slot"], self.map_rx(pooled[n_dx:]))
-        u_d, u_m = u_d.view(n_records, n_steps, dim), u_m.view(n_records, n_steps, dim)
-        count = torch.arange(1, n_steps, device=pooled.device, dtype=pooled.dtype).view(1, -1, 1)
-        past_d = u_d.cumsum(1)[:, :-1] / count
-        past_m = u_m.cumsum(1)[:, :-1] / count
-        return self.classifier(torch.cat([past_d, past_m, u_d[:, 1:]], dim=-1))
+        u_d = pooled.new_zeros(n_samples * n_steps, dim).index_copy(0, batch["dx_slot"], self.map_dx(pooled[:n_dx])).view(n_samples, n_steps, dim)
+        u_m = pooled.new_zeros(n_samples * n_steps, dim).index_copy(0, batch["rx_slot"], self.map_rx(pooled[n_dx:])).view(n_samples, n_steps, dim)
+        earlier = batch["history"]  # [B] earlier visits, each at least one; the current visit sits at that slot
+        is_earlier = (torch.arange(n_steps, device=pooled.device).unsqueeze(0) < earlier.unsqueeze(1)).unsqueeze(-1)
+        count = earlier.to(pooled.dtype).unsqueeze(1)
+        past_d = (u_d * is_earlier).sum(1) / count
+        past_m = u_m.sum(1) / count  # only earlier visits have a medication vector
+        current_d = u_d[torch.arange(n_samples, device=pooled.device), earlier]
+        return self.classifier(torch.cat([past_d, past_m, current_d], dim=-1))
 
 
 def bert_init(module: nn.Module) -> None:
@@ -396,19 +391,19 @@ def pretraining_visits(samples: Sequence[Sample]) -> list[Sample]:
 
 class GBert(TorchModel):
     name = "gbert"
-    capabilities = Capabilities(needs_history_medications=True)
+    capabilities = Capabilities(needs_history_medications=True, pretrains_on_training_visits=True)
 
     @dataclass
     class Config(ModelConfig):
-        epochs: int = 80  # fine-tuning epochs at most (the reference's 16 x 5); early stopping decides
-        batch_size: int = 32  # patients per fine-tuning step (the reference: 1)
-        lr: float = 2e-3  # reference 5e-4 per patient (fine-tuning) and per 64 visits (module docstring)
-        patience: int = 10
+        epochs: int = 5  # fine-tuning epochs per round (run_alternative.sh)
+        batch_size: int = 1  # samples per fine-tuning step
+        lr: float = 5e-4  # both stages
+        patience: int | None = None  # the reference runs every epoch and keeps the best validation PRAUC
         threshold: float = 0.3
         pretrain_epochs: int | None = None  # None: as ``epochs``; 0 skips pre-training
         pretrain_patience: int | None = None  # None: as ``patience``
         pretrain_batch_size: int = 64
-        rounds: int = 1  # pre-train/fine-tune rounds; 16 with 5 + 5 epochs is run_alternative.sh
+        rounds: int = 16  # pre-train/fine-tune rounds (run_alternative.sh: 16 x (5 + 5) epochs)
         dim: int = 300
         graph_heads: int = 4
         heads: int = 4
@@ -418,16 +413,35 @@ class GBert(TorchModel):
         attention_dropout: float = 0.1
         mask_probability: float = 0.15
 
+        HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3, "rounds": 1, "epochs": 80}  # module docstring
         QUICK: ClassVar[dict] = {"dim": 128, "ffn_dim": 128, "epochs": 40, "patience": 5, "pretrain_epochs": 20, "pretrain_patience": 3}
 
         def __post_init__(self) -> None:
             if self.rounds < 1:
                 raise ValueError(f"gbert rounds must be at least 1, got {self.rounds}")
 
+        @property
+        def pretraining_epochs(self) -> int:
+            return self.epochs if self.pretrain_epochs is None else self.pretrain_epochs
+
+        @property
+        def pretraining_patience(self) -> int | None:
+            return self.patience if self.pretrain_patience is None else self.pretrain_patience
+
     config_class = Config
+
+    @classmethod
+    def training_budget(cls, config: Config) -> str:
+        """Both stages of every round, e.g. the paper preset's 16 x (5 + 5) epochs."""
+        finetuning = f"fine-tuning {super().training_budget(config)}"
+        if config.pretraining_epochs == 0:
+            return f"{config.rounds} x ({finetuning})"
+        pretraining = f"pre-training {config.pretraining_epochs} epochs ({stopping_rule(config.pretraining_patience)}), {config.pretrain_batch_size} visits per step"
+        return f"{config.rounds} x ({pretraining}; {finetuning})"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.capabilities = Capabilities(needs_history_medications=True, pretrains_on_training_visits=self.config.pretraining_epochs > 0)
         self.stage = "finetune"
         self.masking = torch.Generator().manual_seed(self.seed)
 
@@ -473,34 +487,27 @@ class GBert(TorchModel):
         return {**{k: v.to(self.device) for k, v in batch.items()}, "n_visits": len(samples)}
 
     def collate_records(self, samples: Sequence[Sample]) -> dict:
-        """Fine-tuning batch: every visit's diagnosis sequence and every earlier visit's medication
-        sequence, each with its slot ``record * T + visit``; labels of visits 1..T-1 (the current
-        visit's is the target). The current visit's medications are labels only."""
+        """Fine-tuning batch: each sample's earlier visits (diagnosis and medication sequences) and its current
+        diagnoses, each sequence with its slot ``sample * T + visit``; the target is the current visit's
+        medications, never an input."""
         n_steps = max(len(s.history) for s in samples) + 1
         dx_seqs, dx_slot, rx_seqs, rx_slot = [], [], [], []
-        labels = np.zeros((len(samples), n_steps - 1, self.dataset.n_medications), dtype=np.float32)
-        label_mask = np.zeros((len(samples), n_steps - 1), dtype=bool)
         for b, s in enumerate(samples):
             for t, visit in enumerate(s.history):
                 dx_seqs.append(self.dx_tokens(visit.diagnoses))
                 rx_seqs.append(self.rx_tokens(visit.medications))
                 dx_slot.append(b * n_steps + t)
                 rx_slot.append(b * n_steps + t)
-                if t > 0:
-                    labels[b, t - 1, list(visit.medications)] = 1.0
             dx_seqs.append(self.dx_tokens(s.diagnoses))
             dx_slot.append(b * n_steps + len(s.history))
-            labels[b, len(s.history) - 1, list(s.target)] = 1.0
-            label_mask[b, : len(s.history)] = True
         tokens, _ = pad_sequences(dx_seqs + rx_seqs)
         batch = {
             "tokens": tokens,
             "types": torch.tensor([0] * len(dx_seqs) + [1] * len(rx_seqs), dtype=torch.long),
             "dx_slot": torch.tensor(dx_slot, dtype=torch.long),
             "rx_slot": torch.tensor(rx_slot, dtype=torch.long),
-            "labels": torch.from_numpy(labels),
-            "label_mask": torch.from_numpy(label_mask),
-            "last": torch.tensor([len(s.history) - 1 for s in samples], dtype=torch.long),
+            "history": torch.tensor([len(s.history) for s in samples], dtype=torch.long),
+            "target": target_tensor(samples, self.dataset.n_medications),
         }
         return {**{k: v.to(self.device) for k, v in batch.items()}, "shape": (len(samples), n_steps)}
 
@@ -508,8 +515,7 @@ class GBert(TorchModel):
         """Fine-tuning: the current visit's medication logits. Pre-training: rx->rx (validation)."""
         if self.stage == "pretrain":
             return self.network.pretrain_logits(batch)["rx2rx"]
-        per_visit = self.network.record_logits(batch)
-        return per_visit[torch.arange(per_visit.shape[0], device=per_visit.device), batch["last"]]
+        return self.network.sample_logits(batch)
 
     def loss(self, batch: dict, epoch: int) -> torch.Tensor:
         if self.stage == "pretrain":
@@ -518,9 +524,7 @@ class GBert(TorchModel):
                 F.binary_cross_entropy_with_logits(logits[name], batch["dx_labels" if name.endswith("dx") else "rx_labels"])
                 for name in GBertNetwork.PRETRAIN_HEADS
             )
-        per_visit = F.binary_cross_entropy_with_logits(self.network.record_logits(batch), batch["labels"], reduction="none").mean(-1)
-        mask = batch["label_mask"].to(per_visit.dtype)
-        return ((per_visit * mask).sum(1) / mask.sum(1)).mean()
+        return super().loss(batch, epoch)
 
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
         return [s for s in train if s.history]
@@ -530,16 +534,12 @@ class GBert(TorchModel):
             super().check_samples(samples)
 
     # ----- schedule ----------------------------------------------------------------------------
-    @property
-    def pretrain_epochs(self) -> int:
-        return self.config.epochs if self.config.pretrain_epochs is None else self.config.pretrain_epochs
-
     @contextlib.contextmanager
     def in_stage(self, stage: str) -> Iterator[None]:
         """Run the shared loop on one stage: its batches, loss and budget (``config`` swapped in)."""
         config = self.config
         if stage == "pretrain":
-            self.config = dataclasses.replace(config, epochs=self.pretrain_epochs, patience=config.pretrain_patience or config.patience, batch_size=config.pretrain_batch_size)
+            self.config = dataclasses.replace(config, epochs=config.pretraining_epochs, patience=config.pretraining_patience, batch_size=config.pretrain_batch_size)
         self.stage = stage
         try:
             yield
@@ -552,24 +552,23 @@ class GBert(TorchModel):
         self.network = self.build_network().to(self.device)
         started = time.perf_counter()
         pretrain_train, pretrain_val = pretraining_visits(train), pretraining_visits(val)
-        finetune_train, finetune_val = longest_records(self.train_samples(train)), self.train_samples(val)
+        finetune_train, finetune_val = self.train_samples(train), self.train_samples(val)
         rounds = []
         for round_index in range(self.config.rounds):
             stages = {}
             for stage, stage_train, stage_val in (("pretrain", pretrain_train, pretrain_val), ("finetune", finetune_train, finetune_val)):
-                if stage == "pretrain" and self.pretrain_epochs == 0:
+                if stage == "pretrain" and self.config.pretraining_epochs == 0:
                     continue
                 with self.in_stage(stage):
                     if round_index > 0:
                         self.network.reset_heads(stage)
                     stages[stage] = train_network(self, stage_train, stage_val)
             rounds.append(stages)
-        final = rounds[-1]["finetune"]  # the model kept: selection, convergence and history are its
         self.fit_report = {
-            **{k: final[k] for k in ("best_epoch", "best_step", "best_val_score", "stopped_by", "converged", "history")},
-            **{k: sum(stage[k] for r in rounds for stage in r.values()) for k in ("epochs_run", "steps_run", "eval_seconds")},
+            # the model kept is the last fine-tuning's: selection, convergence, history and training samples are its
+            **staged_report([stage for r in rounds for stage in r.values()], rounds[-1]["finetune"]),
+            **({"pretraining": training_record(pretrain_train)} if self.capabilities.pretrains_on_training_visits else {}),
             "train_seconds": time.perf_counter() - started,
-            "pretrain_visits": len(pretrain_train),
             "rounds": rounds,
         }
         return self

@@ -10,6 +10,10 @@
 - :func:`normalized_adjacency` and :class:`GraphConvolutionNetwork`: the two-layer GCN over one-hot
   medication nodes of GAMENet's graph memory (reference: ``GCN`` in SafeDrug's ``src/models.py``).
 - :func:`masked_softmax`, :func:`last_step`: attention and sequence helpers for padded batches.
+- :class:`CategoricalFeatures`: a fixed matrix of categorical features (the atom or bond features of
+  :func:`torch_geometric.utils.from_smiles`) embedded as the sum of one embedding per column.
+- :class:`EvalCache`: computes a patient-independent part (a drug-side encoder) once per batch in training
+  and once for all batches at evaluation.
 - Losses on predicted probabilities: :func:`margin_loss` (``F.multilabel_margin_loss`` on the
   sigmoid, from a multi-hot target), :func:`ddi_loss` (``sum_ij p_i p_j A_ij`` per sample).
 - :func:`ddi_rates` / :func:`ddi_rate_of_predictions`: DDI rate of thresholded predictions (per
@@ -119,6 +123,60 @@ class GraphConvolutionNetwork(nn.Module):
     def forward(self) -> torch.Tensor:
         hidden = self.dropout(F.relu(self.adj @ self.weight1 + self.bias1))
         return self.adj @ (hidden @ self.weight2) + self.bias2
+
+
+class CategoricalFeatures(nn.Module):
+    """A fixed ``[N, F]`` matrix of categorical features (column f in ``range(sizes[f])``) -> ``[N, dim]``: the
+    sum of one embedding per column, as OGB's ``AtomEncoder``/``BondEncoder`` embed theirs (each column's
+    block initialised Xavier-uniform, as theirs). The matrix is fixed (a dataset's molecules), so each
+    distinct row is embedded once and gathered: far fewer lookups, and a cheaper backward."""
+
+    def __init__(self, features: torch.Tensor, sizes: Sequence[int], dim: int):
+        super().__init__()
+        sizes = torch.as_tensor(list(sizes), dtype=torch.long)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        rows, row_of_item = torch.unique(features.reshape(-1, len(sizes)), dim=0, return_inverse=True)
+        self.register_buffer("rows", rows + offsets, persistent=False)  # one table for all columns
+        self.register_buffer("row_of_item", row_of_item, persistent=False)
+        self.table = nn.EmbeddingBag(int(sizes.sum()), dim, mode="sum")
+        for start, size in zip(offsets.tolist(), sizes.tolist()):
+            nn.init.xavier_uniform_(self.table.weight.data[start : start + size])
+
+    def forward(self) -> torch.Tensor:
+        return self.table(self.rows)[self.row_of_item]
+
+
+class EvalCache(nn.Module):
+    """Memo for a computation that is the same for every patient, such as a drug-side encoder.
+
+    ``cache(compute)`` runs ``compute()`` on every call while the owner trains or gradients are on (once per
+    batch: the drugs are encoded once and shared by the batch's patients); in eval mode under ``no_grad`` it
+    runs once and returns the same result until the owner trains again or its weights are loaded.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._value = None
+        self.register_load_state_dict_post_hook(EvalCache._loaded)
+
+    @staticmethod
+    def _loaded(module: "EvalCache", incompatible_keys) -> None:
+        module.clear()
+
+    def clear(self) -> None:
+        self._value = None
+
+    def train(self, mode: bool = True) -> "EvalCache":
+        self.clear()
+        return super().train(mode)
+
+    def forward(self, compute):
+        if self.training or torch.is_grad_enabled():
+            self.clear()
+            return compute()
+        if self._value is None:
+            self._value = compute()
+        return self._value
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

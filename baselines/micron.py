@@ -12,9 +12,11 @@ network maps the current, previous and residual representations to medication sc
 ``mean_m (sigmoid(P(h_t)) - sigmoid(P(h_{t-1}) + P(h_t - h_{t-1})))^2``, which teaches the
 residual to carry the medication change; and the DDI loss ``mean_m sum_n p_m p_n A_mn``, added only
 while the batch's DDI rate exceeds the target DDI rate. ``--preset paper`` is the published
-configuration: RMSprop at lr 2e-4, weight decay 1e-5, one patient per step, 40 epochs, target 0.08;
-``--preset harness`` trains in mini-batches (below); ``--preset quick`` is the harness preset with
-patience 5 and a 60-epoch cap.
+configuration: RMSprop at lr 2e-4, weight decay 1e-5, one sample per step, all 40 epochs with the
+epoch of best validation Jaccard kept (its sets from the reference's evaluation thresholds, add 0.8
+and remove 0.2, while training), target 0.08; ``--preset harness`` trains in mini-batches (below) and
+stops by validation patience 10 on PRAUC; ``--preset quick`` is the harness preset with patience 5 and
+a 60-epoch cap.
 
 As in the reference, the network sees only the diagnoses and procedures of the current and the
 previous visit: the probability is a function of those, and the medication history enters only
@@ -48,6 +50,8 @@ Deliberate differences from the published code:
 - Thresholds: the pair with the best validation Jaccard on a grid spanning the published clip
   ranges (add in [0.5, 0.9], remove in [0.1, 0.5], steps of 0.1), instead of the published
   per-medication ROC-curve percentiles averaged into one pair (also taken on validation data).
+- Training samples are the protocol's: under ``last-visit`` one per patient, its last visit; the
+  reference sums the losses of visits 2..T of a patient into one step (``--protocol all-visits``).
 - Mini-batches: every loss is a batch mean; the DDI gate uses the batch's pooled DDI rate.
 - ``--preset harness``/``quick``: learning rate for mini-batches (the policy of every baseline here): 1e-3, chosen for batches of
   32, instead of the reference's 2e-4 with one RMSprop step per patient. Batches take about 30
@@ -75,6 +79,7 @@ from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
 
 LOSS_NAMES = ("bce", "margin", "ddi", "reconstruction")
+TRAINING_THRESHOLDS = (0.8, 0.2)  # (add, remove) before the validated pair: the reference's eval() defaults
 
 
 def update_medication_sets(previous: np.ndarray, proba: np.ndarray, add_threshold: float, remove_threshold: float) -> np.ndarray:
@@ -159,6 +164,8 @@ class MICRON(DDITargetMixin, TorchModel):
         loss_weights: str = "adaptive"  # "adaptive" (the intended schedule) or "fixed" (published run)
         add_grid: tuple = (0.5, 0.6, 0.7, 0.8, 0.9)
         remove_grid: tuple = (0.1, 0.2, 0.3, 0.4, 0.5)
+        patience: int | None = None  # every epoch runs; the best validation Jaccard is kept
+        selection: str = "jaccard"
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 1e-3}  # mini-batches (module docstring)
         QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5}
@@ -231,6 +238,7 @@ class MICRON(DDITargetMixin, TorchModel):
         self.loss_schedule.start_epoch()
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "MICRON":
+        self.add_threshold, self.remove_threshold = TRAINING_THRESHOLDS  # sets for selection=jaccard while training
         super().fit(train, val)
         val = self.train_samples(val)
         if not val:

@@ -11,9 +11,10 @@ gives one score per visit, softmax-normalised over the visits (visit-level atten
 gives tanh gates per embedding dimension (code-level attention). The context
 ``sum_t alpha_t * beta_t * v_t`` goes through a linear layer to the medication logits. Loss: binary
 cross-entropy (the reference's only loss). ``--preset paper`` is the published configuration: Adam at
-lr 5e-4, one patient per step, 50 epochs, embedding size 64, decision threshold 0.4 (the reference's
-evaluation threshold); ``--preset harness`` trains in mini-batches (below); ``--preset quick`` is the
-harness preset at lr 5e-3 with patience 5 and a 60-epoch cap.
+lr 5e-4, one sample per step, all 50 epochs with the epoch of best validation Jaccard kept, embedding
+size 64, decision threshold 0.4 (the reference's evaluation threshold); ``--preset harness`` trains in
+mini-batches and stops by validation patience 10 on PRAUC (below); ``--preset quick`` is the harness
+preset at lr 5e-3 with patience 5 and a 60-epoch cap.
 
 Inputs, as the LEADER paper uses RETAIN: the earlier visits with their diagnoses, procedures and
 medications, then the current visit with its diagnoses and procedures only. The current visit's
@@ -31,7 +32,10 @@ Deliberate differences from the published code:
   predicts visit t from visits 1..t-1 only (all their codes, medications included), so it never
   sees the current diagnoses and cannot serve first visits. It has no label leak: the current
   visit's medications are not fed there either.
-- Mini-batches of patients (padded visits, masked attention) instead of one patient per step.
+- Training samples are the protocol's: under ``last-visit`` one per patient, its last visit; the
+  reference sums the losses of visits 2..T of a patient into one step (``--protocol all-visits``
+  trains on every visit, one sample per step at the paper preset).
+- ``--preset harness``/``quick``: mini-batches of patients (padded visits, masked attention).
 - ``--preset harness``/``quick``: learning rate for mini-batches (the policy of every baseline here): 2e-3, chosen for batches of
   32, instead of the reference's 5e-4 with one Adam step per patient. Batches take about 30 times
   fewer steps; 2e-3 is the rate that SafeDrug (the same reference rate and optimiser) needs to
@@ -99,6 +103,8 @@ class RETAIN(TorchModel):
         dim: int = 64
         dropout: float = 0.5
         threshold: float = 0.4
+        patience: int | None = None  # every epoch runs; the best validation Jaccard is kept
+        selection: str = "jaccard"
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3}  # mini-batches (module docstring)
         # 2,000 synthetic patients: best validation epoch 17 of 22 at 5e-3 (42 of 47 at the harness's 2e-3, same PRAUC)

@@ -1,22 +1,55 @@
-"""Decision rules as a harness option: each model's own (paper) rule, or one threshold tuned on validation.
+"""Decision rules, the one place where a unit's probabilities become medication sets.
 
 Set metrics (Jaccard, F1, DDI rate, #medications) compare decision rules as much as models: the papers
-use top-k, 0.4, 0.5, thresholds validated per model, or 0.3. ``tuned-jaccard`` / ``tuned-f1`` give every
-model whose rule is a probability threshold the one global threshold that maximises its validation
-Jaccard / F1, then apply it to test; models that decode their own sets (MICRON's add/remove rule,
-COGNet's beam search) keep them. Nothing is chosen on test.
+use top-k, 0.4, 0.5, thresholds validated per model, or 0.3. A run's ``decision`` (``DECISIONS``):
+``paper`` applies each model's own rule (:meth:`bench.contract.MedRecModel.predict_sets`);
+``tuned-jaccard`` / ``tuned-f1`` give every model whose rule is a probability threshold the one global
+threshold that maximises its validation Jaccard / F1, then apply it to test; models that decode their
+own sets (MICRON's add/remove rule, COGNet's beam search) keep them. Nothing is chosen on test.
+:func:`choose` makes that choice for one fitted model; :meth:`Decision.sets` applies it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from bench.contract import MedRecModel, threshold_sets
 from bench.metrics import multi_hot
+from data_prep.dataset import Sample
 
 DECISIONS = ("paper", "tuned-jaccard", "tuned-f1")
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How one unit's probabilities become sets: ``rule`` in words, ``threshold`` when the harness tuned
+    one (``None``: the model's own rule)."""
+
+    rule: str
+    threshold: float | None = None
+
+    def sets(self, model: MedRecModel, samples: Sequence[Sample], proba: np.ndarray) -> list[np.ndarray]:
+        """One set per sample (rows of ``proba``)."""
+        if self.threshold is not None:
+            return threshold_sets(proba, self.threshold)
+        return model.predict_sets(samples, proba) if len(samples) else []
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "threshold": self.threshold}
+
+
+def choose(decision: str, model: MedRecModel, val: Sequence[Sample], val_proba: np.ndarray) -> Decision:
+    """The rule a run's ``decision`` gives ``model``; a tuned threshold is chosen on its validation samples."""
+    if decision not in DECISIONS:
+        raise ValueError(f"unknown decision rule {decision!r}; expected one of {DECISIONS}")
+    if decision == "paper" or not model.decides_by_threshold:
+        return Decision(model.decision_rule())
+    metric = decision.removeprefix("tuned-")
+    return Decision(f"threshold tuned on validation {metric}", tune_threshold(val_proba, [s.target for s in val], metric))
 
 
 def tune_threshold(proba: np.ndarray, targets: Sequence[Sequence[int]], metric: str, grid: np.ndarray = THRESHOLDS) -> float:

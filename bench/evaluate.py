@@ -37,15 +37,13 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from bench.metrics import METRICS, PerSample
 from data_prep.protocol import GROUPS
 
 STATS = ("bootstrap", "paper")
-MEAN_METRICS = ("prauc", "jaccard", "f1", "precision", "recall", "avg_meds")
-REPORTED = (*MEAN_METRICS, "ddi_rate")
-# +1: higher is better, -1: lower is better, 0: no better direction (the number of medications)
-DIRECTION = {"prauc": 1, "jaccard": 1, "f1": 1, "precision": 1, "recall": 1, "ddi_rate": -1, "avg_meds": 0}
-TESTED = tuple(m for m in REPORTED if DIRECTION[m] != 0)
-_SOURCE = {"avg_meds": "n_pred"}  # reported name -> per-sample array name
+DEFAULT_RESAMPLES = {"bootstrap": 1000, "paper": 10}
+RESAMPLE_SEED = 0  # every run draws its resamples with this seed, so runs on the same test set share them
+TESTED = tuple(m for m in METRICS if m.tested)
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ def draw_resamples(patient_of: np.ndarray, stratum: np.ndarray, procedure: str, 
     return Resamples(procedure, np.asarray(patient_of), weights, seed)
 
 
-def cell_values(per_sample: Mapping[str, np.ndarray], served: np.ndarray, members: Mapping[str, np.ndarray], resamples: Resamples) -> dict:
+def cell_values(per_sample: PerSample, served: np.ndarray, members: Mapping[str, np.ndarray], resamples: Resamples) -> dict:
     """group -> metric -> (point estimate on all patients, value under each resample); None: not served.
 
     Per patient, the sums of each metric over its samples in the group; a resample's value is then a
@@ -111,9 +109,10 @@ def cell_values(per_sample: Mapping[str, np.ndarray], served: np.ndarray, member
             return float(point), np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
         counts = per_patient(np.ones(len(mask)))
-        cells = {metric: ratio(per_patient(per_sample[_SOURCE.get(metric, metric)]), counts) for metric in MEAN_METRICS}
-        cells["ddi_rate"] = ratio(per_patient(per_sample["ddi_pairs"]), per_patient(per_sample["all_pairs"]))
-        out[group] = cells
+        out[group] = {
+            m.name: ratio(per_patient(per_sample[m.name]), counts if m.pooled_by is None else per_patient(per_sample.denominator(m.name)))
+            for m in METRICS
+        }
     return out
 
 
@@ -148,7 +147,7 @@ def collect(values_by_seed: Sequence[Mapping]) -> dict:
                 np.array([v[group][metric][0] for v in values_by_seed]),
                 np.stack([v[group][metric][1] for v in values_by_seed]),
             )
-            for metric in REPORTED
+            for metric in (m.name for m in METRICS)
         }
     return out
 
@@ -212,10 +211,6 @@ def summarise(data: Mapping[str, Mapping], procedure: str, n_patients: int) -> d
     }
 
 
-def improves(metric: str, delta: float) -> bool:
-    return DIRECTION[metric] * delta > 0
-
-
 def significance(data: Mapping[str, Mapping], proposed: Sequence[str], procedure: str, n_patients: int, paired: bool = True) -> dict:
     """Each proposed label against the best baseline (best mean) of each group x metric column.
 
@@ -234,9 +229,9 @@ def significance(data: Mapping[str, Mapping], proposed: Sequence[str], procedure
                 continue
             out[label][group] = {}
             for metric in TESTED:
-                best = max(candidates, key=lambda b: DIRECTION[metric] * data[b][group][metric].mean)
-                test = compare(mine[metric], data[best][group][metric], procedure, n_patients, paired)
-                out[label][group][metric] = {"against": best, **test, "improves": improves(metric, test["delta"])}
+                best = max(candidates, key=lambda b: metric.direction * data[b][group][metric.name].mean)
+                test = compare(mine[metric.name], data[best][group][metric.name], procedure, n_patients, paired)
+                out[label][group][metric.name] = {"against": best, **test, "improves": metric.improves(test["delta"])}
     return out
 
 
@@ -255,14 +250,14 @@ def _against_one(data: Mapping[str, Mapping], reference: str, labels: Sequence[s
 def against_reference(data: Mapping[str, Mapping], reference: str, others: Sequence[str], procedure: str, n_patients: int, paired: bool = True) -> dict:
     """Each of ``others`` against one ``reference`` (an ablation against its full model):
     label -> group -> metric -> {"delta": reference - label, "p", ...}."""
-    return _against_one(data, reference, others, lambda mine, theirs: {m: compare(theirs[m], mine[m], procedure, n_patients, paired) for m in TESTED})
+    return _against_one(data, reference, others, lambda mine, theirs: {m.name: compare(theirs[m.name], mine[m.name], procedure, n_patients, paired) for m in TESTED})
 
 
 def retention(summary: Mapping[str, Mapping], teacher: str, students: Sequence[str]) -> dict:
     """Each student's mean as a percentage of the teacher's, per group and metric (the paper's efficiency claim)."""
     return _against_one(
         summary, teacher, students,
-        lambda mine, theirs: {m: 100.0 * mine[m]["mean"] / theirs[m]["mean"] for m in TESTED if DIRECTION[m] > 0 and theirs[m]["mean"] > 0},
+        lambda mine, theirs: {m.name: 100.0 * mine[m.name]["mean"] / theirs[m.name]["mean"] for m in TESTED if m.direction > 0 and theirs[m.name]["mean"] > 0},
     )
 
 
@@ -295,7 +290,7 @@ def retention_intervals(data: Mapping[str, Mapping], teacher: str, students: Seq
     the metrics where higher is better."""
     return _against_one(
         data, teacher, students,
-        lambda mine, theirs: {m: ratio_interval(mine[m], theirs[m], procedure, n_patients) for m in TESTED if DIRECTION[m] > 0 and theirs[m].mean > 0},
+        lambda mine, theirs: {m.name: ratio_interval(mine[m.name], theirs[m.name], procedure, n_patients) for m in TESTED if m.direction > 0 and theirs[m.name].mean > 0},
     )
 
 

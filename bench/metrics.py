@@ -1,9 +1,14 @@
-"""Metrics as the LEADER paper defines them, computed once per sample so bootstrap rounds only average.
+"""The metric table: every metric the harness reports, in one place (the LEADER paper's definitions).
+
+Each :class:`Metric` says how to compute it per sample, whether it is a mean over samples or a pooled
+ratio, which way is better, its column title and format, and which tables show it. Evaluation,
+statistics, tables and LaTeX all read :data:`METRICS`; adding a metric is one entry.
 
 Per sample: PRAUC (average precision of the probabilities against the true set, over the medication
-vocabulary; scikit-learn's definition, vectorised over samples), Jaccard, precision, recall and
-F1 of the predicted set. Pooled: DDI rate = interacting predicted pairs / all predicted pairs,
-over all samples of a group.
+vocabulary; scikit-learn's definition, vectorised over samples), Jaccard, precision, recall and F1 of
+the predicted set, and the number of predicted medications. Pooled over the samples of a group: DDI
+rate = interacting predicted pairs / all predicted pairs. Values are computed once per sample
+(:func:`per_sample_metrics`), so a bootstrap resample only re-weights sums.
 
 Edge cases, defined rather than crashing (the reference code's conventions): an empty true set has
 PRAUC 0; an empty union has Jaccard 0; precision of an empty prediction and recall of an empty
@@ -12,16 +17,15 @@ target are 0; F1 is 0 when precision + recall is 0; DDI rate is 0 when no pair w
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from data_prep.code_sets import ddi_pair_counts, ddi_rate_of_sets, multi_hot
 
-__all__ = ["PER_SAMPLE", "REPORTED", "aggregate", "ddi_rate_of_sets", "multi_hot", "per_sample_metrics", "prauc_per_sample"]
-
-PER_SAMPLE = ("prauc", "jaccard", "precision", "recall", "f1", "n_pred", "ddi_pairs", "all_pairs")
-REPORTED = ("prauc", "jaccard", "f1", "precision", "recall", "ddi_rate", "avg_meds")
+__all__ = ["METRICS", "Metric", "PerSample", "aggregate", "ddi_rate_of_sets", "metric", "multi_hot", "per_sample_metrics", "prauc_per_sample"]
 
 
 def prauc_per_sample(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
@@ -52,51 +56,130 @@ def prauc_per_sample(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return np.divide(total, n_pos, out=np.zeros(n_rows), where=n_pos > 0)
 
 
+class Scored:
+    """What per-sample metrics are computed from: probabilities, true and predicted sets as boolean
+    multi-hot rows, and the DDI graph; the counts they share are computed once."""
+
+    def __init__(self, proba: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, ddi_adj: np.ndarray):
+        self.proba, self.y_true, self.y_pred, self.ddi_adj = proba, y_true, y_pred, ddi_adj
+
+    @cached_property
+    def intersection(self) -> np.ndarray:
+        return (self.y_true & self.y_pred).sum(1).astype(np.float64)
+
+    @cached_property
+    def n_pred(self) -> np.ndarray:
+        return self.y_pred.sum(1).astype(np.float64)
+
+    @cached_property
+    def precision(self) -> np.ndarray:
+        return np.divide(self.intersection, self.n_pred, out=np.zeros_like(self.intersection), where=self.n_pred > 0)
+
+    @cached_property
+    def recall(self) -> np.ndarray:
+        n_true = self.y_true.sum(1).astype(np.float64)
+        return np.divide(self.intersection, n_true, out=np.zeros_like(self.intersection), where=n_true > 0)
+
+    @property
+    def jaccard(self) -> np.ndarray:
+        union = (self.y_true | self.y_pred).sum(1).astype(np.float64)
+        return np.divide(self.intersection, union, out=np.zeros_like(self.intersection), where=union > 0)
+
+    @property
+    def f1(self) -> np.ndarray:
+        denominator = self.precision + self.recall
+        return np.divide(2 * self.precision * self.recall, denominator, out=np.zeros_like(self.intersection), where=denominator > 0)
+
+    @cached_property
+    def ddi_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(interacting pairs, all pairs) among each sample's predicted medications."""
+        return ddi_pair_counts(self.y_pred.astype(np.float64), self.ddi_adj.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric. ``value`` gives one number per sample; a mean metric averages it over the
+    samples of a cell, a pooled one (``pooled_by`` set) divides its sum by the sum of ``pooled_by``.
+    ``direction``: +1 higher is better, -1 lower is better, 0 neither (never ranked, starred or tested).
+    ``tables``: the table layouts (:data:`bench.tables.TABLES`) that show it, in column order."""
+
+    name: str
+    title: str
+    direction: int
+    value: Callable[[Scored], np.ndarray]
+    pooled_by: Callable[[Scored], np.ndarray] | None = None
+    tables: tuple[str, ...] = ()
+    fmt: str = ".4f"
+
+    @property
+    def tested(self) -> bool:
+        return self.direction != 0
+
+    def improves(self, delta: float) -> bool:
+        """Whether a difference ``delta`` (a - b) means a is better than b."""
+        return self.direction * delta > 0
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("prauc", "PRAUC", +1, lambda s: prauc_per_sample(s.y_true, s.proba), tables=("main", "ablation", "retention")),
+    Metric("jaccard", "Jaccard", +1, lambda s: s.jaccard, tables=("main", "retention")),
+    Metric("f1", "F1", +1, lambda s: s.f1, tables=("main", "retention")),
+    Metric("precision", "Precision", +1, lambda s: s.precision),
+    Metric("recall", "Recall", +1, lambda s: s.recall),
+    Metric("ddi_rate", "DDI", -1, lambda s: s.ddi_pairs[0], pooled_by=lambda s: s.ddi_pairs[1], tables=("safety",)),
+    Metric("avg_meds", "#Med", 0, lambda s: s.n_pred, tables=("safety",)),
+)
+BY_NAME = {m.name: m for m in METRICS}
+
+
+def metric(name: str) -> Metric:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(BY_NAME)}") from None
+
+
+@dataclass(frozen=True)
+class PerSample:
+    """Every metric's per-sample numerator (``values``) and, for pooled metrics, denominator (``pooled``):
+    a cell's value over any weighting of the samples is sum(w * numerator) / sum(w * denominator)."""
+
+    values: Mapping[str, np.ndarray]
+    pooled: Mapping[str, np.ndarray]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.values.values())))
+
+    def denominator(self, name: str) -> np.ndarray:
+        """Per sample, what a cell's sum of ``name`` is divided by (1 for a mean metric)."""
+        return self.pooled[name] if name in self.pooled else np.ones(len(self))
+
+
 def per_sample_metrics(
     proba: np.ndarray,
     predicted: Sequence[Sequence[int]],
     targets: Sequence[Sequence[int]],
     ddi_adj: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """One value per sample for every entry of ``PER_SAMPLE``."""
+) -> PerSample:
+    """Every metric of :data:`METRICS`, one value per sample."""
     n_meds = ddi_adj.shape[0]
     if proba.shape != (len(targets), n_meds):
         raise ValueError(f"probabilities have shape {proba.shape}, expected {(len(targets), n_meds)}")
-    y_true = multi_hot(targets, n_meds).astype(bool)
-    y_pred = multi_hot(predicted, n_meds).astype(bool)
-    inter = (y_true & y_pred).sum(1).astype(np.float64)
-    union = (y_true | y_pred).sum(1).astype(np.float64)
-    n_pred = y_pred.sum(1).astype(np.float64)
-    n_true = y_true.sum(1).astype(np.float64)
-    jaccard = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    precision = np.divide(inter, n_pred, out=np.zeros_like(inter), where=n_pred > 0)
-    recall = np.divide(inter, n_true, out=np.zeros_like(inter), where=n_true > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(inter), where=denom > 0)
-    ddi_pairs, all_pairs = ddi_pair_counts(y_pred.astype(np.float64), ddi_adj.astype(np.float64))
-    return {
-        "prauc": prauc_per_sample(y_true, proba),
-        "jaccard": jaccard,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "n_pred": n_pred,
-        "ddi_pairs": ddi_pairs,
-        "all_pairs": all_pairs,
-    }
+    scored = Scored(proba, multi_hot(targets, n_meds).astype(bool), multi_hot(predicted, n_meds).astype(bool), ddi_adj)
+    return PerSample(
+        {m.name: m.value(scored) for m in METRICS},
+        {m.name: m.pooled_by(scored) for m in METRICS if m.pooled_by is not None},
+    )
 
 
-def aggregate(per_sample: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, float]:
-    """Means over the chosen samples, DDI rate pooled over them."""
+def aggregate(per_sample: PerSample, index: np.ndarray | None = None) -> dict[str, float]:
+    """Each metric over the chosen samples (all by default): means, and pooled ratios for pooled metrics."""
     pick = (lambda a: a) if index is None else (lambda a: a[index])
-    all_pairs = pick(per_sample["all_pairs"]).sum()
-    return {
-        "prauc": float(pick(per_sample["prauc"]).mean()),
-        "jaccard": float(pick(per_sample["jaccard"]).mean()),
-        "f1": float(pick(per_sample["f1"]).mean()),
-        "precision": float(pick(per_sample["precision"]).mean()),
-        "recall": float(pick(per_sample["recall"]).mean()),
-        "ddi_rate": float(pick(per_sample["ddi_pairs"]).sum() / all_pairs) if all_pairs > 0 else 0.0,
-        "avg_meds": float(pick(per_sample["n_pred"]).mean()),
-    }
-
+    out = {}
+    for m in METRICS:
+        numerator, denominator = pick(per_sample[m.name]).sum(), pick(per_sample.denominator(m.name)).sum()
+        out[m.name] = float(numerator / denominator) if denominator > 0 else 0.0
+    return out

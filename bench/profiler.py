@@ -26,6 +26,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -34,7 +35,7 @@ from rich.table import Table
 from bench import registry
 from bench.contract import MedRecModel
 from bench.results import RunFolder, read_json
-from bench.runner import Entry
+from bench.spec import Entry
 from data_prep.dataset import PreparedDataset, Sample
 from data_prep.protocol import served
 
@@ -72,22 +73,38 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _train_in_child(dataset: PreparedDataset, entry: Entry, preset: str, seed: int, protocol: str, device: str, threads: int, weights: str) -> float:
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What ``bench profile`` measures and how: the preset and seed the models train with (when no run
+    folder gives their weights), the protocol whose test samples are timed, the device, the batch-size-1
+    calls timed per model, which measurements, and the row the others are divided by."""
+
+    preset: str = "paper"
+    seed: int = 0
+    protocol: str = "last-visit"
+    device: str = "cpu"
+    repeats: int = 30
+    latency: bool = True
+    memory: bool = True
+    reference: str | None = None
+
+
+def _train_in_child(dataset: PreparedDataset, entry: Entry, settings: ProfileSettings, threads: int, weights: str) -> float:
     torch.set_num_threads(threads)
     model_class = registry.get(entry.model)
-    model = model_class(dataset, model_class.config_class.preset(preset, **entry.overrides), seed=seed, device=device)
+    model = model_class(dataset, model_class.config_class.preset(settings.preset, **entry.overrides), seed=settings.seed, device=settings.device)
     started = time.perf_counter()
-    model.fit(dataset.samples("train", protocol), dataset.samples("val", protocol))
+    model.fit(dataset.samples("train", settings.protocol), dataset.samples("val", settings.protocol))
     elapsed = time.perf_counter() - started
     model.save(weights)
     return float(model.fit_report.get("train_seconds", elapsed))
 
 
-def measure_model(dataset: PreparedDataset, entry: Entry, weights: str, protocol: str, device: str, threads: int, repeats: int, latency: bool, memory: bool) -> dict:
+def measure_model(dataset: PreparedDataset, entry: Entry, weights: str, settings: ProfileSettings, threads: int) -> dict:
     torch.set_num_threads(threads)
     model_class = registry.get(entry.model)
-    model = model_class.load(weights, dataset, device=device)
-    samples = dataset.samples("test", protocol)
+    model = model_class.load(weights, dataset, device=settings.device)
+    samples = dataset.samples("test", settings.protocol)
     test = [s for s, ok in zip(samples, served(samples, model_class.capabilities.needs_history_medications)) if ok]
     if not test:
         raise ValueError(f"{entry.label}: no test sample it can serve")
@@ -95,10 +112,10 @@ def measure_model(dataset: PreparedDataset, entry: Entry, weights: str, protocol
     row = {"label": entry.label, "model": entry.model, "params_trainable": trainable, "params_total": total, "test_samples": len(test)}
 
     on_cuda = model.device.type == "cuda"
-    if memory:
+    if settings.memory:
         row.update(_inference_memory(model, test, on_cuda))
-    if latency:
-        row.update(_inference_latency(model, test, on_cuda, repeats))
+    if settings.latency:
+        row.update(_inference_latency(model, test, on_cuda, settings.repeats))
     return row
 
 
@@ -136,22 +153,11 @@ def _inference_latency(model: MedRecModel, test: Sequence[Sample], on_cuda: bool
     return {"latency_ms_per_patient": 1000 * statistics.median(whole) / len(test), "latency_ms_batch1": 1000 * statistics.median(single)}
 
 
-def profile_entries(
-    dataset: PreparedDataset,
-    entries: Sequence[Entry],
-    *,
-    preset: str = "paper",
-    seed: int = 0,
-    protocol: str = "last-visit",
-    run_dir: str | Path | None = None,
-    reference: str | None = None,
-    device: str = "cpu",
-    repeats: int = 30,
-    latency: bool = True,
-    memory: bool = True,
-) -> dict:
-    """One row per entry; weights come from ``run_dir`` when given (no training; its unit at ``seed``), else are trained here."""
+def profile_entries(dataset: PreparedDataset, entries: Sequence[Entry], settings: ProfileSettings = ProfileSettings(), run_dir: str | Path | None = None) -> dict:
+    """One row per entry; weights come from ``run_dir`` when given (no training; its unit at the settings'
+    seed), else are trained here."""
     labels = [e.label for e in entries]
+    seed, reference = settings.seed, settings.reference
     if reference is not None and reference not in labels:
         raise ValueError(f"reference {reference!r} is not among the profiled models {labels}")
     for entry in entries:
@@ -169,13 +175,13 @@ def profile_entries(
                 train_seconds = read_json(metrics_path).get("fit_report", {}).get("train_seconds") if metrics_path.exists() else None
             else:
                 weights = Path(scratch) / f"{entry.label}.pt"
-                train_seconds = _in_fresh_process(_train_in_child, dataset, entry, preset, seed, protocol, device, threads, str(weights))
-            row = _in_fresh_process(measure_model, dataset, entry, str(weights), protocol, device, threads, repeats, latency, memory)
+                train_seconds = _in_fresh_process(_train_in_child, dataset, entry, settings, threads, str(weights))
+            row = _in_fresh_process(measure_model, dataset, entry, str(weights), settings, threads)
             row["train_seconds"] = train_seconds
             rows.append(row)
     if reference is not None:
         add_ratios(rows, reference)
-    return {"dataset": dataset.name, "device": device, "threads": threads, "protocol": protocol, "reference": reference, "rows": rows}
+    return {"dataset": dataset.name, "device": settings.device, "threads": threads, "protocol": settings.protocol, "reference": reference, "rows": rows}
 
 
 def add_ratios(rows: list[dict], reference: str) -> None:

@@ -2,7 +2,7 @@
 
 ```
 results/<run-id>/
-  config.json                       arguments, preset, seeds, protocol, statistics, every entry's model config
+  config.json                       the run's spec (bench.spec.RunSpec), the data's fingerprint, every entry's config
   models/<label>.seed<k>.pt         weights (MedRecModel.save) + .config.json + .key.json (what trained them)
   predictions/<label>.seed<k>.npz   validation and test probabilities, predicted sets (multi-hot), served
                                     masks (rows in the protocol's sample order; no patient id), the unit's key
@@ -10,8 +10,8 @@ results/<run-id>/
                                     commit, device) of the process that trained it
   summary.json                      per model, group, metric: mean, interval, seed values; tests; retention
 ```
-Every file is written to a temporary sibling and moved into place with ``os.replace``, so a killed run
-leaves either the old file or the new one. A unit is one entry at one training seed. Its key covers
+Every file is written atomically (:func:`data_prep.atomic.write_atomic`), so a killed run leaves
+either the old file or the new one. A unit is one entry at one training seed. Its key covers
 the model, config, seed, dataset, protocol, decision rule, a digest of the model's code (its module
 and every project module it imports) and the torch / transformers / peft versions; predictions are
 written last and carry it, so a unit is complete exactly when its predictions exist with a matching
@@ -25,18 +25,16 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from data_prep.cache import source_digest, stable_hash
-from data_prep.tables import write_atomic
+from data_prep.atomic import write_atomic
 
 SUMMARY = "summary.json"
 
@@ -79,11 +77,6 @@ def file_stem(label: str) -> str:
     if not stem:
         raise ValueError(f"label {label!r} gives no usable file name")
     return stem
-
-
-def run_id_for(dataset_name: str, arguments: dict) -> str:
-    """Deterministic id from the command's arguments, so rerunning a command resumes its folder."""
-    return f"{file_stem(dataset_name)}-{stable_hash(arguments)[:10]}"
 
 
 class RunFolder:
@@ -151,21 +144,15 @@ class RunFolder:
         Weights and predictions (per-patient probabilities) stay behind: what a run shares is its numbers.
         """
         self.require()
-        out = Path(out)
-        if out.exists():
-            raise FileExistsError(f"{out} exists; choose a new folder for the shareable copy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            files = [path for pattern in self.SHAREABLE for path in sorted(self.root.glob(pattern))]
+        files = [path for pattern in self.SHAREABLE for path in sorted(self.root.glob(pattern))]
+
+        def copy(staging: Path) -> None:
             for path in files:
                 target = staging / path.relative_to(self.root)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(path.read_bytes())
-            os.replace(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        write_atomic(out, copy, folder=True, existing="refuse")
         return len(files)
 
     def require(self) -> "RunFolder":

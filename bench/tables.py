@@ -22,15 +22,22 @@ from typing import Mapping, Sequence
 
 from rich.table import Table
 
-from bench.evaluate import DIRECTION, holm as holm_adjust
+from bench.evaluate import holm as holm_adjust
+from bench.metrics import METRICS, Metric
 from data_prep.protocol import GROUPS
 
-TABLES = ("main", "ablation", "safety", "retention")
+# layout -> its title; the metrics each shows (and in which column order) are declared by the metric table
+TABLES = {"main": "Effectiveness", "ablation": "Ablation (PRAUC)", "safety": "Safety: DDI rate and #medications", "retention": "Retention of each teacher"}
 FORMATS = ("latex", "markdown", "csv")
-TABLE_METRICS = {"main": ("prauc", "jaccard", "f1"), "ablation": ("prauc",), "safety": ("ddi_rate", "avg_meds"), "retention": ("prauc", "jaccard", "f1")}
 GROUP_TITLES = {"overall": "Overall", "multi": "Multi-visit", "single": "Single-visit"}
-METRIC_TITLES = {"prauc": "PRAUC", "jaccard": "Jaccard", "f1": "F1", "precision": "Precision", "recall": "Recall", "ddi_rate": "DDI", "avg_meds": "#Med"}
 ALPHA = 0.05
+
+
+def table_metrics(table: str) -> tuple[Metric, ...]:
+    """The metrics a table layout shows, in the metric table's order."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; expected one of {tuple(TABLES)}")
+    return tuple(m for m in METRICS if table in m.tables)
 
 
 @dataclass(frozen=True)
@@ -40,13 +47,17 @@ class Cell:
     rank: int | None  # 0 best, 1 second, None otherwise
     star: bool
     p: float | None  # the test's p-value against the column's best baseline (Holm-adjusted when asked)
+    fmt: str = ".4f"  # the metric's number format
+
+    def text(self, plus_minus: str = "±") -> str:
+        return f"{self.mean:{self.fmt}} {plus_minus} {self.spread:{self.fmt}}"
 
 
-def _pvalues(summary: Mapping, metrics: Sequence[str], holm: bool) -> dict[str, dict[tuple[str, str], float | None]]:
+def _pvalues(summary: Mapping, metrics: Sequence[Metric], holm: bool) -> dict[str, dict[tuple[str, str], float | None]]:
     """label -> (group, metric) -> p of the proposed labels; Holm across the row's columns when asked."""
     out = {}
     for label, groups in summary.get("significance", {}).items():
-        raw = {(g, m): groups.get(g, {}).get(m, {}).get("p") for g in GROUPS for m in metrics if m in groups.get(g, {})}
+        raw = {(g, m.name): groups.get(g, {}).get(m.name, {}).get("p") for g in GROUPS for m in metrics if m.name in groups.get(g, {})}
         out[label] = holm_adjust(raw) if holm else raw
     return out
 
@@ -55,25 +66,26 @@ def _holm(summary: Mapping, holm: bool | None) -> bool:
     return bool(summary.get("stats", {}).get("holm")) if holm is None else holm
 
 
-def cells(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> dict[str, dict[tuple[str, str], Cell | None]]:
-    """label -> (group, metric) -> Cell, with ranks per column and stars from the stored p-values."""
+def cells(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> dict[str, dict[tuple[str, str], Cell | None]]:
+    """label -> (group, metric name) -> Cell, with ranks per column and stars from the stored p-values."""
     models = summary["models"]
     significance = summary.get("significance", {})
     pvalues = _pvalues(summary, metrics, _holm(summary, holm))
     out: dict[str, dict[tuple[str, str], Cell | None]] = {label: {} for label in models}
     for group in GROUPS:
         for metric in metrics:
-            present = {label: groups[group][metric] for label, groups in models.items() if groups.get(group) is not None}
-            ranks = _ranks({label: stats["mean"] for label, stats in present.items()}, DIRECTION.get(metric, 0))
+            key = (group, metric.name)
+            present = {label: groups[group][metric.name] for label, groups in models.items() if groups.get(group) is not None}
+            ranks = _ranks({label: stats["mean"] for label, stats in present.items()}, metric.direction)
             for label in models:
                 stats = present.get(label)
                 if stats is None:
-                    out[label][(group, metric)] = None
+                    out[label][key] = None
                     continue
-                test = significance.get(label, {}).get(group, {}).get(metric)
-                p = pvalues.get(label, {}).get((group, metric))
+                test = significance.get(label, {}).get(group, {}).get(metric.name)
+                p = pvalues.get(label, {}).get(key)
                 star = test is not None and test["improves"] and p is not None and p < ALPHA
-                out[label][(group, metric)] = Cell(stats["mean"], stats["pm"], ranks.get(label), star, p)
+                out[label][key] = Cell(stats["mean"], stats["pm"], ranks.get(label), star, p, metric.fmt)
     return out
 
 
@@ -116,9 +128,7 @@ def _ranks(means: Mapping[str, float], direction: int) -> dict[str, int]:
 def render(summary: Mapping, fmt: str, table: str = "main", holm: bool | None = None) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
-    metrics = TABLE_METRICS[table]
+    metrics = table_metrics(table)
     if table == "retention":
         return {"latex": retention_latex, "markdown": retention_markdown, "csv": retention_csv}[fmt](summary, metrics)
     return {"latex": latex, "markdown": markdown, "csv": to_csv}[fmt](summary, metrics, holm)
@@ -135,7 +145,7 @@ def latex_escape(text: str) -> str:
 def _latex_cell(cell: Cell | None) -> str:
     if cell is None:
         return "-"
-    body = f"{cell.mean:.4f} \\pm {cell.spread:.4f}"
+    body = cell.text("\\pm")
     if cell.rank == 0:
         body = f"\\mathbf{{{body}}}"
     elif cell.rank == 1:
@@ -143,26 +153,33 @@ def _latex_cell(cell: Cell | None) -> str:
     return f"${body}{'^{*}' if cell.star else ''}$"
 
 
-def latex(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+def latex(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
     """A ``table`` environment (needs booktabs), in the layout of the paper's Tables IV/V/VI."""
     grid = cells(summary, metrics, holm)
-    n = len(metrics)
+    rows: list[list[str] | None] = []
+    for label, first_proposed in _rows(summary):
+        if first_proposed:
+            rows.append(None)
+        rows.append([latex_escape(label), *(_latex_cell(grid[label][(g, m.name)]) for g in GROUPS for m in metrics)])
+    return _latex_frame(["Model"], metrics, rows, " ".join(notes(summary, holm)))
+
+
+def _latex_frame(heads: Sequence[str], metrics: Sequence[Metric], rows: Sequence[Sequence[str] | None], caption: str) -> str:
+    """A booktabs ``table``: the ``heads`` columns, then each group's ``metrics``; a row None is a rule;
+    ``caption`` is plain text (escaped here)."""
+    n, k = len(metrics), len(heads)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        r"\begin{tabular}{l" + (" " + "c" * n) * len(GROUPS) + "}",
+        r"\begin{tabular}{" + "l" * k + (" " + "c" * n) * len(GROUPS) + "}",
         r"\toprule",
-        " & ".join(["", *(f"\\multicolumn{{{n}}}{{c}}{{{GROUP_TITLES[g]}}}" for g in GROUPS)]) + r" \\",
-        " ".join(f"\\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(GROUPS))),
-        " & ".join(["Model", *(latex_escape(METRIC_TITLES[m]) for _ in GROUPS for m in metrics)]) + r" \\",
+        " & ".join([*("" for _ in heads), *(f"\\multicolumn{{{n}}}{{c}}{{{GROUP_TITLES[g]}}}" for g in GROUPS)]) + r" \\",
+        " ".join(f"\\cmidrule(lr){{{k + 1 + i * n}-{k + (i + 1) * n}}}" for i in range(len(GROUPS))),
+        " & ".join([*heads, *(latex_escape(m.title) for _ in GROUPS for m in metrics)]) + r" \\",
         r"\midrule",
     ]
-    for label, first_proposed in _rows(summary):
-        if first_proposed:
-            lines.append(r"\midrule")
-        row = [latex_escape(label), *(_latex_cell(grid[label][(g, m)]) for g in GROUPS for m in metrics)]
-        lines.append(" & ".join(row) + r" \\")
-    caption = latex_escape(" ".join(notes(summary, holm))).replace("±", r"$\pm$").replace("<", "$<$")
+    lines += [r"\midrule" if row is None else " & ".join(row) + r" \\" for row in rows]
+    caption = latex_escape(caption).replace("±", r"$\pm$").replace("<", "$<$")
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -183,7 +200,7 @@ def _rows(summary: Mapping) -> list[tuple[str, bool]]:
 def _plain_cell(cell: Cell | None, bold: tuple[str, str], underline: tuple[str, str], star: str) -> str:
     if cell is None:
         return "-"
-    body = f"{cell.mean:.4f} ± {cell.spread:.4f}"
+    body = cell.text()
     if cell.rank == 0:
         body = f"{bold[0]}{body}{bold[1]}"
     elif cell.rank == 1:
@@ -191,17 +208,17 @@ def _plain_cell(cell: Cell | None, bold: tuple[str, str], underline: tuple[str, 
     return body + (star if cell.star else "")
 
 
-def markdown(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+def markdown(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
     grid = cells(summary, metrics, holm)
-    header = ["Model", *(f"{GROUP_TITLES[g]} {METRIC_TITLES[m]}" for g in GROUPS for m in metrics)]
+    header = ["Model", *(f"{GROUP_TITLES[g]} {m.title}" for g in GROUPS for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", *(":---:" for _ in header[1:])]) + "|"]
     for label, _ in _rows(summary):
-        row = [label.replace("|", r"\|"), *(_plain_cell(grid[label][(g, m)], ("**", "**"), ("<u>", "</u>"), r"\*") for g in GROUPS for m in metrics)]
+        row = [label.replace("|", r"\|"), *(_plain_cell(grid[label][(g, m.name)], ("**", "**"), ("<u>", "</u>"), r"\*") for g in GROUPS for m in metrics)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join([*lines, "", *notes(summary, holm)]) + "\n"
 
 
-def to_csv(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -> str:
+def to_csv(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
     """Long format, one row per model x group x metric; empty cells for "-"; seeds' values ';'-joined."""
     grid = cells(summary, metrics, holm)
     significance = summary.get("significance", {})
@@ -210,7 +227,7 @@ def to_csv(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -
     writer.writerow(["model", "group", "metric", "mean", "spread", "ci_low", "ci_high", "seed_sd", "seed_values", "rank", "p_value", "against"])
     for label, _ in _rows(summary):
         for group in GROUPS:
-            for metric in metrics:
+            for metric in (m.name for m in metrics):
                 cell = grid[label][(group, metric)]
                 stats = (summary["models"][label].get(group) or {}).get(metric, {})
                 test = significance.get(label, {}).get(group, {}).get(metric) or {}
@@ -235,19 +252,18 @@ def to_csv(summary: Mapping, metrics: Sequence[str], holm: bool | None = None) -
 
 # ----- rich (terminal) ---------------------------------------------------------------------------
 def rich_table(summary: Mapping, table: str = "main") -> Table:
-    metrics = TABLE_METRICS[table]
+    metrics = table_metrics(table)
     grid = cells(summary, metrics)
-    title = {"main": "Effectiveness", "ablation": "Ablation (PRAUC)", "safety": "Safety: DDI rate and #medications"}[table]
-    out = Table(title=f"{title} — {summary.get('dataset', '')}", caption="\n".join(notes(summary)), caption_justify="left")
+    out = Table(title=f"{TABLES[table]} — {summary.get('dataset', '')}", caption="\n".join(notes(summary)), caption_justify="left")
     out.add_column("Model", style="bold")
     for group in GROUPS:
         for metric in metrics:
-            out.add_column(f"{GROUP_TITLES[group]}\n{METRIC_TITLES[metric]}", justify="center")
+            out.add_column(f"{GROUP_TITLES[group]}\n{metric.title}", justify="center")
     for label, first_proposed in _rows(summary):
         if first_proposed:
             out.add_section()
         marks = {"bold": ("[bold]", "[/bold]"), "underline": ("[underline]", "[/underline]"), "star": "*"}
-        out.add_row(label, *(_plain_cell(grid[label][(g, m)], **marks) for g in GROUPS for m in metrics))
+        out.add_row(label, *(_plain_cell(grid[label][(g, m.name)], **marks) for g in GROUPS for m in metrics))
     return out
 
 
@@ -277,39 +293,27 @@ def _retention_text(interval: Mapping | None, percent: str = "%") -> str:
     return f"{interval['percent']:.1f}{percent} [{low:.1f}, {high:.1f}]"
 
 
-def _retention_cells(groups: Mapping, metrics: Sequence[str], percent: str = "%") -> list[str]:
-    return [_retention_text((groups.get(g) or {}).get(m), percent) for g in GROUPS for m in metrics]
+def _retention_cells(groups: Mapping, metrics: Sequence[Metric], percent: str = "%") -> list[str]:
+    return [_retention_text((groups.get(g) or {}).get(m.name), percent) for g in GROUPS for m in metrics]
 
 
-def retention_markdown(summary: Mapping, metrics: Sequence[str]) -> str:
-    header = ["Student", "Teacher", *(f"{GROUP_TITLES[g]} {METRIC_TITLES[m]}" for g in GROUPS for m in metrics)]
+def retention_markdown(summary: Mapping, metrics: Sequence[Metric]) -> str:
+    header = ["Student", "Teacher", *(f"{GROUP_TITLES[g]} {m.title}" for g in GROUPS for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", ":---", *(":---:" for _ in header[2:])]) + "|"]
     for student, teacher, groups in retention_rows(summary):
         lines.append("| " + " | ".join([student.replace("|", r"\|"), teacher.replace("|", r"\|"), *_retention_cells(groups, metrics)]) + " |")
     return "\n".join([*lines, "", *retention_notes(summary)]) + "\n"
 
 
-def retention_latex(summary: Mapping, metrics: Sequence[str]) -> str:
-    n = len(metrics)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\begin{tabular}{ll" + (" " + "c" * n) * len(GROUPS) + "}",
-        r"\toprule",
-        " & ".join(["", "", *(f"\\multicolumn{{{n}}}{{c}}{{{GROUP_TITLES[g]}}}" for g in GROUPS)]) + r" \\",
-        " ".join(f"\\cmidrule(lr){{{3 + i * n}-{2 + (i + 1) * n}}}" for i in range(len(GROUPS))),
-        " & ".join(["Student", "Teacher", *(latex_escape(METRIC_TITLES[m]) for _ in GROUPS for m in metrics)]) + r" \\",
-        r"\midrule",
+def retention_latex(summary: Mapping, metrics: Sequence[Metric]) -> str:
+    rows = [
+        [latex_escape(student), latex_escape(teacher), *(cell.replace("±", r"$\pm$") for cell in _retention_cells(groups, metrics, r"\%"))]
+        for student, teacher, groups in retention_rows(summary)
     ]
-    for student, teacher, groups in retention_rows(summary):
-        cells = [cell.replace("±", r"$\pm$") for cell in _retention_cells(groups, metrics, r"\%")]
-        lines.append(" & ".join([latex_escape(student), latex_escape(teacher), *cells]) + r" \\")
-    caption = latex_escape(" ".join(retention_notes(summary))).replace("±", r"$\pm$").replace("<", "$<$")
-    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    return _latex_frame(["Student", "Teacher"], metrics, rows, " ".join(retention_notes(summary)))
 
 
-def retention_csv(summary: Mapping, metrics: Sequence[str]) -> str:
+def retention_csv(summary: Mapping, metrics: Sequence[Metric]) -> str:
     """One row per student x teacher x group x metric: percentage, interval, both means."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -317,7 +321,7 @@ def retention_csv(summary: Mapping, metrics: Sequence[str]) -> str:
     models = summary["models"]
     for student, teacher, groups in retention_rows(summary):
         for group in GROUPS:
-            for metric in metrics:
+            for metric in (m.name for m in metrics):
                 interval = (groups.get(group) or {}).get(metric)
                 if interval is None:
                     continue
@@ -327,13 +331,15 @@ def retention_csv(summary: Mapping, metrics: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def rich_retention(summary: Mapping, metrics: Sequence[str] = TABLE_METRICS["retention"]) -> Table:
-    out = Table(title=f"Retention of each teacher — {summary.get('dataset', '')}", caption="\n".join(retention_notes(summary)), caption_justify="left")
+def rich_retention(summary: Mapping, metrics: Sequence[Metric] | None = None) -> Table:
+    """The retention table on a terminal (``metrics``: those of the retention layout unless given)."""
+    metrics = table_metrics("retention") if metrics is None else metrics
+    out = Table(title=f"{TABLES['retention']} — {summary.get('dataset', '')}", caption="\n".join(retention_notes(summary)), caption_justify="left")
     out.add_column("Student", style="bold")
     out.add_column("Teacher")
     for group in GROUPS:
         for metric in metrics:
-            out.add_column(f"{GROUP_TITLES[group]}\n{METRIC_TITLES[metric]}", justify="center")
+            out.add_column(f"{GROUP_TITLES[group]}\n{metric.title}", justify="center")
     previous = None
     for student, teacher, groups in retention_rows(summary):
         if previous is not None and teacher != previous:

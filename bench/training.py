@@ -1,9 +1,12 @@
 """One training loop for every model trained by gradient descent: :func:`run_training`.
 
-It shuffles with the model's seed, steps, evaluates validation PRAUC (after every epoch, or every
+It shuffles with the model's seed, steps, evaluates the validation score (:func:`validation_score`: PRAUC
+or Jaccard, as ``config.selection`` says; after every epoch, or every
 ``eval_every`` optimizer steps for step-based training such as the LEADER teacher's), stops early after
-``patience`` evaluations without improvement, restores the best weights, reports progress through one
-callback (``on_progress(done, total, status)``) and says in its report whether the model converged.
+``patience`` evaluations without improvement (or runs its whole budget), restores the best weights, reports
+progress through one callback (``on_progress(done, total, status)``) and says in its report whether the model
+converged. With torch's deterministic algorithms on, it probes its first step and evaluation
+(:class:`bench.determinism.OpProbe`) and reports which operations take a slower or no deterministic kernel.
 
 A :class:`TorchModel` says how to build its network, collate samples into a padded batch, compute
 its loss and its logits; :func:`train_network` runs it through that loop with Adam (or the model's
@@ -19,9 +22,9 @@ per-sample loss), and epoch e admits the easiest ``min(1, start + (1 - start) e 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from abc import abstractmethod
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -29,12 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.contract import MedRecModel, seed_everything
+from bench import determinism
+from bench.contract import MedRecModel, ProgressCallback, seed_everything, training_record
 from bench.metrics import per_sample_metrics, prauc_per_sample
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Schedule:
 
     batch_size: int
     epochs: int
-    patience: int  # evaluations without improvement before stopping
+    patience: int | None  # evaluations without improvement before stopping; None: the budget decides
     max_steps: int | None = None
     eval_every: int | None = None
     whole_batches: bool = False
@@ -77,11 +79,13 @@ def run_training(
     ``evaluate()`` scores the current weights on validation data (``None``: minus the mean training loss since
     the last evaluation); ``snapshot``/``restore`` copy and reinstate the weights of the best evaluation.
     ``on_progress(done, total, status)`` is called after every epoch (epoch-based) or every optimizer step
-    (step-based) with the epochs or steps done, their budget, and the latest loss and validation PRAUC.
+    (step-based) with the epochs or steps done, their budget, and the latest loss and validation score.
     ``admitted(epoch)``, if given, is the training indices that epoch may use (a curriculum); every index otherwise.
 
-    The report: best and last epoch and step, ``stopped_by`` (``patience``, ``epochs`` or ``max_steps``) and
-    ``converged``, False when the best evaluation is the last one (the model was still improving).
+    The report: best and last epoch and step, ``history`` (per evaluation: epoch, step, mean training loss
+    and ``val_score``, what ``evaluate`` returned), ``stopped_by`` (``patience``, ``epochs`` or ``max_steps``) and
+    ``converged``, False when the best evaluation is the last one (the model was still improving); with
+    deterministic algorithms on, ``determinism`` (:func:`bench.determinism.describe`) of the first step and evaluation.
     """
     if n_train == 0:
         raise ValueError("no training sample")
@@ -92,15 +96,21 @@ def run_training(
     history: list[dict] = []
     losses: list[float] = []
     state = {"stale": 0, "step": 0, "epoch": 0, "status": "", "eval_seconds": 0.0}
+    probe = determinism.OpProbe() if torch.are_deterministic_algorithms_enabled() else None
     started = time.perf_counter()
 
     def evaluation() -> bool:
         """Record one evaluation; True when patience has run out."""
         eval_started = time.perf_counter()
         loss = float(np.mean(losses)) if losses else float("nan")
-        score = evaluate() if evaluate is not None else -loss
+        if evaluate is None:
+            score = -loss
+        elif probe is not None and not history:
+            score = probe.record(evaluate)
+        else:
+            score = evaluate()
         losses.clear()
-        history.append({"epoch": state["epoch"], "step": state["step"], "loss": loss, "val_prauc": score})
+        history.append({"epoch": state["epoch"], "step": state["step"], "loss": loss, "val_score": score})
         if score > best["score"]:
             best.update(score=score, epoch=state["epoch"], step=state["step"], state=snapshot())
             state["stale"] = 0
@@ -108,7 +118,7 @@ def run_training(
             state["stale"] += 1
         state["status"] = f"loss {loss:.4f}  val score {score:.4f}"
         state["eval_seconds"] += time.perf_counter() - eval_started
-        return state["stale"] >= schedule.patience
+        return schedule.patience is not None and state["stale"] >= schedule.patience
 
     def batches(order: np.ndarray):
         if schedule.whole_batches:
@@ -124,7 +134,10 @@ def run_training(
         stop = False
         for index in batches(rng.permutation(n_train if admitted is None else admitted(epoch))):
             state["step"] += 1
-            losses.append(float(train_step(index, epoch)))
+            if probe is not None and state["step"] == 1:
+                losses.append(float(probe.record(lambda: train_step(index, epoch))))
+            else:
+                losses.append(float(train_step(index, epoch)))
             if step_based:
                 stop = state["step"] % schedule.eval_every == 0 and evaluation()
                 if on_progress is not None:
@@ -150,6 +163,7 @@ def run_training(
     restore(best["state"])
     seconds = time.perf_counter() - started
     return {
+        **({"determinism": probe.report()} if probe is not None else {}),
         "best_epoch": best["epoch"],
         "best_step": best["step"],
         "best_val_score": float(best["score"]),
@@ -226,7 +240,6 @@ class TorchModel(MedRecModel):
     """A model trained by :func:`train_network`. Subclasses implement the four abstract methods."""
 
     network: nn.Module | None = None
-    on_progress: ProgressCallback | None = None  # set by the harness to drive a progress bar
 
     @abstractmethod
     def build_network(self) -> nn.Module: ...
@@ -250,7 +263,8 @@ class TorchModel(MedRecModel):
         return torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
-        """Samples the loop trains on (a model may drop those it cannot use, e.g. without history)."""
+        """Samples the loop trains on: the protocol's, less those the model cannot serve (e.g. without history);
+        :func:`bench.contract.check_model` fails a model whose choice differs."""
         return list(train)
 
     def sample_difficulty(self, train: Sequence[Sample]) -> tuple[np.ndarray, str]:
@@ -287,7 +301,8 @@ class TorchModel(MedRecModel):
 
 
 def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Sample]) -> dict:
-    """The model's optimizer over shuffled mini-batches, one evaluation per epoch (:func:`run_training`)."""
+    """The model's optimizer over shuffled mini-batches of ``train``, one evaluation per epoch (:func:`run_training`);
+    the report records what it trained on (``training_samples``: the samples its batches were drawn from)."""
     config = model.config
     if not train:
         raise ValueError(f"{model.name}: no training sample")
@@ -324,4 +339,16 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
     )
     if plan is not None:
         report["curriculum"] = plan
-    return report
+    return {**report, "training_samples": training_record(train)}
+
+
+def staged_report(stages: Sequence[dict], final: dict) -> dict:
+    """One fit report for a model trained in several runs of the loop (pre-training, rounds, a basic model
+    first): the kept stage's (``final``) selection, convergence, history and training samples, the epochs,
+    steps and evaluation time of every stage together, and their determinism probes merged."""
+    probed = [stage["determinism"] for stage in stages if "determinism" in stage]
+    return {
+        **{k: final[k] for k in ("best_epoch", "best_step", "best_val_score", "stopped_by", "converged", "history", "training_samples")},
+        **{k: sum(stage[k] for stage in stages) for k in ("epochs_run", "steps_run", "eval_seconds")},
+        **({"determinism": determinism.merge(probed)} if probed else {}),
+    }

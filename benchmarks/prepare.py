@@ -30,7 +30,7 @@ from data_prep.prepare import load_dataset
 name, cache, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 root = sys.argv[4] if len(sys.argv) > 4 else None
 start = time.perf_counter()
-dataset = load_dataset(name, root=root, aux=root and f"{root}/aux", cache_dir=cache, refresh=True, options=options)
+dataset = load_dataset(name, paths={"root": root, "aux": root and f"{root}/aux"}, cache_dir=cache, refresh=True, options=options)
 seconds = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"patients": len(dataset.patients), "visits": sum(len(p.visits) for p in dataset.patients), "seconds": seconds,
@@ -48,10 +48,11 @@ def measure(name: str, options: dict, root: Path | None = None) -> dict:
 
 def export_mimic4(patients: int, rows_per_medication: float, folder: Path) -> float:
     from data_prep.export_tables import TableExportOptions, export_tables
+    from data_prep.mimic_layout import MIMIC4
     from data_prep.synthetic import SyntheticOptions, generate
 
     start = time.perf_counter()
-    export_tables(generate(SyntheticOptions(patients=patients)), folder, "mimic4", options=TableExportOptions(rows_per_medication=rows_per_medication))
+    export_tables(generate(SyntheticOptions(patients=patients)), folder, MIMIC4, options=TableExportOptions(rows_per_medication=rows_per_medication))
     return time.perf_counter() - start
 
 

@@ -1,1 +1,1 @@
-"""Data layer: sources (synthetic, MIMIC-III, MIMIC-IV) turned into one prepared dataset."""
+"""Data layer: registered dataset sources (:mod:`data_prep.sources`) turned into one prepared dataset."""

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,11 +22,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from data_prep.atomic import write_atomic
+
 if TYPE_CHECKING:  # pragma: no cover
     from data_prep.molecules import MoleculeSet
     from data_prep.protocol import Protocol
 
 SPLITS = ("train", "val", "test")
+SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train / val / test share of the patients
 # the profile's age bands, shared by every source: lower edges in years (the first band starts at 0), then
 # "unknown" for a missing age; a source whose patients are all adults uses ADULT_AGE_BANDS
 AGE_BANDS = ("<18", "18-39", "40-64", "65-79", "80+", "unknown")
@@ -42,8 +42,9 @@ FORMAT_VERSION = 1
 class Visit:
     """One admission: code indices into the dataset's vocabularies.
 
-    ``conditions`` holds the latent conditions of the synthetic cohort (empty for real data); an
-    oracle that knows them bounds what any model can reach. ``profile``, when the source records
+    ``conditions`` holds the latent truth of the synthetic cohort (empty for real data): its active
+    conditions, "ICU stay", and the regimens in force; an oracle that knows them bounds what any
+    model can reach. ``profile``, when the source records
     one per admission, is the profile at this visit (age then, this admission's insurance, ...), so
     a sample of an earlier visit never sees a later admission's values; empty: the patient's.
     """
@@ -197,10 +198,7 @@ class PreparedDataset:
     # ----- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write atomically: a temporary sibling folder renamed into place."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        def write(tmp: Path) -> None:
             header = {
                 "format_version": FORMAT_VERSION,
                 "name": self.name,
@@ -217,13 +215,8 @@ class PreparedDataset:
             with gzip.open(tmp / "patients.json.gz", "wt", compresslevel=1) as fh:
                 json.dump([_patient_to_json(p) for p in self.patients], fh, separators=(",", ":"))
             np.savez_compressed(tmp / "graphs.npz", ddi_adj=self.ddi_adj, ehr_adj=self.ehr_adj)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+
+        return write_atomic(directory, write, folder=True)
 
     @classmethod
     def load(cls, directory: str | Path) -> "PreparedDataset":
@@ -273,7 +266,7 @@ def _patient_from_json(raw: list) -> Patient:
 
 
 # ----- the shared finishing steps ---------------------------------------------------------------
-def split_patients(patient_ids: Iterable[str], seed: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, str]:
+def split_patients(patient_ids: Iterable[str], seed: int, ratios: tuple[float, float, float] = SPLIT_RATIOS) -> dict[str, str]:
     """Seeded patient-level split. Sorting first makes it independent of the reader's order."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or not np.isclose(sum(ratios), 1.0):
         raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
@@ -313,15 +306,15 @@ def assemble(
     diagnoses: Vocabulary,
     procedures: Vocabulary,
     medications: Vocabulary,
-    profile_fields: list[str],
     profile_values: dict[str, list[str]],
     ddi_adj: np.ndarray,
     smiles: list[list[str]],
     seed: int,
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
     meta: dict | None = None,
 ) -> PreparedDataset:
-    """Add the steps every source shares: patient-level split, then the EHR graph from train only."""
+    """Add the steps every source shares: patient-level split, then the EHR graph from train only.
+
+    ``profile_values`` maps each profile field, in the order of ``Patient.profile``, to its value names."""
     if not patients:
         raise ValueError(f"{name}: no patient is left after preprocessing")
     ddi_adj = np.asarray(ddi_adj, dtype=np.uint8)
@@ -329,7 +322,7 @@ def assemble(
         raise ValueError(f"{name}: DDI matrix has shape {ddi_adj.shape}, expected {(len(medications),) * 2}")
     ddi_adj = np.maximum(ddi_adj, ddi_adj.T)
     np.fill_diagonal(ddi_adj, 0)
-    split = split_patients((p.patient_id for p in patients), seed=seed, ratios=split_ratios)
+    split = split_patients((p.patient_id for p in patients), seed=seed, ratios=SPLIT_RATIOS)
     train_visits = (v for p in patients if split[p.patient_id] == "train" for v in p.visits)
     return PreparedDataset(
         name=name,
@@ -337,11 +330,11 @@ def assemble(
         diagnoses=diagnoses,
         procedures=procedures,
         medications=medications,
-        profile_fields=profile_fields,
+        profile_fields=list(profile_values),
         profile_values=profile_values,
         ddi_adj=ddi_adj,
         ehr_adj=cooccurrence_adjacency(train_visits, len(medications)),
         smiles=smiles,
         split=split,
-        meta={"seed": seed, "split_ratios": list(split_ratios), **(meta or {})},
+        meta={"seed": seed, "split_ratios": list(SPLIT_RATIOS), **(meta or {})},
     )

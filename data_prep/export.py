@@ -24,7 +24,7 @@ import dill
 import numpy as np
 
 from data_prep.dataset import SPLITS, PreparedDataset, Vocabulary
-from data_prep.tables import write_atomic
+from data_prep.atomic import write_atomic
 
 # The reference pickles hold a ``Voc`` class defined in the script's ``__main__``; a class made here
 # with that module name and no methods is pickled by value, so the reference loads it without us.

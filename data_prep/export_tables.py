@@ -36,7 +36,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from data_prep.dataset import PreparedDataset
-from data_prep.tables import DataError, write_atomic
+from data_prep.mimic_layout import Layout
+from data_prep.atomic import write_atomic
+from data_prep.tables import DataError
 
 AGE_OF_BAND = {"<18": 10, "18-39": 30, "40-64": 52, "65-79": 72, "80+": 85}
 SUBJECT_BASE, HADM_BASE = 10_000_000, 20_000_000
@@ -185,41 +187,31 @@ def write_aux_folder(dataset: PreparedDataset, catalogue: NdcCatalogue, folder: 
 
 
 # ----- the tables -------------------------------------------------------------------------------
-def export_tables(
-    dataset: PreparedDataset,
-    out: str | Path,
-    version: str = "mimic4",
-    *,
-    aux: str | Path | None = None,
-    options: TableExportOptions = TableExportOptions(),
-) -> list[Path]:
-    """Write ``out/hosp/*.csv.gz`` (MIMIC-IV) or ``out/*.CSV.gz`` (MIMIC-III) and ``out/aux/``."""
-    if version not in ("mimic3", "mimic4"):
-        raise ValueError(f"version must be mimic3 or mimic4, got {version!r}")
+def export_tables(dataset: PreparedDataset, out: str | Path, layout: Layout, *, aux: str | Path | None = None, options: TableExportOptions = TableExportOptions()) -> list[Path]:
+    """Write the tables in ``layout`` (``out/hosp/*.csv.gz`` for MIMIC-IV, ``out/*.CSV.gz`` for MIMIC-III) and ``out/aux/``."""
     bad = [c for c in dataset.diagnoses.codes + dataset.procedures.codes if ":" in c]
     if bad:
-        raise DataError(f"export to {version} writes ICD-9 codes without a version prefix; {dataset.name} has {bad[0]!r}")
+        raise DataError(f"export to {layout.name} writes ICD-9 codes without a version prefix; {dataset.name} has {bad[0]!r}")
     out = Path(out)
     cohort, patients = flatten(dataset)
     catalogue = ndc_catalogue(dataset.medications.codes, aux)
-    mimic4 = version == "mimic4"
-    folder = out / "hosp" if mimic4 else out
+    folder = out / layout.subfolder if layout.subfolder else out
     folder.mkdir(parents=True, exist_ok=True)
 
-    def name(table: str) -> Path:
-        return folder / (f"{table}.csv.gz" if mimic4 else f"{table.upper()}.csv.gz")
+    def write(table: str, parts) -> Path:
+        return _write_table(folder / (f"{table.upper()}.csv.gz" if layout.upper_case else f"{table}.csv.gz"), parts, upper=layout.upper_case)
 
     written = [
-        _write_table(name("patients"), [_patients(dataset, patients, cohort, mimic4)], upper=not mimic4),
-        _write_table(name("admissions"), [_admissions(dataset, patients, cohort, mimic4)], upper=not mimic4),
+        write("patients", [_patients(dataset, patients, cohort, layout)]),
+        write("admissions", [_admissions(dataset, patients, cohort, layout)]),
     ]
     for kind, table in (("diagnoses", "diagnoses_icd"), ("procedures", "procedures_icd")):
-        written.append(_write_table(name(table), [_codes(dataset, cohort, kind, mimic4)], upper=not mimic4))
-    written.append(_write_table(name("prescriptions"), _prescriptions(dataset, cohort, catalogue, mimic4, options), upper=not mimic4))
+        written.append(write(table, [_codes(dataset, cohort, kind, layout)]))
+    written.append(write("prescriptions", _prescriptions(dataset, cohort, catalogue, layout, options)))
     return written + write_aux_folder(dataset, catalogue, out / "aux")
 
 
-def _patients(dataset, patients, cohort: FlatCohort, mimic4: bool) -> pa.Table:
+def _patients(dataset, patients, cohort: FlatCohort, layout: Layout) -> pa.Table:
     last_admit = cohort.admit[np.r_[np.flatnonzero(np.diff(cohort.visit_patient)), len(cohort.admit) - 1]]
     fields = dataset.profile_fields
     text = [dataset.profile_text(p.profile) for p in patients]
@@ -227,14 +219,14 @@ def _patients(dataset, patients, cohort: FlatCohort, mimic4: bool) -> pa.Table:
     age = np.array([AGE_OF_BAND.get(t.get("age", ""), -1) for t in text])
     year = last_admit.astype("datetime64[Y]").astype(np.int64) + 1970
     columns = {"subject_id": cohort.subject, "gender": gender}
-    if mimic4:
+    if layout.anchored_ages:
         columns |= {"anchor_age": np.where(age >= 0, age, None), "anchor_year": year}
     else:
         columns["dob"] = [f"{y - a:04d}-01-01 00:00:00" if a >= 0 else None for y, a in zip(year.tolist(), age.tolist())]
     return pa.table(columns)
 
 
-def _admissions(dataset, patients, cohort: FlatCohort, mimic4: bool) -> pa.Table:
+def _admissions(dataset, patients, cohort: FlatCohort, layout: Layout) -> pa.Table:
     text = [dataset.profile_text(p.profile) for p in patients]
 
     def field(name: str) -> list:
@@ -249,12 +241,12 @@ def _admissions(dataset, patients, cohort: FlatCohort, mimic4: bool) -> pa.Table
             "dischtime": cohort.discharge,
             "insurance": field("insurance"),
             "marital_status": field("marital_status"),
-            ("race" if mimic4 else "ethnicity"): field("ethnicity"),
+            layout.ethnicity_column: field("ethnicity"),
         }
     )
 
 
-def _codes(dataset, cohort: FlatCohort, kind: str, mimic4: bool) -> pa.Table:
+def _codes(dataset, cohort: FlatCohort, kind: str, layout: Layout) -> pa.Table:
     visit, code = cohort.pairs[kind]
     vocabulary = pa.array(getattr(dataset, kind).codes)
     seq = np.arange(len(visit)) - np.searchsorted(visit, visit) + 1
@@ -262,14 +254,14 @@ def _codes(dataset, cohort: FlatCohort, kind: str, mimic4: bool) -> pa.Table:
         "subject_id": cohort.subject[cohort.visit_patient[visit]],
         "hadm_id": cohort.hadm[visit],
         "seq_num": seq,
-        ("icd_code" if mimic4 else "icd9_code"): vocabulary.take(pa.array(code)),
+        layout.code_column: vocabulary.take(pa.array(code)),
     }
-    if mimic4:
+    if layout.versioned_codes:
         columns["icd_version"] = np.full(len(visit), 9)
     return pa.table(columns)
 
 
-def _prescriptions(dataset, cohort: FlatCohort, catalogue: NdcCatalogue, mimic4: bool, options: TableExportOptions):
+def _prescriptions(dataset, cohort: FlatCohort, catalogue: NdcCatalogue, layout: Layout, options: TableExportOptions):
     """Batches of prescription rows: in-window rows per (visit, class), late rows, rows without NDC."""
     rng = np.random.default_rng(options.seed)
     visit, med = cohort.pairs["medications"]
@@ -301,14 +293,14 @@ def _prescriptions(dataset, cohort: FlatCohort, catalogue: NdcCatalogue, mimic4:
         part = slice(lo, lo + CHUNK_ROWS)
         v = row_visit[part]
         start = cohort.admit[v] + offset[part].astype("timedelta64[s]")
-        if not mimic4:
+        if layout.dated_starts:
             start = start.astype("datetime64[D]").astype("datetime64[s]")
         yield pa.table(
             {
                 "subject_id": cohort.subject[cohort.visit_patient[v]],
                 "hadm_id": cohort.hadm[v],
-                ("starttime" if mimic4 else "startdate"): start,
-                ("stoptime" if mimic4 else "enddate"): start + np.timedelta64(SECONDS_PER_DAY, "s"),
+                layout.start_column: start,
+                layout.stop_column: start + np.timedelta64(SECONDS_PER_DAY, "s"),
                 "drug_type": np.full(len(v), "MAIN"),
                 "drug": drug_names.take(pa.array(np.where(row_med[part] >= 0, row_med[part], len(drug_names) - 1))),
                 "ndc": ndc_values.take(pa.array(ndc_index[part])),

@@ -30,7 +30,7 @@ defaults are the MIMIC-IV MEDS ETL's codes):
   8:1:1 split of every other source. The EHR graph is then built from the dataset's own train set.
 
 Everything after that (top-k codes, required kinds, min visits, SMILES, DDI graph, cache) is the
-MIMIC pipeline's (:mod:`data_prep.mimic`), so the same options mean the same thing.
+shared pipeline's (:mod:`data_prep.pipeline`), so the same options mean what they mean for MIMIC.
 """
 
 from __future__ import annotations
@@ -47,41 +47,51 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from data_prep import code_names
 from data_prep.aux_maps import AuxFiles
 from data_prep.dataset import PreparedDataset, cooccurrence_adjacency
-from data_prep.mimic import (
-    SINGULAR,
+from data_prep.pipeline import (
     CodePairs,
-    MimicOptions,
-    _code_names,
-    _dedupe,
+    PipelineOptions,
     check_known_codes,
+    dedupe,
     encode_profiles,
     finish_dataset,
+    icd_names,
     map_ndcs,
     medication_pairs,
     select_visits,
 )
-from data_prep.tables import NO_TIME, DataError, EncodedColumn, write_atomic
+from data_prep.sources import DatasetSource, Located
+from data_prep.atomic import write_atomic
+from data_prep.tables import NO_TIME, DataError, EncodedColumn
 
 SPLIT_NAMES = {"train": "train", "tuning": "val", "held_out": "test"}
 PROFILE_COLUMNS = {"insurance": "insurance", "marital_status": "marital_status", "race": "ethnicity"}
 
 
 @dataclass(frozen=True)
-class MedsOptions(MimicOptions):
-    """The MIMIC pipeline's options plus the code prefixes that say what an event is."""
+class MedsOptions(PipelineOptions):
+    """The shared pipeline's options plus the code prefixes that say what an event is (defaults: the
+    MIMIC-IV MEDS ETL's codes)."""
 
     admission_prefix: str = "HOSPITAL_ADMISSION"
+    """Code prefix of admission events."""
     discharge_prefix: str = "HOSPITAL_DISCHARGE"
+    """Code prefix of discharge events."""
     diagnosis_prefix: str = "DIAGNOSIS//ICD//"
+    """Code prefix of diagnosis events ({prefix}{version}//{code})."""
     procedure_prefix: str = "PROCEDURE//ICD//"
+    """Code prefix of procedure events ({prefix}{version}//{code})."""
     ndc_prefix: str = "MEDICATION//NDC//"
+    """Code prefix of NDC medication events (mapped through the aux files)."""
     atc_prefix: str = "MEDICATION//ATC//"
+    """Code prefix of ATC medication events (used directly)."""
     gender_prefix: str = "GENDER//"
+    """Code prefix of gender events."""
     birth_code: str = "MEDS_BIRTH"
+    """Code of the birth event (ages at each visit)."""
     use_dataset_split: bool = True
+    """Use metadata/subject_splits.parquet as the split when the dataset has one."""
 
     def prefixes(self) -> dict[str, str]:
         return {
@@ -285,7 +295,7 @@ def _icd_pairs(events, selected, position, code_values, prefix, kind, inputs, op
         rest = code[len(prefix) :]
         version, _, bare = rest.partition("//")
         texts.append(f"ICD{version}:{bare}" if bare else rest)
-    codes, remap = _dedupe(texts)
+    codes, remap = dedupe(texts)
     lookup = np.full(len(code_values) + 1, -1, dtype=np.int64)
     lookup[used] = remap
     row_code = np.where(selected, lookup[code_ids], -1)
@@ -304,7 +314,7 @@ def _medication_pairs(events, kinds, position, code_values, admissions, inputs, 
     ndc_row_code, classes, coverage = map_ndcs(np.where(ndc_rows, ndc_index[code_ids], -1)[ndc_rows], ndc_values, inputs.aux, options)
     atc_rows = kinds == KIND["atc"]
     atc_text = {i: code_values[i][len(options.atc_prefix) :].strip().upper()[:4] for i in np.unique(code_ids[atc_rows]).tolist()}
-    codes, remap = _dedupe(classes + list(atc_text.values()))
+    codes, remap = dedupe(classes + list(atc_text.values()))
     row_code = np.full(len(kinds), -1, dtype=np.int64)
     row_code[ndc_rows] = np.where(ndc_row_code >= 0, remap[np.maximum(ndc_row_code, 0)], -1)
     atc_lookup = np.full(len(code_values) + 1, -1, dtype=np.int64)
@@ -337,7 +347,7 @@ def _profiles(events, kinds, code_values: list[str], visits: pd.DataFrame):
 
 
 def _names(codes: list[str], kind: str, inputs: MedsInputs, prefix: str) -> tuple[list[str], int]:
-    """Descriptions from metadata/codes.parquet, then data_prep.code_names; the code as last resort."""
+    """Descriptions from metadata/codes.parquet, then the shared ICD tables (:func:`data_prep.pipeline.icd_names`)."""
     described: dict[str, str] = {}
     if inputs.codes is not None:
         table = pq.read_table(inputs.codes, columns=["code", "description"]).to_pydict()
@@ -345,16 +355,7 @@ def _names(codes: list[str], kind: str, inputs: MedsInputs, prefix: str) -> tupl
             if description and code.startswith(prefix):
                 version, _, bare = code[len(prefix) :].partition("//")
                 described[f"ICD{version}:{bare}" if bare else code[len(prefix) :]] = description
-    out, unnamed = [], 0
-    for code in codes:
-        if code in described:
-            out.append(described[code])
-            continue
-        version, bare = code[3:].split(":", 1) if code.startswith("ICD") and ":" in code else ("9", code)
-        table = _code_names(kind, version) if version in ("9", "10") else {}
-        unnamed += bare not in table
-        out.append(code_names.name_for(bare, table, f"icd{version}_{SINGULAR[kind]}"))
-    return out, unnamed
+    return icd_names(codes, kind, described)
 
 
 def _apply_dataset_split(dataset: PreparedDataset, path: Path) -> None:
@@ -457,3 +458,24 @@ def export_meds(dataset: PreparedDataset, out: str | Path, *, aux: str | Path | 
         write_atomic(out / "metadata" / "dataset.json", lambda tmp: tmp.write_text(json.dumps(metadata, indent=1))),
     ]
     return written + write_aux_folder(dataset, catalogue, out / "aux")
+
+
+def _locate_source(paths) -> Located:
+    inputs = locate_meds(paths["root"], paths["aux"])
+    return Located(inputs.files(), lambda options: read_meds(inputs, options))
+
+
+def _export(dataset: PreparedDataset, out: Path, *, aux: Path | None = None, rows_per_medication: float | None = None) -> list[Path]:
+    from data_prep.export_tables import TableExportOptions
+
+    return export_meds(dataset, out, aux=aux, options=TableExportOptions(rows_per_medication=rows_per_medication or 1.0))
+
+
+SOURCE = DatasetSource(
+    name="meds",
+    summary="a MEDS dataset (data/*.parquet and metadata/)",
+    options=MedsOptions,
+    locate=_locate_source,
+    paths={"root": "the MEDS dataset folder (holding data/ and metadata/)", "aux": "the folder of auxiliary mapping files (ndc2RXCUI.txt, ...)"},
+    export=_export,
+)

@@ -1,44 +1,15 @@
-"""MIMIC-III and MIMIC-IV readers and the standard medication-recommendation pipeline.
+"""MIMIC-III and MIMIC-IV: the ``mimic3`` and ``mimic4`` dataset sources.
 
-The pipeline of GAMENet/SafeDrug as the LEADER paper (Liu et al., "Large Language Model Distilling
-Medication Recommendation Model", 2024) uses it, each step an option of :class:`MimicOptions` whose
-default is the paper's value:
-
-1. which prescriptions count, ``prescription_window``:
-
-   - ``"first-hours"`` (default): start < admission time + ``first_hours`` (24). This is the LEADER
-     paper's sentence ("prescriptions within the first 24 hours"). MIMIC-III start dates have day
-     resolution, so after an afternoon admission the orders dated the next day are kept too (up to
-     ~48 h of orders); MIMIC-IV start times are exact;
-   - ``"first-start-date"``: each stay's earliest start date (among rows with an NDC), what the
-     GAMENet/SafeDrug ``processing.py`` scripts keep (they group by ICU stay; here by admission, which
-     MIMIC-IV's prescriptions also carry);
-   - ``"all"``: no time filter, as LEADER's released preprocessing does.
-
-   ``meta["prescription_rows_by_window"]`` counts the mapped rows each rule keeps (on the MIMIC-III
-   demo 3,083 / 2,057 / 7,284);
-2. NDC -> RXCUI -> ATC3 (:mod:`data_prep.aux_maps`), with the ATC table's own NDC column as fallback
-   (``ndc_fallback``); medications without SMILES are dropped (``require_smiles``);
-3. the ``top_diagnoses`` / ``top_procedures`` / ``top_medications`` most frequent codes (2000 / 1000 /
-   300), frequency = number of visits with the code, ties broken by code;
-4. a visit is kept when it has every kind of ``required_code_kinds`` (all three by default), a
-   patient when it has ``min_visits`` (1: LEADER keeps single-visit patients; SafeDrug used 2).
-
-Deliberate differences from the published preprocessing (GAMENet/SafeDrug ``processing.py``):
-visits are ordered by admission time, not by HADM_ID; missing NDCs are dropped, never forward-filled
-(``fillna(method="pad")`` there copies one patient's drug into the next patient's rows);
-``ndc2RXCUI.txt`` is read with ``ast.literal_eval``; medication frequency counts visits, not
-prescription rows; the procedure top-k keeps k codes (``loc[:1000]`` kept 1001); the DDI side
-effects are the most frequent ones unless ``ddi_side_effects="least-frequent"`` (see aux_maps).
+Each reader finds the five tables it needs (``admissions``, ``patients``, ``diagnoses_icd``,
+``procedures_icd``, ``prescriptions``; ``.csv`` or ``.csv.gz``, any header case) and the optional
+``d_icd_*`` name tables, streams the three event tables dictionary-encoded
+(:func:`data_prep.tables.read_encoded`), and hands (admission, code) pairs and profiles to the shared
+pipeline (:mod:`data_prep.pipeline`), whose options (:class:`MimicOptions`) default to the LEADER
+paper's choices.
 
 MIMIC-IV (``hosp/`` layout) writes ``icd_code`` + ``icd_version``: codes are prefixed ``ICD9:`` /
 ``ICD10:`` so the two systems stay distinct. Its ``race`` column fills the ``ethnicity`` field.
-
-The event tables (diagnoses, procedures, prescriptions: 15 million rows in MIMIC-IV) are streamed
-dictionary-encoded (:func:`data_prep.tables.read_encoded`); every step after that is numpy on
-integer ids, and per-value work (stripping, NDC mapping, ICD versions) runs once per distinct value.
-The same steps serve the MEDS reader (:mod:`data_prep.meds`): :class:`CodePairs`,
-:func:`select_visits`, :func:`medication_pairs` and :func:`finish_dataset`.
+What differs between the two releases is a :class:`Layout`, so no step branches on the release.
 """
 
 from __future__ import annotations
@@ -46,89 +17,36 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from data_prep.aux_maps import (
-    SIDE_EFFECT_SELECTIONS,
-    AuxFiles,
-    SideEffectSelection,
-    ddi_adjacency,
-    load_atc3_smiles,
-    load_atc_names,
-    load_ddi_pairs,
-    load_ndc_to_rxcui,
-    load_rxcui_to_atc,
-    map_ndc_to_atc3,
-    twosides_pairs,
+from data_prep.aux_maps import AuxFiles
+from data_prep.dataset import PreparedDataset
+from data_prep.mimic_layout import MIMIC3, MIMIC4, Layout
+from data_prep.pipeline import (
+    CodePairs,
+    PipelineOptions,
+    check_known_codes,
+    dedupe,
+    encode_profiles,
+    finish_dataset,
+    icd_names,
+    map_ndcs,
+    medication_pairs,
+    select_visits,
+    unique_ints,
 )
-from data_prep import code_names
-from data_prep.dataset import AGE_BAND_EDGES, AGE_BANDS, Patient, PreparedDataset, Visit, Vocabulary, assemble
-from data_prep.tables import NO_TIME, DataError, EncodedTable, find_table, read_encoded, read_table
-
-CODE_KINDS = ("diagnoses", "procedures", "medications")
-PROFILE_FIELDS = ["age", "gender", "insurance", "ethnicity", "marital_status"]
-MISSING = "UNKNOWN"
-SINGULAR = {"diagnoses": "diagnosis", "procedures": "procedure"}
-PrescriptionWindow = Literal["first-hours", "first-start-date", "all"]
-PRESCRIPTION_WINDOWS = ("first-hours", "first-start-date", "all")
+from data_prep.sources import DatasetSource, Located
+from data_prep.tables import DataError, EncodedTable, find_table, read_encoded, read_table
 
 
 @dataclass(frozen=True)
-class MimicOptions:
-    """The pipeline's choices; defaults are the LEADER paper's (see the module docstring)."""
-
-    prescription_window: PrescriptionWindow = "first-hours"  # which prescriptions count (module docstring)
-    first_hours: float = 24.0  # the "first-hours" window
-    ndc_fallback: bool = True
-    require_smiles: bool = True
-    top_diagnoses: int | None = 2000  # None keeps every code
-    top_procedures: int | None = 1000
-    top_medications: int | None = 300
-    required_code_kinds: tuple[str, ...] = CODE_KINDS
-    min_visits: int = 1
-    ddi_source: Literal["auto", "twosides", "pairs"] = "auto"  # auto: TWOSIDES when drug-DDI.csv is there
-    ddi_side_effects: SideEffectSelection = "most-frequent"
-    ddi_top_k: int = 40
-    split_seed: int = 0
-    max_unknown_code_share: float = 0.5  # more rows with codes unknown to the ICD tables is an error
-
-    def __post_init__(self) -> None:
-        kinds = tuple(self.required_code_kinds)
-        object.__setattr__(self, "required_code_kinds", kinds)
-        if not kinds or set(kinds) - set(CODE_KINDS):
-            raise ValueError(f"required_code_kinds must be a non-empty subset of {CODE_KINDS}, got {kinds}")
-        if self.ddi_side_effects not in SIDE_EFFECT_SELECTIONS:
-            raise ValueError(f"ddi_side_effects must be one of {SIDE_EFFECT_SELECTIONS}, got {self.ddi_side_effects!r}")
-        if self.ddi_source not in ("auto", "twosides", "pairs"):
-            raise ValueError(f"ddi_source must be auto, twosides or pairs, got {self.ddi_source!r}")
-        if self.prescription_window not in PRESCRIPTION_WINDOWS:
-            raise ValueError(f"prescription_window must be one of {PRESCRIPTION_WINDOWS}, got {self.prescription_window!r}")
-        if self.first_hours is None or self.first_hours <= 0:
-            raise ValueError(f"first_hours must be a positive number of hours, got {self.first_hours!r} (prescription_window='all' keeps every prescription)")
-        if not 0 <= self.max_unknown_code_share <= 1:
-            raise ValueError(f"max_unknown_code_share must be within [0, 1], got {self.max_unknown_code_share}")
-        if self.min_visits < 1:
-            raise ValueError(f"min_visits must be at least 1, got {self.min_visits}")
+class MimicOptions(PipelineOptions):
+    """The shared pipeline's options, as MIMIC-III and MIMIC-IV use them."""
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where one MIMIC version keeps what the pipeline reads."""
-
-    name: str
-    code_column: str
-    versioned_codes: bool
-    start_column: str
-    ethnicity_column: str
-    patient_columns: tuple[str, ...]
-
-
-MIMIC3 = Layout("mimic3", "icd9_code", False, "startdate", "ethnicity", ("subject_id", "gender", "dob"))
-MIMIC4 = Layout("mimic4", "icd_code", True, "starttime", "race", ("subject_id", "gender", "anchor_age", "anchor_year"))
-LAYOUTS = {"mimic3": MIMIC3, "mimic4": MIMIC4}
 TABLES = ("admissions", "patients", "diagnoses_icd", "procedures_icd", "prescriptions")
 NAME_TABLES = ("d_icd_diagnoses", "d_icd_procedures")
 
@@ -146,12 +64,11 @@ class MimicInputs:
         return {**self.tables, **self.name_tables, **self.aux.used()}
 
 
-def locate(version: str, root: str | Path, aux: str | Path) -> MimicInputs:
+def locate(layout: Layout, root: str | Path, aux: str | Path) -> MimicInputs:
     """Find every table before reading any, so a missing one fails fast and the cache key knows them."""
-    layout = LAYOUTS[version]
     root = Path(root)
-    if layout is MIMIC4 and (root / "hosp").is_dir():
-        root = root / "hosp"
+    if layout.subfolder and (root / layout.subfolder).is_dir():
+        root = root / layout.subfolder
     tables = {name: find_table(root, name) for name in TABLES}
     name_tables = {}
     for name in NAME_TABLES:
@@ -160,37 +77,6 @@ def locate(version: str, root: str | Path, aux: str | Path) -> MimicInputs:
         except DataError:
             pass  # names come from data_prep.code_names instead
     return MimicInputs(layout, tables, name_tables, AuxFiles.locate(aux))
-
-
-# ----- the pipeline ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CodePairs:
-    """Distinct (admission, code) pairs of one kind: ``visit`` indexes the admissions frame, ``code``
-    indexes ``codes``."""
-
-    visit: np.ndarray
-    code: np.ndarray
-    codes: list[str]
-
-    @classmethod
-    def from_rows(cls, visit: np.ndarray, code: np.ndarray, codes: list[str]) -> "CodePairs":
-        """Rows with an admission (``visit >= 0``) and a code (``code >= 0``), duplicates dropped."""
-        keep = (visit >= 0) & (code >= 0)
-        key = unique_ints(visit[keep].astype(np.int64) * max(len(codes), 1) + code[keep])
-        return cls(key // max(len(codes), 1), key % max(len(codes), 1), codes)
-
-    def most_frequent(self, k: int | None) -> "CodePairs":
-        """Keep the k codes found in the most visits (ties broken by code, so the choice is stable)."""
-        if k is None:
-            return self
-        counts = np.bincount(self.code, minlength=len(self.codes))
-        ranked = sorted(np.flatnonzero(counts).tolist(), key=lambda c: (-counts[c], self.codes[c]))
-        keep = np.zeros(len(self.codes), dtype=bool)
-        keep[ranked[:k]] = True
-        return self.where(keep[self.code])
-
-    def where(self, mask: np.ndarray) -> "CodePairs":
-        return CodePairs(self.visit[mask], self.code[mask], self.codes)
 
 
 def read_mimic(inputs: MimicInputs, options: MimicOptions) -> PreparedDataset:
@@ -225,106 +111,6 @@ def read_mimic(inputs: MimicInputs, options: MimicOptions) -> PreparedDataset:
             "unnamed_codes": {"diagnoses": diag_unnamed, "procedures": proc_unnamed},
             "files": {role: str(path) for role, path in inputs.files().items()},
         },
-    )
-
-
-@dataclass(frozen=True)
-class KeptVisits:
-    """The visits that survive the pipeline (admissions rows, sorted by subject, time, id), each
-    kind's vocabulary and each visit's sorted code indices (aligned with ``visits``)."""
-
-    visits: pd.DataFrame
-    vocabularies: dict[str, list[str]]
-    codes: dict[str, list[tuple[int, ...]]]
-
-
-def select_visits(admissions: pd.DataFrame, codes: dict[str, CodePairs], options, *, source: str, join_rates: dict) -> KeptVisits:
-    """Top-k codes, visits that have every required kind, patients with ``min_visits``; vocabularies
-    are the codes that remain, sorted. ``admissions`` has subject_id, hadm_id and admittime."""
-    limits = {"diagnoses": options.top_diagnoses, "procedures": options.top_procedures, "medications": options.top_medications}
-    codes = {kind: pairs.most_frequent(limits[kind]) for kind, pairs in codes.items()}
-    kept = np.ones(len(admissions), dtype=bool)
-    for kind in options.required_code_kinds:
-        has = np.zeros(len(admissions), dtype=bool)
-        has[codes[kind].visit] = True
-        kept &= has
-    visits = admissions[kept].sort_values(["subject_id", "admittime", "hadm_id"])
-    visit_counts = visits.groupby("subject_id")["hadm_id"].transform("size")
-    visits = visits[visit_counts >= options.min_visits]
-    if visits.empty:
-        rates = ", ".join(f"{table} {_share(rate)}" for table, rate in join_rates.items())
-        raise DataError(
-            f"{source}: no patient is left after preprocessing (rows whose hadm_id joins admissions: {rates}); "
-            "check that hadm_id is written the same way in every table (e.g. 142345, not 142345.0) and the pipeline options"
-        )
-    final = np.zeros(len(admissions), dtype=bool)
-    final[visits.index.to_numpy()] = True
-    vocabularies, per_visit = {}, {}
-    for kind, pairs in codes.items():
-        pairs = pairs.where(final[pairs.visit])
-        used = np.flatnonzero(np.bincount(pairs.code, minlength=len(pairs.codes)))
-        vocabulary = sorted(pairs.codes[c] for c in used.tolist())
-        rank = np.full(len(pairs.codes), -1, dtype=np.int64)
-        position = {code: i for i, code in enumerate(vocabulary)}
-        rank[used] = [position[pairs.codes[c]] for c in used.tolist()]
-        vocabularies[kind] = vocabulary
-        per_visit[kind] = _codes_by_visit(pairs.visit, rank[pairs.code], len(vocabulary), visits.index.to_numpy())
-    return KeptVisits(visits, vocabularies, per_visit)
-
-
-def _share(rate: dict) -> str:
-    return f"{100 * rate['joined'] / max(rate['rows'], 1):.0f}%" if rate["rows"] else "no rows"
-
-
-def _codes_by_visit(visit: np.ndarray, index: np.ndarray, vocabulary_size: int, order: np.ndarray) -> list[tuple[int, ...]]:
-    """Per visit of ``order`` (admission positions), its sorted code indices: one sort, one split."""
-    key = unique_ints(visit.astype(np.int64) * max(vocabulary_size, 1) + index)
-    visit_of_key, index_of_key = key // max(vocabulary_size, 1), (key % max(vocabulary_size, 1)).tolist()
-    bounds_lo = np.searchsorted(visit_of_key, order, side="left").tolist()
-    bounds_hi = np.searchsorted(visit_of_key, order, side="right").tolist()
-    return [tuple(index_of_key[lo:hi]) for lo, hi in zip(bounds_lo, bounds_hi)]
-
-
-def finish_dataset(name, kept: KeptVisits, profiles, profile_values, aux: AuxFiles, options, *, names: dict, meta: dict) -> PreparedDataset:
-    """Patients from the kept visits, medication names, SMILES and the DDI graph from the aux files."""
-    visits = kept.visits
-    admit = visits["admittime"]
-    admit_text = (
-        np.datetime_as_string(admit.to_numpy("datetime64[s]"), unit="s").tolist()
-        if (admit.dt.microsecond == 0).all() and (admit.dt.nanosecond == 0).all()
-        else [t.isoformat() for t in admit]
-    )
-    subjects = visits["subject_id"].tolist()
-    at_visit = [tuple(int(c) for c in row) for row in profiles]
-    patients = []
-    start = 0
-    for end in range(1, len(subjects) + 1):
-        if end == len(subjects) or subjects[end] != subjects[start]:
-            profile = at_visit[end - 1]  # the patient's profile is the last (predicted) visit's
-            patient_visits = tuple(
-                # an earlier visit keeps its own profile only where it differs (age then, that admission's insurance, ...)
-                Visit(kept.codes["diagnoses"][v], kept.codes["procedures"][v], kept.codes["medications"][v], admit_text[v],
-                      profile=at_visit[v] if at_visit[v] != profile else ())
-                for v in range(start, end)
-            )
-            patients.append(Patient(str(subjects[start]), patient_visits, profile))
-            start = end
-    smiles = load_atc3_smiles(aux.atc3_smiles)
-    atc_names = load_atc_names(aux.atc_names)
-    med_codes = kept.vocabularies["medications"]
-    ddi_pairs, ddi_source = _ddi_pairs(aux, options)
-    return assemble(
-        name=name,
-        patients=patients,
-        diagnoses=Vocabulary("diagnosis", kept.vocabularies["diagnoses"], names["diagnoses"]),
-        procedures=Vocabulary("procedure", kept.vocabularies["procedures"], names["procedures"]),
-        medications=Vocabulary("medication", med_codes, [atc_names.get(code, f"ATC class {code}") for code in med_codes]),
-        profile_fields=list(PROFILE_FIELDS),
-        profile_values=profile_values,
-        ddi_adj=ddi_adjacency(ddi_pairs, med_codes),
-        smiles=[smiles.get(code, []) for code in med_codes],
-        seed=options.split_seed,
-        meta={**meta, "ddi_source": ddi_source},
     )
 
 
@@ -379,67 +165,11 @@ def _read_codes(path: Path, layout: Layout, position: dict[str, int], kind: str,
     else:
         used, inverse = unique_ints(code_ids[valid], return_inverse=True)
         texts = [bare[k] for k in used.tolist()]
-    codes, remap = _dedupe(texts)
+    codes, remap = dedupe(texts)
     row_code = np.full(len(code_ids), -1, dtype=np.int32)
     row_code[valid] = remap[inverse]
     check_known_codes(path, column, codes, np.bincount(row_code[valid], minlength=len(codes)), kind, layout.versioned_codes, options)
     return CodePairs.from_rows(visit, row_code, codes), join_rate
-
-
-def unique_ints(values: np.ndarray, *, return_inverse: bool = False):
-    """Sorted distinct values (and each input's index among them), by one sort: numpy's own
-    ``np.unique`` is many times slower on millions of integers here."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    first = np.r_[True, ordered[1:] != ordered[:-1]] if len(ordered) else np.zeros(0, dtype=bool)
-    distinct = ordered[first]
-    if not return_inverse:
-        return distinct
-    inverse = np.empty(len(values), dtype=np.int64)
-    inverse[order] = np.cumsum(first) - 1
-    return distinct, inverse
-
-
-def _dedupe(texts: list[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct texts in first-seen order, and each input's index among them."""
-    index: dict[str, int] = {}
-    remap = np.array([index.setdefault(t, len(index)) for t in texts], dtype=np.int64)
-    return list(index), remap
-
-
-def check_known_codes(path: Path, column: str, codes: list[str], rows: np.ndarray, kind: str, versioned: bool, options) -> None:
-    """Fail when codes are clearly not the code system's (the ICD tables of data_prep.code_names are
-    offline): more than ``max_unknown_code_share`` of the rows hold unknown codes, or no code starts
-    with 0 while codes that are known only with a leading 0 are common (a spreadsheet dropped the zeros:
-    ``0389`` became ``389``)."""
-    total = int(rows.sum())
-    if not total:
-        return
-    unknown_rows = padded_rows = zero_rows = 0
-    examples, padded_examples = [], []
-    for code, count in zip(codes, rows.tolist()):
-        version, bare = code[3:].split(":", 1) if versioned else ("9", code)
-        names = _code_names(kind, version)
-        zero_rows += count * bare.startswith("0")
-        if bare in names:
-            continue
-        unknown_rows += count
-        examples.append(code)
-        padded = next((p for p in ("0" + bare, "00" + bare) if p in names), None)
-        if padded:
-            padded_rows += count
-            padded_examples.append(f"{code!r} -> {padded!r}")
-    if not zero_rows and padded_rows >= 0.01 * total and len(padded_examples) >= 3:
-        raise DataError(
-            f"{path}: column {column} has no code starting with 0, but {padded_rows} rows hold codes known only with a leading zero "
-            f"({', '.join(padded_examples[:3])}): the leading zeros were lost (a spreadsheet?) - re-export the table with codes as text"
-        )
-    if unknown_rows > options.max_unknown_code_share * total:
-        raise DataError(
-            f"{path}: column {column}: {100 * unknown_rows / total:.0f}% of rows hold codes unknown to the ICD {kind} code system "
-            f"(e.g. {', '.join(repr(c) for c in examples[:3])}); codes must be written as MIMIC writes them (no dots, leading zeros kept) "
-            "- or raise max_unknown_code_share"
-        )
 
 
 def _read_medications(inputs: MimicInputs, admissions: pd.DataFrame, position: dict[str, int], options: MimicOptions) -> tuple[CodePairs, dict, dict]:
@@ -460,56 +190,6 @@ def _read_medications(inputs: MimicInputs, admissions: pd.DataFrame, position: d
     return pairs, {"mapping_coverage": coverage, **meta}, join_rate
 
 
-def map_ndcs(ndc_ids: np.ndarray, ndc_values: list[str], aux: AuxFiles, options) -> tuple[np.ndarray, list[str], dict]:
-    """Per row, the index of its ATC3 class in the returned class list (-1: empty or unmapped NDC),
-    and the mapping coverage; each distinct NDC is mapped once."""
-    ndcs, remap = _dedupe([v.strip() for v in ndc_values])
-    rows = np.bincount(remap[ndc_ids[ndc_ids >= 0]], minlength=len(ndcs))
-    mapping = map_ndc_to_atc3(
-        pd.Series(ndcs + [None], dtype=object),
-        load_ndc_to_rxcui(aux.ndc_to_rxcui),
-        load_rxcui_to_atc(aux.rxcui_to_atc),
-        ndc_fallback=options.ndc_fallback,
-        rows=np.append(rows, (ndc_ids < 0).sum()),
-    )
-    atc3 = mapping.atc3.iloc[:-1]
-    codes, code_of_atc = _dedupe([a for a in atc3 if isinstance(a, str)])
-    code_of_ndc = np.full(len(ndcs) + 1, -1, dtype=np.int32)  # the last entry: an empty NDC
-    code_of_ndc[np.flatnonzero(atc3.notna().to_numpy())] = code_of_atc
-    return code_of_ndc[np.where(ndc_ids >= 0, remap[np.maximum(ndc_ids, 0)], len(ndcs))], codes, mapping.coverage
-
-
-def medication_pairs(visit, start, with_code, mapped, row_code, codes, admissions, aux: AuxFiles, options) -> tuple[CodePairs, dict]:
-    """Apply the prescription window and the SMILES requirement to mapped medication rows."""
-    kept_by_window = _window_rows(visit, start, with_code, admissions["admittime"].to_numpy("datetime64[ns]").astype(np.int64), options.first_hours)
-    in_window = mapped & kept_by_window[options.prescription_window]
-    rows_in_window = int(in_window.sum())
-    if options.require_smiles:
-        smiles = load_atc3_smiles(aux.atc3_smiles)
-        in_window &= np.array([c in smiles for c in codes] + [False])[row_code]
-    meta = {
-        "mapped_rows_within_first_hours": rows_in_window,
-        "prescription_rows_by_window": {rule: int((mapped & (visit >= 0) & keep).sum()) for rule, keep in kept_by_window.items()},
-    }
-    return CodePairs.from_rows(np.where(in_window, visit, -1), row_code, codes), meta
-
-
-def _window_rows(visit: np.ndarray, start: np.ndarray, with_code: np.ndarray, admit: np.ndarray, first_hours: float) -> dict[str, np.ndarray]:
-    """Which medication rows each rule of :data:`PRESCRIPTION_WINDOWS` keeps (see MimicOptions).
-
-    ``start`` and ``admit`` are nanoseconds (``NO_TIME`` where missing); ``with_code`` marks rows with
-    a drug code, among which "first-start-date" finds each admission's earliest start day."""
-    has_time = (visit >= 0) & (start != NO_TIME)
-    deadline = admit + int(first_hours * 3600 * 1e9)
-    first_hours_rows = has_time & (start < deadline[np.maximum(visit, 0)])
-    day = (start // (86_400 * 10**9)).astype(np.int32)  # days since 1970: MIMIC's shifted years fit easily
-    counted = has_time & with_code
-    earliest = np.full(len(admit), np.iinfo(np.int32).max, dtype=np.int32)
-    np.minimum.at(earliest, visit[counted], day[counted])
-    first_day_rows = has_time & (day == earliest[np.maximum(visit, 0)])
-    return {"first-hours": first_hours_rows, "first-start-date": first_day_rows, "all": np.ones(len(visit), dtype=bool)}
-
-
 def _profiles(visits: pd.DataFrame, patients_path: Path, layout: Layout) -> tuple[np.ndarray, dict[str, list[str]]]:
     """The profile at every kept visit: age band then, gender, and that admission's fields."""
     patients = read_table(patients_path, list(layout.patient_columns)).drop_duplicates("subject_id").set_index("subject_id")
@@ -517,30 +197,13 @@ def _profiles(visits: pd.DataFrame, patients_path: Path, layout: Layout) -> tupl
     if missing:
         raise DataError(f"{patients_path}: {len(missing)} subject(s) of the admissions have no row; check that the table belongs to the same release")
     patients = patients.loc[visits["subject_id"]].set_axis(visits.index)
-    if layout is MIMIC3:
-        age = _years_between(patients["dob"], visits["admittime"])
-    else:
+    if layout.anchored_ages:
         age = pd.to_numeric(patients["anchor_age"], errors="coerce") + visits["admittime"].dt.year - pd.to_numeric(
             patients["anchor_year"], errors="coerce"
         )
+    else:
+        age = _years_between(patients["dob"], visits["admittime"])
     return encode_profiles(age, patients["gender"], visits)
-
-
-def encode_profiles(age: pd.Series, gender: pd.Series, admissions: pd.DataFrame) -> tuple[np.ndarray, dict[str, list[str]]]:
-    """Profile value indices per row of ``admissions`` (one visit each; ``age`` and ``gender`` aligned with
-    it) and the value names; age in years becomes an age band, missing values become UNKNOWN."""
-    fields = pd.DataFrame(
-        {
-            "age": _age_band(age),
-            "gender": gender,
-            "insurance": admissions["insurance"],
-            "ethnicity": admissions["ethnicity"],
-            "marital_status": admissions["marital_status"],
-        }
-    ).fillna(MISSING)
-    values = {f: (list(AGE_BANDS) if f == "age" else sorted(fields[f].unique())) for f in PROFILE_FIELDS}
-    codes = np.stack([pd.Categorical(fields[f], categories=values[f]).codes for f in PROFILE_FIELDS], axis=1)
-    return codes, values
 
 
 def _years_between(dob: pd.Series, admit: pd.Series) -> pd.Series:
@@ -552,23 +215,6 @@ def _years_between(dob: pd.Series, admit: pd.Series) -> pd.Series:
     return years - before_birthday.astype(float)
 
 
-def _age_band(age: pd.Series) -> pd.Series:
-    band = pd.cut(age, bins=[-np.inf, *AGE_BAND_EDGES, np.inf], right=False, labels=list(AGE_BANDS[:-1]))
-    return band.astype(object).where(age.notna(), "unknown")
-
-
-def _ddi_pairs(aux: AuxFiles, options: MimicOptions) -> tuple[set[tuple[str, str]], str]:
-    use_twosides = options.ddi_source == "twosides" or (options.ddi_source == "auto" and aux.twosides_ddi is not None)
-    if use_twosides:
-        if aux.twosides_ddi is None:
-            raise DataError("ddi_source='twosides' but the aux folder has no drug-DDI.csv")
-        pairs = twosides_pairs(aux.twosides_ddi, aux.twosides_atc, top_k=options.ddi_top_k, side_effects=options.ddi_side_effects)
-        return pairs, f"TWOSIDES {aux.twosides_ddi.name}, {options.ddi_top_k} {options.ddi_side_effects} side effects"
-    if aux.ddi_pairs is None:
-        raise DataError("ddi_source='pairs' but the aux folder has no ddi_atc3_pairs.csv")
-    return load_ddi_pairs(aux.ddi_pairs), f"{aux.ddi_pairs.name} (GAMENet's 40 side effects)"
-
-
 def _versioned(code: pd.Series, version: pd.Series, path: Path) -> pd.Series:
     version = version.str.strip()
     bad = ~version.isin(["9", "10"])
@@ -578,9 +224,9 @@ def _versioned(code: pd.Series, version: pd.Series, path: Path) -> pd.Series:
 
 
 def _icd_names(inputs: MimicInputs, kind: str, codes: list[str]) -> tuple[list[str], int]:
-    """Names from d_icd_* (version respected), then data_prep.code_names; the code itself as last resort."""
+    """Names from d_icd_* (version respected), then the shared ICD tables (:func:`data_prep.pipeline.icd_names`)."""
     table_name = "d_icd_diagnoses" if kind == "diagnoses" else "d_icd_procedures"
-    names: dict[str, str] = {}
+    described: dict[str, str] = {}
     if table_name in inputs.name_tables:
         layout, path = inputs.layout, inputs.name_tables[table_name]
         columns = [layout.code_column] + (["icd_version"] if layout.versioned_codes else []) + ["long_title"]
@@ -588,25 +234,30 @@ def _icd_names(inputs: MimicInputs, kind: str, codes: list[str]) -> tuple[list[s
         code = table[layout.code_column].str.strip()
         if layout.versioned_codes:
             code = _versioned(code, table["icd_version"], path)
-        names = dict(zip(code, table["long_title"].str.strip()))
-    out, unnamed = [], 0
-    fallback: dict[str, dict[str, str]] = {}  # ICD version -> code_names table, loaded when first needed
-    for code in codes:
-        if code in names:
-            out.append(names[code])
-            continue
-        version, bare = code[3:].split(":", 1) if inputs.layout.versioned_codes else ("9", code)
-        if version not in fallback:
-            fallback[version] = _code_names(kind, version)
-        unnamed += bare not in fallback[version]
-        out.append(code_names.name_for(bare, fallback[version], f"icd{version}_{SINGULAR[kind]}"))
-    return out, unnamed
+        described = dict(zip(code, table["long_title"].str.strip()))
+    return icd_names(codes, kind, described)
 
 
-def _code_names(kind: str, version: str) -> dict[str, str]:
-    return {
-        ("diagnoses", "9"): code_names.icd9_diagnosis_names,
-        ("diagnoses", "10"): code_names.icd10_diagnosis_names,
-        ("procedures", "9"): code_names.icd9_procedure_names,
-        ("procedures", "10"): code_names.icd10_procedure_names,
-    }[(kind, version)]()
+def _source(layout: Layout, summary: str, root: str) -> DatasetSource:
+    def locate_source(paths: Mapping[str, Path]) -> Located:
+        inputs = locate(layout, paths["root"], paths["aux"])
+        return Located(inputs.files(), lambda options: read_mimic(inputs, options))
+
+    def export(dataset: PreparedDataset, out: Path, *, aux: Path | None = None, rows_per_medication: float | None = None) -> list[Path]:
+        from data_prep.export_tables import TableExportOptions, export_tables
+
+        options = TableExportOptions() if rows_per_medication is None else TableExportOptions(rows_per_medication=rows_per_medication)
+        return export_tables(dataset, out, layout, aux=aux, options=options)
+
+    return DatasetSource(
+        name=layout.name,
+        summary=summary,
+        options=MimicOptions,
+        locate=locate_source,
+        paths={"root": root, "aux": "the folder of auxiliary mapping files (ndc2RXCUI.txt, ...)"},
+        export=export,
+    )
+
+
+MIMIC3_SOURCE = _source(MIMIC3, "MIMIC-III v1.4 or its open demo", "the MIMIC-III folder")
+MIMIC4_SOURCE = _source(MIMIC4, "MIMIC-IV v2 or its open demo", "the MIMIC-IV folder (or the hosp/ folder in it)")

@@ -40,7 +40,8 @@ from data_prep.aux_maps import (
     load_stitch_to_atc3,
     twosides_pairs,
 )
-from data_prep.tables import DataError, write_atomic
+from data_prep.atomic import write_atomic
+from data_prep.tables import DataError
 
 PLAIN_GLOBALS = {("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"), ("__builtin__", "frozenset")}
 SOURCES_FILE = "sources.json"

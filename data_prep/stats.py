@@ -1,9 +1,11 @@
-"""The statistics of the LEADER paper's Table III, plus the MIMIC mapping coverage, the hadm_id join
-rates, the codes without a name, the prescription rows each window rule keeps and the aux sources.
+"""The statistics of the LEADER paper's Table III and the realism figures of any prepared dataset (synthetic,
+MIMIC, MEDS), plus the MIMIC mapping coverage, the hadm_id join rates, the codes without a name, the
+prescription rows each window rule keeps and the aux sources.
 
-Counts are per visit (codes of one admission), as the paper's "avg./max. # of diagnoses per visit".
-The DDI rate of the ground truth needs ``bench.metrics`` and is added by the CLI: the data layer
-knows no model and no metric.
+Counts are per visit (codes of one admission), as the paper's "avg./max. # of diagnoses per visit". The
+realism figures say how much a cohort rewards history and DDI control: how much of a visit's medication
+set the patient's previous (or any earlier) visit already held, the consecutive visits' Jaccard, the
+ground truth's DDI rate and the DDI graph's density (:func:`realism_statistics`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.code_sets import ddi_pair_counts, multi_hot
 from data_prep.dataset import SPLITS, PreparedDataset
+
+REALISM_KEYS = (
+    "multi_visit_share",
+    "medications_in_previous_visit",
+    "medications_in_any_earlier_visit",
+    "consecutive_visit_jaccard",
+    "ddi_rate_ground_truth",
+    "ddi_density",
+)
 
 
 def dataset_statistics(dataset: PreparedDataset) -> dict:
@@ -39,6 +51,7 @@ def dataset_statistics(dataset: PreparedDataset) -> dict:
     for kind, counts in per_visit.items():
         stats[f"avg_{kind}_per_visit"] = float(counts.mean())
         stats[f"max_{kind}_per_visit"] = int(counts.max())
+    stats.update(realism_statistics(dataset))
     coverage = dataset.meta.get("mapping_coverage")
     if coverage:
         stats["mapping_coverage"] = {
@@ -75,3 +88,50 @@ def aux_provenance(files: dict[str, str], ddi_source: str) -> dict[str, str]:
         "rxcui -> atc": describe("rxcui_to_atc"),
         "medication names": describe("atc_names"),
     }
+
+
+def realism_statistics(dataset: PreparedDataset) -> dict:
+    """The figures that say whether a cohort behaves like MIMIC where medication recommendation is sensitive.
+
+    Persistence is averaged over the visits that have an earlier visit: the share of the visit's medications
+    that the previous visit held (``medications_in_previous_visit``), that any earlier visit held, and the
+    Jaccard of the two consecutive sets. The DDI rate is pooled over every visit (interacting pairs / all
+    pairs of each visit's set, as the evaluation's DDI rate); the density is the DDI graph's edges over the
+    possible pairs of the medication vocabulary.
+    """
+    in_previous, in_earlier, jaccard = [], [], []
+    for patient in dataset.patients:
+        earlier: set[int] = set()
+        previous: set[int] | None = None
+        for visit in patient.visits:
+            current = set(visit.medications)
+            if previous is not None and current:
+                in_previous.append(len(current & previous) / len(current))
+                in_earlier.append(len(current & earlier) / len(current))
+                jaccard.append(len(current & previous) / len(current | previous))
+            earlier |= current
+            previous = current
+    n_meds = dataset.n_medications
+    return {
+        "multi_visit_share": sum(p.group == "multi" for p in dataset.patients) / len(dataset.patients),
+        "visit_pairs": len(in_previous),
+        "medications_in_previous_visit": float(np.mean(in_previous)) if in_previous else float("nan"),
+        "medications_in_any_earlier_visit": float(np.mean(in_earlier)) if in_earlier else float("nan"),
+        "consecutive_visit_jaccard": float(np.mean(jaccard)) if jaccard else float("nan"),
+        "ddi_rate_ground_truth": ground_truth_ddi_rate(dataset),
+        "ddi_density": float(np.triu(dataset.ddi_adj, 1).sum()) / max(n_meds * (n_meds - 1) / 2, 1),
+    }
+
+
+def ground_truth_ddi_rate(dataset: PreparedDataset, chunk: int = 20000) -> float:
+    """Interacting pairs / all pairs over every visit's medication set, counted in chunks of visits so that a
+    MIMIC-IV-sized cohort needs no visits x medications matrix at once."""
+    sets = [v.medications for p in dataset.patients for v in p.visits]
+    adj = np.asarray(dataset.ddi_adj, dtype=np.float32)
+    interacting = pairs = 0.0
+    for start in range(0, len(sets), chunk):
+        rows = multi_hot(sets[start : start + chunk], adj.shape[0]).astype(np.float32)
+        counted, possible = ddi_pair_counts(rows, adj)
+        interacting += float(counted.sum())
+        pairs += float(possible.sum())
+    return interacting / pairs if pairs > 0 else 0.0

@@ -1,36 +1,42 @@
 """The embedded synthetic ICU cohort (``--dataset synth``): no download, deterministic for a seed.
 
-Real code systems, invented patients. Diagnoses and procedures are ICD-9-CM codes with their CMS
-descriptions (:mod:`data_prep.code_names`); medications are WHO ATC level-3 classes, as in the MIMIC
-pipelines, each with up to three SMILES of real drugs of the class (ChEMBL approved drugs). The curated
-facts live in ``data_prep/resources/``: ``atc3_classes.csv`` (class names), ``drugs.csv`` (drugs and
-their ATC codes), ``drug_smiles.csv`` (their ChEMBL SMILES; its header says where they come from),
-``ddi_class_pairs.csv`` (known class-level interactions) and ``synthetic_conditions.json`` (the
-generative model).
+Real code systems, invented patients, calibrated to the LEADER paper's Table III and the MIMIC-III demo
+(README, "The synthetic cohort"). Diagnoses and procedures are ICD-9-CM codes of the MIMIC-III code spaces
+with their CMS descriptions (:mod:`data_prep.code_names`); medications are WHO ATC level-3 classes, as in
+the MIMIC pipelines, each with up to three SMILES of real drugs of the class (ChEMBL approved drugs). The
+curated facts live in ``data_prep/resources/`` (each file's header says where it comes from):
+``atc3_classes.csv`` (class names), ``drugs.csv`` (drugs and their ATC codes), ``drug_smiles.csv`` (their
+ChEMBL SMILES), ``ddi_class_pairs.csv`` (the processed TWOSIDES graph of the MIMIC pipelines),
+``icd9_code_pool.csv`` (the MIMIC-III diagnosis and procedure code spaces, roughly by frequency) and
+``synthetic_conditions.json`` (the generative model).
 
 The generative model, per patient and visit:
 
-1. A profile (age band, gender, insurance, ethnicity, marital status; insurance and marital status
-   depend on age) scales every condition's risk.
-2. Chronic conditions (hypertension, heart failure, COPD, ...) are drawn once per patient, in the
-   file's order so that one can raise another's risk (diabetes -> chronic kidney disease); a few
-   start at a later visit. They persist, so earlier medications predict later ones, and each is
-   coded in a visit only with probability ``chronic_coding_rate``: history tells what the current
-   codes may omit.
-3. Acute conditions (sepsis, pneumonia, acute kidney injury, ...) are drawn per visit with risks
-   raised by the chronic ones; a visit without any gets one admission reason drawn by risk.
-4. Each active condition emits 1-3 (acute) or 1-2 (chronic) codes of its family, Zipf-weighted so
-   that the last siblings are rare; rare codes get the same drugs as common ones, so a model that
-   reads code names can generalise where an identity-based one cannot. Untreated background codes
-   add noise.
-5. Procedures and medication classes are noisy-OR draws over the active conditions plus background
-   ICU care. Known interacting class pairs form the DDI graph; where a visit draws both classes of a
-   pair, one is dropped with probability ``ddi_avoidance``, so such pairs are rarely co-prescribed.
+1. A profile (age band, gender, insurance, ethnicity, marital status) scales every condition's risk.
+2. Chronic conditions (hypertension, heart failure, COPD, cancer, ...) are drawn once per patient, in the
+   file's order so that one can raise another's risk; a few start at a later visit. They persist, and
+   each is coded in a visit only with probability ``chronic_coding_rate``.
+3. Acute conditions (sepsis, pneumonia, cardiac surgery, ...) are drawn per visit with risks raised by
+   the chronic ones; a visit without any gets one admission reason drawn by risk. A visit is an ICU stay
+   with probability ``icu_share``, and always when a critical condition (sepsis, respiratory failure,
+   ...) is active.
+4. Regimens persist: a condition's alternative treatments (hypertension: a calcium-channel blocker, a
+   beta blocker, an ACE inhibitor, ...) and a patient's care habits (electrolyte repletion, a bowel
+   regimen, oral care, analgesia, ...) are chosen once per patient and kept from admission to admission,
+   redrawn at a later visit with probability ``regimen_switch_rate``. The current visit's codes say
+   that a patient has hypertension, not which regimen the patient is on: history does.
+5. Each coded condition emits 1-3 (acute) or 1-2 (chronic) diagnosis codes of its family, Zipf-weighted,
+   and every visit adds Poisson(``tail_diagnoses_mean``) codes from the rest of the code space (a long
+   Zipf tail that carries no treatment signal); procedures likewise (conditions, ICU care, a tail).
+6. Medications are noisy-OR draws over the active conditions and chosen regimens. Interacting classes
+   are co-prescribed whenever the regimens call for them, as in MIMIC: nothing avoids an interaction.
 
-:func:`oracle_proba` returns each medication's probability under a sample's true conditions (the
-noisy-OR before the DDI avoidance step, which removes a small fraction of drugs): an upper bound
-for what models can reach. Everything is vectorised over visits; Python loops run only over the
-few dozen conditions and interaction pairs, and once over visits to build the dataset's records.
+The latent truth of each visit (its conditions, whether it is an ICU stay, the regimens in force) is kept
+in ``Visit.conditions``; :func:`oracle_proba` returns each medication's probability under it, an upper
+bound for what models can reach. Profiles (``--profile``) match one column of Table III: ``mimic3``
+(6,350 patients, ICU stays only) and ``mimic4`` (8,906 patients, hospital admissions of which a share are
+ICU stays, fewer codes per visit). Everything is vectorised over visits; Python loops run only over
+conditions, regimen groups and code families, and once over visits to build the dataset's records.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import numpy as np
 from data_prep.code_names import icd9_diagnosis_names, icd9_procedure_names
 from data_prep.dataset import ADULT_AGE_BANDS as AGE_BANDS
 from data_prep.dataset import Patient, PreparedDataset, Sample, Visit, Vocabulary, assemble
+from data_prep.sources import DatasetSource, Located
 
 AGE_BAND_WEIGHTS = (0.14, 0.36, 0.30, 0.20)
 GENDERS = ("F", "M")
@@ -66,33 +73,83 @@ PROFILE_VALUES: dict[str, tuple[str, ...]] = {
 }
 SMILES_PER_CLASS = 3
 FIRST_ADMISSION = np.datetime64("2100-01-01T00:00:00", "s")
+ICU_STAY = "ICU stay"
+# The code pool's order is only roughly by frequency: the tail's Zipf weights 1 / (rank + offset)**exponent
+# flatten its first ranks (without the offset its first code would be on half of all visits).
+TAIL_ZIPF_OFFSET = 10.0  # the latent state of a visit spent (partly) in an intensive care unit
+
+# The columns of the LEADER paper's Table III that a profile matches: patients (single-/multi-visit), and per
+# visit the medications, diagnoses and procedures (by mechanism: the ICU share and the tails' sizes).
+PROFILES: dict[str, dict] = {
+    # MIMIC-III: 908 single- / 5,442 multi-visit patients, 10.51 dx / 3.84 px / 11.64 meds per visit; every
+    # admission of the MIMIC-III pipelines has an ICU stay.
+    "mimic3": {"patients": 6350, "single_visit_fraction": 908 / 6350, "icu_share": 1.0, "chronic_rate_scale": 1.0, "acute_rate_scale": 1.0, "tail_diagnoses_mean": 3.5, "tail_procedures_mean": 0.6},
+    # MIMIC-IV: 2,877 single- / 6,029 multi-visit patients, 8.41 dx / 2.11 px / 7.02 meds per visit; its hospital
+    # module holds every admission, most of them without an ICU stay.
+    "mimic4": {"patients": 8906, "single_visit_fraction": 2877 / 8906, "icu_share": 0.1, "chronic_rate_scale": 0.5, "acute_rate_scale": 0.35, "tail_diagnoses_mean": 5.0, "tail_procedures_mean": 0.3},
+}
 
 
 @dataclass(frozen=True)
 class SyntheticOptions:
-    """Size, seeds and the knobs of the generative model (all recorded in the dataset's meta)."""
+    """Size, seeds and the knobs of the generative model (all recorded in the dataset's meta).
 
-    patients: int = 2000
-    seed: int = 0  # draws the patients
-    split_seed: int = 0  # draws the train/val/test split
-    single_visit_fraction: float = 1 / 3
-    max_visits: int = 10
-    visit_count_decay: float = 0.6  # P(k visits) ~ decay**(k-2) for multi-visit patients
-    code_zipf_exponent: float = 1.5  # sibling k of a family has weight 1/k**exponent
-    chronic_coding_rate: float = 0.8  # chance that a present chronic condition is coded in a visit
-    chronic_onset_rate: float = 0.05  # per later visit, relative to the condition's baseline risk
-    noise_diagnoses_mean: float = 3.0  # background codes per visit: 1 + Poisson(mean)
-    ddi_avoidance: float = 0.6  # chance that a drawn interacting pair loses one of its classes
+    Fields left at ``None`` take the value of ``profile`` (:data:`PROFILES`)."""
+
+    profile: str = "mimic3"
+    """The column of the LEADER paper's Table III to match: mimic3 or mimic4."""
+    patients: int | None = None
+    """Cohort size (default: the profile's, 6,350 for mimic3 and 8,906 for mimic4)."""
+    seed: int = 0
+    """Seed of the draws that make the patients."""
+    split_seed: int = 0
+    """Seed of the patient-level 8:1:1 split."""
+    single_visit_fraction: float | None = None
+    """Share of single-visit patients (default: the profile's)."""
+    icu_share: float | None = None
+    """Share of visits that are ICU stays when no critical condition makes them one."""
+    chronic_rate_scale: float | None = None
+    """Multiplies every chronic condition's prevalence (a hospital population is less comorbid than an ICU's)."""
+    acute_rate_scale: float | None = None
+    """Multiplies every acute condition's rate (and less acutely ill)."""
+    tail_diagnoses_mean: float | None = None
+    """Poisson mean of the diagnosis codes a visit draws from the tail."""
+    tail_procedures_mean: float | None = None
+    """Poisson mean of the procedure codes a visit draws from the tail."""
+    max_visits: int = 20
+    """Most visits of a patient."""
+    visit_count_decay: float = 0.37
+    """P(k visits) ~ decay**(k-2) for multi-visit patients (MIMIC-III: 2.37 visits a patient)."""
+    code_zipf_exponent: float = 1.5
+    """Sibling k of a condition's code family has weight 1/k**exponent."""
+    tail_zipf_exponent: float = 1.0
+    """Code k of the tail (in the code pool's order) has weight 1/k**exponent."""
+    chronic_coding_rate: float = 0.8
+    """Chance that a present chronic condition is coded in a visit."""
+    chronic_onset_rate: float = 0.05
+    """Onset chance of a chronic condition per later visit, relative to its baseline risk."""
+    regimen_switch_rate: float = 0.15
+    """Chance per later visit that a regimen or care habit is chosen again."""
     mean_days_between_visits: float = 200.0
+    """Mean days between a patient's visits."""
 
     def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"synthetic cohort: unknown profile {self.profile!r}; known: {', '.join(PROFILES)}")
+        for name, value in PROFILES[self.profile].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.patients < 1:
             raise ValueError(f"synthetic cohort: patients must be at least 1, got {self.patients}")
         if self.max_visits < 2:
             raise ValueError(f"synthetic cohort: max_visits must be at least 2, got {self.max_visits}")
-        for name in ("single_visit_fraction", "chronic_coding_rate", "chronic_onset_rate", "ddi_avoidance"):
+        for name in ("single_visit_fraction", "icu_share", "chronic_coding_rate", "chronic_onset_rate", "regimen_switch_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"synthetic cohort: {name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("chronic_rate_scale", "acute_rate_scale", "tail_diagnoses_mean", "tail_procedures_mean", "tail_zipf_exponent", "code_zipf_exponent"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"synthetic cohort: {name} must be at least 0, got {getattr(self, name)}")
+
 
 
 # ----- the curated tables ------------------------------------------------------------------------
@@ -116,73 +173,117 @@ def _drug_smiles() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class CohortModel:
-    """The generative model as arrays; conditions in file order, C conditions, M classes, P procedures."""
+    """The generative model as arrays. Conditions in file order (C), then the ICU state, then every regimen
+    alternative (A): S = C + 1 + A latent states; M medication classes, P procedures."""
 
     condition_names: tuple[str, ...]
     chronic: np.ndarray  # [C] bool
+    critical: np.ndarray  # [C] bool: the condition makes the visit an ICU stay
     rates: np.ndarray  # [C]
     requires: np.ndarray  # [C] index of a required chronic condition, -1 for none
     profile_risk: dict[str, np.ndarray]  # field -> [n values, C] multipliers
     condition_risk: np.ndarray  # [C, C] multiplier on column condition when row condition is present
-    diagnosis_families: tuple[tuple[str, ...], ...]  # codes from the most to the least frequent
-    noise_diagnoses: tuple[str, ...]
+    diagnosis_families: tuple[tuple[str, ...], ...]  # per condition, codes from the most to the least frequent
+    tail_diagnoses: tuple[str, ...]  # the rest of the code space, most frequent first
     diagnosis_codes: tuple[str, ...]  # every diagnosis code of the model, sorted
-    procedure_codes: tuple[str, ...]
-    procedure_prob: np.ndarray  # [C, P]
-    background_procedure_prob: np.ndarray  # [P]
+    procedure_codes: tuple[str, ...]  # every procedure code of the model, sorted
+    tail_procedures: np.ndarray  # indices into procedure_codes, most frequent first
+    state_names: tuple[str, ...]  # [S]
+    group_of_alternative: np.ndarray  # [A] its regimen group
+    group_owner: np.ndarray  # [G] the condition whose regimens the group holds, -1 for care habits
+    group_icu_only: np.ndarray  # [G] bool: care given on ICU stays only
+    alternative_weight: np.ndarray  # [A] prior share within its group
+    procedure_prob: np.ndarray  # [S, P]
     medication_codes: tuple[str, ...]  # ATC level-3 classes, sorted
     medication_names: tuple[str, ...]
-    medication_prob: np.ndarray  # [C, M]
-    background_medication_prob: np.ndarray  # [M]
+    medication_prob: np.ndarray  # [S, M]
     ddi_pairs: np.ndarray  # [K, 2] medication indices
     smiles: tuple[tuple[str, ...], ...]  # per medication class
 
     @property
-    def condition_index(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.condition_names)}
+    def state_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.state_names)}
 
     def diagnosis_indices(self, codes: tuple[str, ...]) -> np.ndarray:
         return np.searchsorted(self.diagnosis_codes, codes)
 
 
+SOURCE = "data_prep/resources/synthetic_conditions.json"
+
+
 def _check_probabilities(where: str, table: dict[str, float]) -> None:
     bad = {k: v for k, v in table.items() if not 0.0 <= float(v) <= 1.0}
     if bad:
-        raise ValueError(f"data_prep/resources/synthetic_conditions.json, {where}: probabilities outside [0, 1]: {bad}")
+        raise ValueError(f"{SOURCE}, {where}: probabilities outside [0, 1]: {bad}")
+
+
+def _code_pool() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The diagnosis and procedure code spaces of ``icd9_code_pool.csv``, in the file's (frequency) order."""
+    rows = _resource_rows("icd9_code_pool.csv", ("kind", "code"))
+    return tuple(r["code"] for r in rows if r["kind"] == "diagnosis"), tuple(r["code"] for r in rows if r["kind"] == "procedure")
+
+
+def _diagnosis_families(conditions: list[dict], pool: tuple[str, ...]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """Each condition's listed codes, then the pool codes under its prefixes that no earlier condition claimed;
+    the tail is the rest of the pool, in its order."""
+    claimed = {code for c in conditions for code in c["diagnoses"]}
+    families = []
+    for cond in conditions:
+        prefixes = tuple(cond.get("diagnosis_prefixes", ()))
+        extra = [code for code in pool if prefixes and code.startswith(prefixes) and code not in claimed]
+        claimed.update(extra)
+        families.append(tuple(dict.fromkeys([*cond["diagnoses"], *extra])))
+    return families, tuple(code for code in pool if code not in claimed)
 
 
 @cache
 def cohort_model() -> CohortModel:
     """Read and check the curated tables once; every code must exist in its code system."""
-    source = "data_prep/resources/synthetic_conditions.json"
     classes = {row["atc3"]: row["name"] for row in _resource_rows("atc3_classes.csv", ("atc3", "name"))}
     medication_codes = tuple(sorted(classes))
     med_index = {code: i for i, code in enumerate(medication_codes)}
 
     spec = json.loads(_resource_text("synthetic_conditions.json"))
-    conditions, background = spec["conditions"], spec["background"]
+    conditions, care = spec["conditions"], spec["care"]
     names = [c["name"] for c in conditions]
     if len(set(names)) != len(names):
-        raise ValueError(f"{source}: duplicate condition names")
+        raise ValueError(f"{SOURCE}: duplicate condition names")
     index = {name: i for i, name in enumerate(names)}
     known_dx, known_sg = icd9_diagnosis_names(), icd9_procedure_names()
 
     def check_codes(where: str, codes, known: dict[str, str], system: str) -> None:
         unknown = [c for c in codes if c not in known]
         if unknown:
-            raise ValueError(f"{source}, {where}: {unknown} are not {system} codes")
+            raise ValueError(f"{SOURCE}, {where}: {unknown} are not {system} codes")
 
     def check_classes(where: str, codes) -> None:
         unknown = [c for c in codes if c not in med_index]
         if unknown:
-            raise ValueError(f"{source}, {where}: ATC classes {unknown} are not in atc3_classes.csv")
+            raise ValueError(f"{SOURCE}, {where}: ATC classes {unknown} are not in atc3_classes.csv")
 
-    procedure_codes = tuple(sorted({p for c in conditions for p in c["procedures"]} | set(background["procedures"])))
+    dx_pool, px_pool = _code_pool()
+    check_codes("icd9_code_pool.csv", dx_pool, known_dx, "ICD-9-CM diagnosis")
+    check_codes("icd9_code_pool.csv", px_pool, known_sg, "ICD-9-CM procedure")
+    families, tail_dx = _diagnosis_families(conditions, dx_pool)
+    curated_px = {p for c in conditions for p in c["procedures"]} | set(spec["background"]["procedures"])
+    procedure_codes = tuple(sorted(curated_px | set(px_pool)))
     proc_index = {code: i for i, code in enumerate(procedure_codes)}
-    n_cond, n_med, n_proc = len(conditions), len(medication_codes), len(procedure_codes)
+
+    # regimen groups: each condition with regimens, then each care group
+    groups = [(c, f"{cond['name']}: ", cond["regimens"], False) for c, cond in enumerate(conditions) if cond.get("regimens")]
+    for group in care:
+        if group["setting"] not in ("icu", "all"):
+            raise ValueError(f"{SOURCE}, care {group['name']!r}: setting must be 'icu' or 'all', got {group['setting']!r}")
+        groups.append((-1, f"care, {group['name']}: ", group["alternatives"], group["setting"] == "icu"))
+    alternatives = [(g, prefix + alt["name"], alt) for g, (_, prefix, alts, _) in enumerate(groups) for alt in alts]
+    state_names = (*names, ICU_STAY, *(name for _, name, _ in alternatives))
+    if len(set(state_names)) != len(state_names):
+        raise ValueError(f"{SOURCE}: duplicate regimen names within a condition or care group")
+
+    n_cond, n_states = len(conditions), len(state_names)
     profile_risk = {field: np.ones((len(values), n_cond)) for field, values in PROFILE_VALUES.items()}
     condition_risk = np.ones((n_cond, n_cond))
-    medication_prob, procedure_prob = np.zeros((n_cond, n_med)), np.zeros((n_cond, n_proc))
+    medication_prob, procedure_prob = np.zeros((n_states, len(medication_codes))), np.zeros((n_states, len(procedure_codes)))
     requires = np.full(n_cond, -1)
     for c, cond in enumerate(conditions):
         where = f"condition {cond['name']!r}"
@@ -190,68 +291,77 @@ def cohort_model() -> CohortModel:
         check_codes(where, cond["procedures"], known_sg, "ICD-9-CM procedure")
         check_classes(where, cond["medications"])
         _check_probabilities(where, {**cond["medications"], **cond["procedures"]})
-        if not cond["diagnoses"]:
-            raise ValueError(f"{source}, {where}: no diagnosis code")
+        if not families[c]:
+            raise ValueError(f"{SOURCE}, {where}: no diagnosis code")
         for field, table in cond["risk"].items():
             if field == "age":
                 if len(table) != len(AGE_BANDS):
-                    raise ValueError(f"{source}, {where}: risk.age needs {len(AGE_BANDS)} multipliers, one per band {AGE_BANDS}")
+                    raise ValueError(f"{SOURCE}, {where}: risk.age needs {len(AGE_BANDS)} multipliers, one per band {AGE_BANDS}")
                 profile_risk["age"][:, c] = table
             elif field == "conditions":
                 for other, factor in table.items():
                     if other not in index or not conditions[index[other]]["chronic"] or (cond["chronic"] and index[other] >= c):
-                        raise ValueError(f"{source}, {where}: risk.conditions names {other!r}, not an earlier chronic condition")
+                        raise ValueError(f"{SOURCE}, {where}: risk.conditions names {other!r}, not an earlier chronic condition")
                     condition_risk[index[other], c] = factor
             elif field in PROFILE_VALUES:
                 for value, factor in table.items():
                     if value not in PROFILE_VALUES[field]:
-                        raise ValueError(f"{source}, {where}: risk.{field} value {value!r} is not one of {PROFILE_VALUES[field]}")
+                        raise ValueError(f"{SOURCE}, {where}: risk.{field} value {value!r} is not one of {PROFILE_VALUES[field]}")
                     profile_risk[field][PROFILE_VALUES[field].index(value), c] = factor
             else:
-                raise ValueError(f"{source}, {where}: unknown risk field {field!r}")
+                raise ValueError(f"{SOURCE}, {where}: unknown risk field {field!r}")
         if "requires" in cond:
             required = cond["requires"]
             if required not in index or not conditions[index[required]]["chronic"] or cond["chronic"]:
-                raise ValueError(f"{source}, {where}: requires {required!r}, which is not a chronic condition (or {where} is chronic)")
+                raise ValueError(f"{SOURCE}, {where}: requires {required!r}, which is not a chronic condition (or {where} is chronic)")
             requires[c] = index[required]
         for code, p in cond["medications"].items():
             medication_prob[c, med_index[code]] = p
         for code, p in cond["procedures"].items():
             procedure_prob[c, proc_index[code]] = p
 
-    check_codes("background", background["diagnoses"], known_dx, "ICD-9-CM diagnosis")
-    check_codes("background", background["procedures"], known_sg, "ICD-9-CM procedure")
-    check_classes("background", background["medications"])
-    _check_probabilities("background", {**background["medications"], **background["procedures"]})
-    background_med = np.zeros(n_med)
-    background_med[[med_index[c] for c in background["medications"]]] = list(background["medications"].values())
-    background_proc = np.zeros(n_proc)
-    background_proc[[proc_index[c] for c in background["procedures"]]] = list(background["procedures"].values())
+    background = spec["background"]["procedures"]
+    check_codes("background", background, known_sg, "ICD-9-CM procedure")
+    _check_probabilities("background", background)
+    for code, p in background.items():
+        procedure_prob[n_cond, proc_index[code]] = p
+    for a, (g, name, alt) in enumerate(alternatives):
+        check_classes(f"regimen {name!r}", alt["medications"])
+        _check_probabilities(f"regimen {name!r}", alt["medications"])
+        if not alt["weight"] > 0:
+            raise ValueError(f"{SOURCE}, regimen {name!r}: weight must be positive")
+        for code, p in alt["medications"].items():
+            medication_prob[n_cond + 1 + a, med_index[code]] = p
 
-    ddi_rows = _resource_rows("ddi_class_pairs.csv", ("atc3_a", "atc3_b", "interaction"))
+    ddi_rows = _resource_rows("ddi_class_pairs.csv", ("atc3_a", "atc3_b"))
     check_classes("ddi_class_pairs.csv", [r["atc3_a"] for r in ddi_rows] + [r["atc3_b"] for r in ddi_rows])
     ddi_pairs = np.array([[med_index[r["atc3_a"]], med_index[r["atc3_b"]]] for r in ddi_rows], dtype=np.int64)
-    unused = [code for code, p in zip(medication_codes, medication_prob.sum(0) + background_med) if p == 0]
+    unused = [code for code, p in zip(medication_codes, medication_prob.sum(0)) if p == 0]
     if unused:
-        raise ValueError(f"{source}: no condition or background care prescribes the classes {unused} of atc3_classes.csv")
+        raise ValueError(f"{SOURCE}: no condition or regimen prescribes the classes {unused} of atc3_classes.csv")
 
     return CohortModel(
         condition_names=tuple(names),
         chronic=np.array([bool(c["chronic"]) for c in conditions]),
+        critical=np.array([bool(c.get("icu", False)) for c in conditions]),
         rates=np.array([float(c["rate"]) for c in conditions]),
         requires=requires,
         profile_risk=profile_risk,
         condition_risk=condition_risk,
-        diagnosis_families=tuple(tuple(c["diagnoses"]) for c in conditions),
-        noise_diagnoses=tuple(background["diagnoses"]),
-        diagnosis_codes=tuple(sorted({code for c in conditions for code in c["diagnoses"]} | set(background["diagnoses"]))),
+        diagnosis_families=tuple(families),
+        tail_diagnoses=tail_dx,
+        diagnosis_codes=tuple(sorted({code for family in families for code in family} | set(tail_dx))),
         procedure_codes=procedure_codes,
+        tail_procedures=np.array([proc_index[code] for code in px_pool if code not in curated_px], dtype=np.int64),
+        state_names=state_names,
+        group_of_alternative=np.array([g for g, _, _ in alternatives], dtype=np.int64),
+        group_owner=np.array([owner for owner, _, _, _ in groups], dtype=np.int64),
+        group_icu_only=np.array([icu_only for _, _, _, icu_only in groups]),
+        alternative_weight=np.array([float(alt["weight"]) for _, _, alt in alternatives]),
         procedure_prob=procedure_prob,
-        background_procedure_prob=background_proc,
         medication_codes=medication_codes,
         medication_names=tuple(classes[c] for c in medication_codes),
         medication_prob=medication_prob,
-        background_medication_prob=background_med,
         ddi_pairs=ddi_pairs,
         smiles=_class_smiles(medication_codes),
     )
@@ -283,13 +393,12 @@ def _categorical(rng: np.random.Generator, weights: np.ndarray) -> np.ndarray:
     return np.minimum((cumulative <= u[:, None]).sum(axis=1), weights.shape[1] - 1)
 
 
-def _noisy_or(active: np.ndarray, prob: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """P(item) = 1 - prod over active conditions and background of (1 - p): [n, C] x [C, K] -> [n, K]."""
+def _noisy_or(active: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """P(item) = 1 - prod over active states of (1 - p): [n, S] x [S, K] -> [n, K]."""
     with np.errstate(divide="ignore"):
         log_keep = np.log1p(-np.minimum(prob, 1.0)).astype(np.float32)
-        log_keep_background = np.log1p(-np.minimum(background, 1.0)).astype(np.float32)
     log_keep = np.maximum(log_keep, -1e4)  # a certain item (p = 1) stays finite in the product
-    return -np.expm1(active.astype(np.float32) @ log_keep + np.maximum(log_keep_background, -1e4))
+    return -np.expm1(active.astype(np.float32) @ log_keep)
 
 
 def _within_patient_cumsum(values: np.ndarray, first_visit: np.ndarray, patient_of_visit: np.ndarray) -> np.ndarray:
@@ -299,15 +408,16 @@ def _within_patient_cumsum(values: np.ndarray, first_visit: np.ndarray, patient_
     return total - before_first[patient_of_visit]
 
 
-def _zipf_weights(n: int, exponent: float) -> np.ndarray:
-    weights = 1.0 / np.arange(1, n + 1) ** exponent
+def _zipf_weights(n: int, exponent: float, offset: float = 0.0) -> np.ndarray:
+    """Zipf(-Mandelbrot) weights 1 / (k + offset)**exponent of ranks k = 1..n, normalised."""
+    weights = 1.0 / (np.arange(1, n + 1) + offset) ** exponent
     return weights / weights.sum()
 
 
-def _draw_codes(rng, visits: np.ndarray, family: np.ndarray, counts: np.ndarray, exponent: float):
+def _draw_codes(rng, visits: np.ndarray, family: np.ndarray, counts: np.ndarray, exponent: float, offset: float = 0.0):
     """``counts[i]`` Zipf-weighted draws (with replacement) from the code indices ``family`` for visit ``visits[i]``."""
     width = int(counts.max(initial=0))
-    draws = rng.choice(len(family), size=(len(visits), width), p=_zipf_weights(len(family), exponent))
+    draws = rng.choice(len(family), size=(len(visits), width), p=_zipf_weights(len(family), exponent, offset))
     keep = np.arange(width) < counts[:, None]
     return np.repeat(visits, counts), family[draws[keep]]
 
@@ -331,23 +441,23 @@ def _visit_counts(rng: np.random.Generator, options: SyntheticOptions) -> np.nda
     return np.where(rng.random(options.patients) < options.single_visit_fraction, 1, multi)
 
 
-def _chronic_risk(rng, model: CohortModel, profile_risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _chronic_risk(rng, model: CohortModel, profile_risk: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Baseline chronic conditions per patient [N, C] and their risks, drawn in file order."""
     n = len(profile_risk)
     present = np.zeros((n, len(model.condition_names)), dtype=bool)
     risk = np.zeros_like(profile_risk)
     for c in np.flatnonzero(model.chronic):
         comorbidity = np.prod(np.where(present[:, :c], model.condition_risk[:c, c], 1.0), axis=1)
-        risk[:, c] = np.minimum(model.rates[c] * profile_risk[:, c] * comorbidity, 0.95)
+        risk[:, c] = np.minimum(scale * model.rates[c] * profile_risk[:, c] * comorbidity, 0.95)
         present[:, c] = rng.random(n) < risk[:, c]
     return present, risk
 
 
-def _acute_conditions(rng, model: CohortModel, chronic_active: np.ndarray, profile_risk: np.ndarray) -> np.ndarray:
+def _acute_conditions(rng, model: CohortModel, chronic_active: np.ndarray, profile_risk: np.ndarray, scale: float) -> np.ndarray:
     """Acute conditions per visit [V, C]; a visit that draws none gets one admission reason by risk."""
     acute = ~model.chronic
     log_comorbidity = chronic_active.astype(np.float32) @ np.log(model.condition_risk[:, acute]).astype(np.float32)
-    risk = model.rates[acute] * profile_risk[:, acute] * np.exp(log_comorbidity)
+    risk = scale * model.rates[acute] * profile_risk[:, acute] * np.exp(log_comorbidity)
     required = model.requires[acute]
     has_required = np.where(required >= 0, chronic_active[:, np.maximum(required, 0)], True)
     risk = np.minimum(risk * has_required, 0.95)
@@ -359,13 +469,30 @@ def _acute_conditions(rng, model: CohortModel, chronic_active: np.ndarray, profi
     return out
 
 
-def _avoid_interactions(rng, meds: np.ndarray, pairs: np.ndarray, avoidance: float) -> None:
-    """Where a visit holds both classes of an interacting pair, drop one of them (in place)."""
-    for a, b in pairs:
-        broken = meds[:, a] & meds[:, b] & (rng.random(len(meds)) < avoidance)
-        drop_first = rng.random(len(meds)) < 0.5
-        meds[broken & drop_first, a] = False
-        meds[broken & ~drop_first, b] = False
+def _persistent_choices(rng, model: CohortModel, first_visit: np.ndarray, n_visits: int, switch_rate: float) -> np.ndarray:
+    """The alternative each regimen group holds at each visit [V, G]: drawn at a patient's first visit and kept,
+    drawn again at a later visit with probability ``switch_rate``."""
+    n_groups = len(model.group_owner)
+    switch = rng.random((n_visits, n_groups)) < switch_rate
+    switch[first_visit] = True
+    last_draw = np.maximum.accumulate(np.where(switch, np.arange(n_visits)[:, None], 0), axis=0)  # patients are contiguous
+    u = rng.random((n_visits, n_groups))
+    choice = np.zeros((n_visits, n_groups), dtype=np.int64)
+    for g in range(n_groups):
+        weights = model.alternative_weight[model.group_of_alternative == g]
+        cumulative = np.cumsum(weights) / weights.sum()
+        choice[:, g] = np.minimum(np.searchsorted(cumulative, u[last_draw[:, g], g], side="right"), len(weights) - 1)
+    return choice
+
+
+def _regimens_in_force(model: CohortModel, choice: np.ndarray, active: np.ndarray, icu: np.ndarray) -> np.ndarray:
+    """[V, A]: the chosen alternative of each group whose condition is active (care habits: on every visit, or on
+    ICU stays for ICU care)."""
+    owner = model.group_owner
+    group_on = np.where(owner >= 0, active[:, np.maximum(owner, 0)], ~model.group_icu_only | icu[:, None])
+    first = np.concatenate([[0], np.cumsum(np.bincount(model.group_of_alternative))[:-1]])
+    position = np.arange(len(model.group_of_alternative)) - first[model.group_of_alternative]
+    return group_on[:, model.group_of_alternative] & (choice[:, model.group_of_alternative] == position)
 
 
 def _admit_times(rng, options: SyntheticOptions, first_visit: np.ndarray, patient_of_visit: np.ndarray) -> np.ndarray:
@@ -392,6 +519,35 @@ def _code_sets(visits: np.ndarray, codes: np.ndarray, all_codes: tuple[str, ...]
     return [all_codes[i] for i in used.tolist()], _split_by_visit(keys // len(used), (keys % len(used)).tolist(), n_visits)
 
 
+def _diagnoses(rng, model: CohortModel, options: SyntheticOptions, active: np.ndarray) -> tuple[list[str], list[tuple]]:
+    """Codes of the coded conditions' families plus Poisson(tail mean) codes of the tail, per visit."""
+    n_total = len(active)
+    coded = active & (~model.chronic | (rng.random(active.shape, dtype=np.float32) < options.chronic_coding_rate))
+    visit_parts, code_parts = [], []
+    for c, family in enumerate(model.diagnosis_families):
+        rows = np.flatnonzero(coded[:, c])
+        extra = rng.binomial(1, 0.3, len(rows)) if model.chronic[c] else rng.binomial(2, 0.5, len(rows))
+        visits, codes = _draw_codes(rng, rows, model.diagnosis_indices(family), 1 + extra, options.code_zipf_exponent)
+        visit_parts.append(visits)
+        code_parts.append(codes)
+    tail = model.diagnosis_indices(model.tail_diagnoses)
+    counts = rng.poisson(options.tail_diagnoses_mean, n_total)
+    visits, codes = _draw_codes(rng, np.arange(n_total), tail, counts, options.tail_zipf_exponent, TAIL_ZIPF_OFFSET)
+    return _code_sets(np.concatenate(visit_parts + [visits]), np.concatenate(code_parts + [codes]), model.diagnosis_codes, n_total)
+
+
+def _procedures(rng, model: CohortModel, options: SyntheticOptions, states: np.ndarray) -> tuple[list[str], list[tuple]]:
+    """Noisy-OR draws over the latent states plus Poisson(tail mean) tail codes; a visit left without any gets one
+    tail code (the MIMIC pipelines drop visits with an empty code set)."""
+    n_total = len(states)
+    procs = rng.random((n_total, len(model.procedure_codes)), dtype=np.float32) < _noisy_or(states, model.procedure_prob)
+    counts = rng.poisson(options.tail_procedures_mean, n_total)
+    counts[(counts == 0) & ~procs.any(axis=1)] = 1
+    tail_visits, tail_codes = _draw_codes(rng, np.arange(n_total), model.tail_procedures, counts, options.tail_zipf_exponent, TAIL_ZIPF_OFFSET)
+    visits, columns = np.nonzero(procs)
+    return _code_sets(np.concatenate([visits, tail_visits]), np.concatenate([columns, tail_codes]), model.procedure_codes, n_total)
+
+
 def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
     """Draw the cohort and assemble it into the prepared dataset ``synth``."""
     model = cohort_model()
@@ -407,37 +563,20 @@ def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
     profile_risk = np.ones((n_patients, n_conditions))
     for field, table in model.profile_risk.items():
         profile_risk *= table[profiles[field]]
-    baseline, chronic_risk = _chronic_risk(rng, model, profile_risk)
+    baseline, chronic_risk = _chronic_risk(rng, model, profile_risk, options.chronic_rate_scale)
     onset = rng.random((n_total, n_conditions), dtype=np.float32) < chronic_risk[patient_of_visit] * options.chronic_onset_rate
     onset[first_visit] = False
     chronic_active = baseline[patient_of_visit] | (_within_patient_cumsum(onset.astype(np.int32), first_visit, patient_of_visit) > 0)
-    active = chronic_active | _acute_conditions(rng, model, chronic_active, profile_risk[patient_of_visit])
+    active = chronic_active | _acute_conditions(rng, model, chronic_active, profile_risk[patient_of_visit], options.acute_rate_scale)
+    icu = (rng.random(n_total) < options.icu_share) | (active & model.critical).any(axis=1)
+    choice = _persistent_choices(rng, model, first_visit, n_total, options.regimen_switch_rate)
+    states = np.concatenate([active, icu[:, None], _regimens_in_force(model, choice, active, icu)], axis=1)
 
-    coded = active & (~model.chronic | (rng.random(active.shape, dtype=np.float32) < options.chronic_coding_rate))
-    visit_parts, code_parts = [], []
-    for c, family in enumerate(model.diagnosis_families):
-        rows = np.flatnonzero(coded[:, c])
-        extra = rng.binomial(1, 0.3, len(rows)) if model.chronic[c] else rng.binomial(2, 0.5, len(rows))
-        visits, codes = _draw_codes(rng, rows, model.diagnosis_indices(family), 1 + extra, options.code_zipf_exponent)
-        visit_parts.append(visits)
-        code_parts.append(codes)
-    noise_counts = np.minimum(1 + rng.poisson(options.noise_diagnoses_mean, n_total), len(model.noise_diagnoses))
-    noise = model.diagnosis_indices(model.noise_diagnoses)
-    visits, codes = _draw_codes(rng, np.arange(n_total), noise, noise_counts, options.code_zipf_exponent)
-    diagnosis_codes, diagnoses = _code_sets(
-        np.concatenate(visit_parts + [visits]), np.concatenate(code_parts + [codes]), model.diagnosis_codes, n_total
-    )
+    diagnosis_codes, diagnoses = _diagnoses(rng, model, options, active)
+    procedure_codes, procedures = _procedures(rng, model, options, states)
 
-    procedure_prob = _noisy_or(active, model.procedure_prob, model.background_procedure_prob)
-    procs = rng.random(procedure_prob.shape, dtype=np.float32) < procedure_prob
-    empty = np.flatnonzero(~procs.any(axis=1))
-    procs[empty, _categorical(rng, np.broadcast_to(model.background_procedure_prob, (len(empty), procs.shape[1])))] = True
-    proc_visits, proc_columns = np.nonzero(procs)
-    procedure_codes, procedures = _code_sets(proc_visits, proc_columns, model.procedure_codes, n_total)
-
-    medication_prob = _noisy_or(active, model.medication_prob, model.background_medication_prob)
+    medication_prob = _noisy_or(states, model.medication_prob)
     meds = rng.random(medication_prob.shape, dtype=np.float32) < medication_prob
-    _avoid_interactions(rng, meds, model.ddi_pairs, options.ddi_avoidance)
     empty = np.flatnonzero(~meds.any(axis=1))
     meds[empty, medication_prob[empty].argmax(axis=1)] = True
     used_meds = np.flatnonzero(meds.any(axis=0))
@@ -445,8 +584,8 @@ def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
     med_visits, med_columns = np.nonzero(meds)
     medications = _split_by_visit(med_visits, med_columns.tolist(), n_total)
 
-    cond_visits, cond_columns = np.nonzero(active)
-    conditions = _split_by_visit(cond_visits, [model.condition_names[c] for c in cond_columns.tolist()], n_total)
+    state_visits, state_columns = np.nonzero(states)
+    latent = _split_by_visit(state_visits, [model.state_names[s] for s in state_columns.tolist()], n_total)
     admit_times = _admit_times(rng, options, first_visit, patient_of_visit).tolist()
 
     id_width = len(str(n_patients))
@@ -454,12 +593,13 @@ def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
     patients = []
     for p, (start, count) in enumerate(zip(first_visit.tolist(), n_visits.tolist())):
         visits_of_patient = tuple(
-            Visit(diagnoses[v], procedures[v], medications[v], admit_times[v], conditions[v]) for v in range(start, start + count)
+            Visit(diagnoses[v], procedures[v], medications[v], admit_times[v], latent[v]) for v in range(start, start + count)
         )
         patients.append(Patient(f"S{p + 1:0{id_width}d}", visits_of_patient, tuple(profile_rows[p])))
 
     ddi = np.zeros((len(model.medication_codes),) * 2, dtype=np.uint8)
     ddi[model.ddi_pairs[:, 0], model.ddi_pairs[:, 1]] = 1
+    ddi |= ddi.T
     dx_names, sg_names = icd9_diagnosis_names(), icd9_procedure_names()
     return assemble(
         name="synth",
@@ -469,7 +609,6 @@ def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
         medications=Vocabulary(
             "medication", [model.medication_codes[m] for m in used_meds], [model.medication_names[m] for m in used_meds]
         ),
-        profile_fields=list(PROFILE_VALUES),
         profile_values={f: list(v) for f, v in PROFILE_VALUES.items()},
         ddi_adj=ddi[np.ix_(used_meds, used_meds)],
         smiles=[list(model.smiles[m]) for m in used_meds],
@@ -479,24 +618,32 @@ def generate(options: SyntheticOptions = SyntheticOptions()) -> PreparedDataset:
 
 
 def oracle_proba(dataset: PreparedDataset, samples: list[Sample]) -> np.ndarray:
-    """Each medication's probability under the sample's true conditions (current visit), [n, M].
-
-    The generative model's own noisy-OR, before the DDI avoidance step: the best any model can do
-    without seeing the dice, an upper bound for the metrics.
+    """Each medication's probability under the sample's latent truth (current visit: its conditions, ICU stay
+    and regimens in force), [n, M]: the generative model's own noisy-OR, the best any model can do without
+    seeing the dice, an upper bound for the metrics.
     """
     model = cohort_model()
-    index = model.condition_index
+    index = model.state_index
     med_index = {code: i for i, code in enumerate(model.medication_codes)}
     foreign = [code for code in dataset.medications.codes if code not in med_index]
     if foreign:
         raise ValueError(f"oracle_proba needs the synthetic cohort; dataset {dataset.name!r} has medications {foreign[:5]} it does not know")
-    active = np.zeros((len(samples), len(model.condition_names)), dtype=bool)
+    active = np.zeros((len(samples), len(model.state_names)), dtype=bool)
     for i, sample in enumerate(samples):
         if not sample.conditions:
             raise ValueError(f"oracle_proba needs the latent conditions of the synthetic cohort; sample {sample.sample_id} has none")
         unknown = [c for c in sample.conditions if c not in index]
         if unknown:
-            raise ValueError(f"oracle_proba: sample {sample.sample_id} has unknown condition(s) {unknown}")
+            raise ValueError(f"oracle_proba: sample {sample.sample_id} has unknown latent state(s) {unknown}")
         active[i, [index[c] for c in sample.conditions]] = True
     columns = [med_index[code] for code in dataset.medications.codes]
-    return _noisy_or(active, model.medication_prob, model.background_medication_prob)[:, columns].astype(np.float64)
+    return _noisy_or(active, model.medication_prob)[:, columns].astype(np.float64)
+
+
+SOURCE = DatasetSource(
+    name="synth",
+    summary="the embedded synthetic cohort (no download)",
+    options=SyntheticOptions,
+    locate=lambda paths: Located({}, generate),
+    credentialed=False,
+)

@@ -14,13 +14,11 @@ into one :class:`DataError` that names the file and what is wrong:
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -217,23 +215,3 @@ def _raw_header(path: str | Path) -> list[str]:
         raise DataError(f"{path}: file not found") from None
     except READ_ERRORS as exc:
         raise DataError(f"{path}: unreadable or truncated file ({type(exc).__name__}: {exc})") from None
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` into a temporary sibling, then rename it to ``path``: a killed write leaves the
-    old file or none, never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the result private
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

@@ -24,8 +24,10 @@ Deliberate differences from the published code:
   same prompt unpadded.
 - Any ``AutoModel``: encoders pool by the mean over real tokens (how sentence-transformers trained MiniLM;
   ``pooling="cls"`` takes the first token instead); decoders by the last real token (``pooling="auto"``).
-- Model selection: validation PRAUC every ``eval_every`` steps, the best LoRA + head weights kept, stop after
-  ``patience`` evaluations without improvement (the published code keeps the step-3,000 checkpoint).
+- Model selection: ``--preset paper`` evaluates once, after step 3,000, and keeps those weights, as the
+  published code keeps its step-3,000 checkpoint; ``--preset harness`` evaluates validation PRAUC every 100
+  steps, keeps the best LoRA + head weights and stops after 5 evaluations without improvement (quick: every
+  50 steps, patience 3).
 - ``max_length`` is capped at the model's position limit (MiniLM: 512); prompts over it drop their oldest
   visits first (:func:`leader.prompts.fit_prompt`), where the published code cuts tokens off the end, i.e.
   the current visit and the closing instruction (``a_ids[: max_source_length - 1]``). Prompts are tokenised
@@ -34,10 +36,10 @@ Deliberate differences from the published code:
 - The BCE of eq. 2 is averaged over samples and medications (``BCEWithLogitsLoss``, as the published code),
   a constant factor away from the paper's sum. AdamW with a linear decay to zero over ``max_steps`` and no
   warm-up, the Hugging Face Trainer defaults the published code ran with.
-- ``head_bias`` (default on): the head is ``sigmoid(W_CLS h + b)`` with ``b`` initialised to the log-odds
-  of each medication's prevalence in the training targets, so the untrained teacher already ranks like the
-  most-frequent predictor and the short CPU budget is spent on patient-specific signal instead of on moving
-  ``W_CLS h`` to the base rates. ``head_bias=False`` gives eq. 1 as published (no bias).
+- ``head_bias`` (on in ``--preset quick``, off in paper and harness, which keep eq. 1's bias-free head): the
+  head is ``sigmoid(W_CLS h + b)`` with ``b`` initialised to the log-odds of each medication's prevalence in
+  the training targets, so the untrained teacher already ranks like the most-frequent predictor and the
+  short CPU budget is spent on patient-specific signal instead of on moving ``W_CLS h`` to the base rates.
 - ``head_lr_multiplier``: the freshly initialised head learns at ``lr x head_lr_multiplier``, the LoRA
   weights (which start as a small perturbation of a pretrained model) at ``lr``. 1.0 = the paper's single
   learning rate.
@@ -49,6 +51,8 @@ Deliberate differences from the published code:
   switches off the base model's own dropout (MiniLM's 0.1; LLaMA has none, so this is the paper's regime);
   ``cache_lower_layers`` (needs both) runs the frozen lower layers once per prompt and trains the upper ones
   on their cached output, exact because those layers have no trainable weight and no dropout.
+- ``precision`` is fp32 in every preset, so the paper preset runs on a CPU too; the published script trains
+  in fp16 (``precision="fp16"`` or ``"bf16"``, CUDA only).
 - ``device="cuda:N"`` places the whole model on that GPU; plain ``"cuda"`` lets accelerate spread it
   (``device_map="auto"``).
 - ``batch_size`` counts samples per optimizer step (the paper's 32, reached in the published script as 4
@@ -83,8 +87,9 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything
-from bench.training import ProgressCallback, Schedule, run_training, target_tensor, validation_score
+from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything, stopping_rule, training_record
+from bench.training import Schedule, run_training, target_tensor, validation_score
+from data_prep.atomic import write_atomic
 from data_prep.cache import stable_hash
 from data_prep.dataset import PreparedDataset, Sample
 from leader.backbone import (
@@ -100,7 +105,7 @@ from leader.backbone import (
 )
 from leader.prompts import PromptParts, fit_prompt, prompt_parts
 from leader.quantization import QUANTIZATIONS, bitsandbytes_config, check_quantization, quantize_linear_layers, weight_bytes
-from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, store_folder, teacher_cache_key, teacher_path
+from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, teacher_cache_key, teacher_path
 from leader.teacher_network import TeacherNetwork
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # input ids, attention mask, cached lower states
@@ -120,8 +125,8 @@ class TeacherConfig(ModelConfig):
     lr: float = 2e-4
     max_steps: int = 3000
     epochs: int = 50  # passes over the training prompts; training also stops here if reached first
-    eval_every: int = 100  # optimizer steps between validation-PRAUC evaluations
-    patience: int = 5  # evaluations without improvement before stopping
+    eval_every: int = 3000  # optimizer steps between validation-PRAUC evaluations (one: the step-3,000 weights)
+    patience: int | None = None  # evaluations without improvement before stopping; None: max_steps decides
     lora_rank: int = 8
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
@@ -129,7 +134,7 @@ class TeacherConfig(ModelConfig):
     gradient_checkpointing: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on CUDA only)
     eval_batch_size: int = 64
-    head_bias: bool = True  # not in eq. 1: b initialised to the training log-odds; False = the paper's head
+    head_bias: bool = False  # True: sigmoid(W_CLS h + b), b initialised to the training log-odds (not eq. 1)
     head_lr_multiplier: float = 1.0  # head learning rate = lr x this; 1.0 = the paper's single lr
     lora_layers: int = 0  # LoRA on the top N transformer layers only; 0 = every layer (the paper)
     backbone_dropout: bool = True  # the base model's own dropout while fine-tuning (LLaMA has none, MiniLM 0.1)
@@ -141,9 +146,10 @@ class TeacherConfig(ModelConfig):
     # the base model's own dropout off. Synthetic cohort (2,000 patients, seed 0, one thread): test PRAUC 0.639 in
     # 182 CPU-seconds (300 steps: 0.639 in 272); every layer adapted with dropout, 300 steps: 0.638 in 734 (its
     # step was ~40% matrix products and ~35% dropout masks, LoRA's and MiniLM's; the upper-layer step costs ~1/4)
+    HARNESS: ClassVar[dict] = {"eval_every": 100, "patience": 5}  # validation every 100 steps, the best kept
     QUICK: ClassVar[dict] = {
         "max_length": 128, "batch_size": 16, "max_steps": 200, "eval_every": 50, "patience": 3, "lr": 1e-3, "head_lr_multiplier": 10.0,
-        "lora_layers": 2, "backbone_dropout": False, "cache_lower_layers": True,
+        "head_bias": True, "lora_layers": 2, "backbone_dropout": False, "cache_lower_layers": True,
     }
 
     def __post_init__(self) -> None:
@@ -186,7 +192,11 @@ class LeaderTeacher(MedRecModel):
     name = "leader_t"
     config_class = TeacherConfig
     capabilities = Capabilities(uses_profile=True)
-    on_progress: ProgressCallback | None = None  # on_progress(step, max_steps, status) after every optimizer step
+
+    @classmethod
+    def training_budget(cls, config: TeacherConfig) -> str:
+        """Optimizer steps (the paper preset: 3,000, one evaluation at the end), not epochs."""
+        return f"{config.max_steps} steps ({stopping_rule(config.patience)}, validation every {config.eval_every}), {config.batch_size} samples per step"
 
     def __init__(self, dataset: PreparedDataset, config: TeacherConfig | None = None, seed: int = 0, device: str = "cpu"):
         super().__init__(dataset, config, seed, device)
@@ -380,7 +390,7 @@ class LeaderTeacher(MedRecModel):
         if not train:
             raise ValueError("leader_t: no training sample")
         cached = self.cache_path(train, val)
-        folder = cached.parent  # stored whole by store_folder, so the lock sits beside it
+        folder = cached.parent  # stored whole (write_atomic), so the lock sits beside it
         folder.parent.mkdir(parents=True, exist_ok=True)
         # students of one teacher running at once (worker processes, Ray tasks) wait here for one fine-tuning
         with FileLock(folder.with_name(f".{folder.name}.lock")):
@@ -464,6 +474,7 @@ class LeaderTeacher(MedRecModel):
             max_tokens=self.max_tokens,
             quantization=config.quantization,
             base_bytes=weight_bytes(network.backbone),
+            training_samples=training_record(train),
         )
         if val:  # the kept weights' validation BCE (mean over samples and medications), as in training
             proba = torch.from_numpy(val_probabilities()).clamp(1e-7, 1 - 1e-7)
@@ -573,7 +584,7 @@ class LeaderTeacher(MedRecModel):
     def save_to_cache(self, train: Sequence[Sample], val: Sequence[Sample]) -> Path:
         """Store the fitted teacher so a later ``fit`` on the same data and config (e.g. the student's) loads it."""
         path = self.cache_path(train, val)
-        store_folder(path.parent, lambda folder: self.save(folder / TEACHER_FILE))
+        write_atomic(path.parent, lambda folder: self.save(folder / TEACHER_FILE), folder=True, existing="keep")
         return path
 
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from data_prep.atomic import write_atomic
 from data_prep.cache import cache_root, stable_hash
 from data_prep.dataset import PreparedDataset, Sample
 
@@ -65,25 +63,9 @@ def hidden_states_path(key: str) -> Path:
     return cache_root() / "teacher_states" / key / "hidden_states.npy"
 
 
-def store_folder(final: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp_folder)`` then rename it to ``final``; when another process stored the same key
-    meanwhile, its (identical) folder is kept."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_array(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+    write_atomic(path, write)

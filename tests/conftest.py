@@ -45,7 +45,6 @@ def make_tiny_dataset(n_patients: int = 40, seed: int = 0):
         diagnoses=Vocabulary("diagnosis", [f"D{i}" for i in range(n_diag)], [f"diagnosis {i}" for i in range(n_diag)]),
         procedures=Vocabulary("procedure", [f"P{i}" for i in range(n_proc)], [f"procedure {i}" for i in range(n_proc)]),
         medications=Vocabulary("medication", [f"M{i:02d}" for i in range(n_med)], [f"medication {i}" for i in range(n_med)]),
-        profile_fields=["age", "gender"],
         profile_values={"age": ["18-39", "40-64", "65+"], "gender": ["F", "M"]},
         ddi_adj=ddi,
         smiles=SMILES,
@@ -71,3 +70,17 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dataset():
     return make_tiny_dataset()
+
+
+def make_spec(entries, *, stats="bootstrap", resamples=None, paired=True, holm=False, **fields):
+    """A RunSpec for ``entries``: the statistics' settings by name, every other keyword a spec field."""
+    from bench.spec import RunSpec, Statistics
+
+    return RunSpec(tuple(entries), statistics=Statistics(stats, resamples, paired, holm), **fields)
+
+
+def run_spec(dataset, entries, run_dir, **kwargs):
+    """Run ``entries`` on ``dataset`` into ``run_dir`` (the runner's entry point, spec built by :func:`make_spec`)."""
+    from bench.runner import run
+
+    return run(dataset, make_spec(entries, **kwargs), run_dir)

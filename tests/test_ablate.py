@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from teacher_fixtures import make_tiny_teacher
 
 import bench.cli.family as family_cli
+import bench.cli.run as cli_run
 from bench.cli import main
 from bench.cli.family import choose_on_validation
 from data_prep.cache import cache_root
@@ -26,7 +27,7 @@ def teacher_settings(tmp_path_factory):
 
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_dataset):
-    monkeypatch.setattr(family_cli, "dataset_from_options", lambda **kwargs: tiny_dataset)
+    monkeypatch.setattr(cli_run, "load_data", lambda *args: tiny_dataset)
     return CliRunner()
 
 
@@ -36,9 +37,10 @@ def invoke(runner, args):
     return result
 
 
+@pytest.mark.slow
 def test_ablation_runs_the_chosen_variants_with_one_teacher(tiny_cli, teacher_settings, tmp_path):
     args = ["ablate", "leader", "--drop", "kd", "--drop", "align", "--compare", "temperature-kd", "--with-teacher",
-            "--preset", "quick", "--resamples", "30", "--results-dir", str(tmp_path), "--run-id", "ablation", *teacher_settings]
+            "--preset", "quick", "--resamples", "30", "--results-dir", str(tmp_path), "--run-id", "ablation", "--executor", "local", *teacher_settings]
     teachers = cache_root() / "teachers"
     stored = lambda: {p for p in teachers.iterdir() if p.is_dir()} if teachers.exists() else set()  # noqa: E731 (lock files aside)
     before = stored()
@@ -66,9 +68,10 @@ def test_without_drop_or_compare_the_four_table_vi_variants_run():
     assert variant.overrides == {"alpha": 0.8, "kd": "output"}
 
 
+@pytest.mark.slow
 def test_sweep_writes_results_plot_and_data(tiny_cli, teacher_settings, tmp_path):
     args = ["sweep", "leader", "--param", "beta", "--values", "0.1,0", "--preset", "quick", "--resamples", "30",
-            "--results-dir", str(tmp_path), "--run-id", "sweep", *teacher_settings]
+            "--results-dir", str(tmp_path), "--run-id", "sweep", "--executor", "local", *teacher_settings]
     invoke(tiny_cli, args)
     folder = tmp_path / "sweep"
     summary = json.loads((folder / "summary.json").read_text())

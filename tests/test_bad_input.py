@@ -36,7 +36,7 @@ def replace(path: Path, text: str) -> None:
 def expect_error(folders, pattern: str) -> None:
     root, aux, cache = folders
     with pytest.raises(DataError, match=pattern):
-        load_dataset("mimic3", root=root, aux=aux, cache_dir=cache)
+        load_dataset("mimic3", paths={"root": root, "aux": aux}, cache_dir=cache)
     assert not cache.exists() or not any(cache.iterdir())
 
 

@@ -1,7 +1,7 @@
 import click
 import pytest
 
-from bench.cli.run import model_entries, parse_settings
+from bench.cli.options import model_entries, parse_settings
 
 
 def test_settings_parse_json_values_and_reject_malformed_pairs():

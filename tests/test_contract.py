@@ -14,7 +14,9 @@ import pytest
 from baselines.frequency import MostFrequent
 from baselines.mlp import CurrentVisitMLP
 from bench import registry
-from bench.contract import Capabilities, check_model
+from bench.contract import Capabilities, check_model, training_record
+from data_prep.dataset import Visit
+from data_prep.protocol import longest_records
 
 # Fast settings, applied where the model's config has the field (the models' own QUICK presets may be
 # sized for the synthetic cohort, not for a unit test).
@@ -68,10 +70,89 @@ class ClaimsHistory(MostFrequent):
     capabilities = Capabilities(needs_history_medications=True)  # yet predicts single-visit samples
 
 
+class TrainsOnEveryVisit(CurrentVisitMLP):
+    """Trains on every visit of each record by its own rule, whatever the protocol (as G-Bert once did)."""
+
+    name = "trains_on_every_visit"
+
+    def train_samples(self, train):
+        return [
+            dataclasses.replace(s, history=s.history[:t], diagnoses=visit.diagnoses, procedures=visit.procedures, target=visit.medications, visit_number=t + 1)
+            for s in longest_records(train)
+            for t, visit in enumerate([*s.history, Visit(s.diagnoses, s.procedures, s.target)])
+        ]
+
+
+class TrainsOnLastVisits(CurrentVisitMLP):
+    """Keeps each patient's last visit only, whatever the protocol."""
+
+    name = "trains_on_last_visits"
+
+    def train_samples(self, train):
+        return longest_records(train)
+
+
+class DropsSingleVisitPatients(CurrentVisitMLP):
+    """Skips samples without history though it serves them."""
+
+    name = "drops_single_visit_patients"
+
+    def train_samples(self, train):
+        return [s for s in train if s.history]
+
+
+class PretrainsOnValidation(MostFrequent):
+    """Declares pre-training on the training visits, but also reads the validation patients'."""
+
+    name = "pretrains_on_validation"
+    capabilities = Capabilities(pretrains_on_training_visits=True)
+
+    def fit(self, train, val):
+        super().fit(train, val)
+        self.fit_report["pretraining"] = training_record([*train, *val])
+        return self
+
+
+class HidesItsPretraining(MostFrequent):
+    name = "hides_its_pretraining"
+
+    def fit(self, train, val):
+        super().fit(train, val)
+        self.fit_report["pretraining"] = training_record(train)
+        return self
+
+
+class HidesItsTraining(CurrentVisitMLP):
+    """Trains, yet reports no training sample (as a fixed rule such as the repeat floor does)."""
+
+    name = "hides_its_training"
+
+    def fit(self, train, val):
+        super().fit(train, val)
+        self.fit_report["training_samples"] = training_record([])
+        return self
+
+
 @pytest.mark.parametrize(
-    "model_class, promise",
-    [(ReadsTheTarget, "must not read the target"), (Unseeded, "must predict the same"), (ClaimsHistory, "CapabilityError")],
+    "model_class, promise, protocol",
+    [
+        (ReadsTheTarget, "must not read the target", "last-visit"),
+        (Unseeded, "must predict the same", "last-visit"),
+        (ClaimsHistory, "CapabilityError", "last-visit"),
+        (TrainsOnEveryVisit, "where the last-visit protocol gives", "last-visit"),
+        (TrainsOnLastVisits, "where the all-visits protocol gives", "all-visits"),
+        (DropsSingleVisitPatients, "train on the samples fit\\(\\) receives", "last-visit"),
+        (PretrainsOnValidation, "every visit of the training patients", "last-visit"),
+        (HidesItsPretraining, "does not declare", "last-visit"),
+        (HidesItsTraining, "reports no training sample", "last-visit"),
+    ],
 )
-def test_the_check_catches_a_model_that_breaks_a_promise(model_class, promise, tiny_dataset):
+def test_the_check_catches_a_model_that_breaks_a_promise(model_class, promise, protocol, tiny_dataset):
     with pytest.raises(AssertionError, match=promise):
-        check_model(model_class, tiny_dataset, model_class.config_class.preset("quick", **({"epochs": 2} if model_class is Unseeded else {})))
+        check_model(model_class, tiny_dataset, model_class.config_class.preset("quick", **({"epochs": 2} if issubclass(model_class, CurrentVisitMLP) else {})), protocol=protocol)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gbert", "cognet", "raremed", "repeat"])
+def test_models_train_on_every_visit_through_the_protocol(name, tiny_dataset, tiny_teacher):
+    model_class = registry.get(name)
+    check_model(model_class, tiny_dataset, fast_config(model_class, tiny_teacher), protocol="all-visits")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.metrics import PerSample
+
 from bench.evaluate import (
     CellData,
     against_reference,
@@ -27,11 +29,11 @@ MEMBERS = {"overall": np.ones(10, bool), "multi": STRATUM == 1, "single": STRATU
 
 def per_sample(values, ddi_pairs=None, all_pairs=None):
     values = np.asarray(values, dtype=np.float64)
-    return {
-        "prauc": values, "jaccard": values / 2, "f1": values, "precision": values, "recall": values, "n_pred": values * 0 + 2,
-        "ddi_pairs": np.zeros_like(values) if ddi_pairs is None else np.asarray(ddi_pairs, float),
-        "all_pairs": np.ones_like(values) if all_pairs is None else np.asarray(all_pairs, float),
-    }
+    return PerSample(
+        {"prauc": values, "jaccard": values / 2, "f1": values, "precision": values, "recall": values, "avg_meds": values * 0 + 2,
+         "ddi_rate": np.zeros_like(values) if ddi_pairs is None else np.asarray(ddi_pairs, float)},
+        {"ddi_rate": np.ones_like(values) if all_pairs is None else np.asarray(all_pairs, float)},
+    )
 
 
 def test_bootstrap_resamples_patients_with_replacement_within_their_group():
@@ -172,6 +174,7 @@ def _simulated_p(rng, effect, procedure="bootstrap", seeds=1, seed_sd=0.0, n=200
     return compare(a["overall"]["prauc"], b["overall"]["prauc"], procedure, n, paired)["p"]
 
 
+@pytest.mark.slow
 def test_the_default_test_holds_its_level_under_the_null_and_detects_a_real_difference():
     rng = np.random.default_rng(2024)
     null = np.array([_simulated_p(rng, 0.0, resamples=200) for _ in range(400)])  # 1,000 test sets measured 4.4%
@@ -180,6 +183,7 @@ def test_the_default_test_holds_its_level_under_the_null_and_detects_a_real_diff
     assert (planted < 0.05).mean() >= 0.8
 
 
+@pytest.mark.slow
 def test_training_seed_variance_keeps_the_level_where_patients_alone_would_not():
     """Seed effects equal in expectation: ignoring them rejects far too often; the default does not."""
     rng = np.random.default_rng(7)

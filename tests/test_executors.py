@@ -10,13 +10,16 @@ import pytest
 
 from bench.executors import ExecutorConfig, run_tasks
 from bench.results import RunFolder
-from bench.runner import Entry, IncompleteRunError, run_entries
+from bench.execute import IncompleteRunError
+from bench.spec import Entry
 
 GRID = [Entry("freq", "freq"), Entry("MLP h8", "mlp", {"hidden_dim": 8, "epochs": 2})]
 
 
 def grid(dataset, run_dir, executor):
-    return run_entries(dataset, GRID, run_dir, seeds=[0, 1], resamples=50, preset="quick", executor=executor)
+    from conftest import run_spec  # here, not at the top: workers that import this module must not run conftest's thread setting
+
+    return run_spec(dataset, GRID, run_dir, seeds=[0, 1], resamples=50, preset="quick", executor=executor)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,7 @@ def _timed(shared, task, progress):
     return started, time.time()
 
 
+@pytest.mark.slow
 def test_a_task_waits_for_its_prerequisites_while_a_free_worker_takes_the_next_ready_one():
     teacher, student, other = run_tasks(ExecutorConfig("processes", jobs=2), _timed, None, [1.5, 0.0, 0.0], after=[[], [0], []])
     assert student.value[0] >= teacher.value[1]  # started after the teacher ended
@@ -74,6 +78,7 @@ def test_every_task_gets_the_requested_threads_and_its_progress_reaches_the_driv
     assert torch.get_num_threads() == before  # in process: the caller's setting is restored
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["processes", "ray"])
 def test_the_grid_elsewhere_equals_local_and_a_failed_unit_is_reported_then_rerun(kind, tiny_dataset, tmp_path, request):
     if kind == "ray":

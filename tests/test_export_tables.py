@@ -9,8 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from data_prep.export_tables import TableExportOptions, export_tables, write_atomic
+from data_prep.atomic import write_atomic
+from data_prep.export_tables import TableExportOptions, export_tables
 from data_prep.mimic import MimicOptions, locate, read_mimic
+from data_prep.mimic_layout import MIMIC3, MIMIC4
+
+LAYOUTS = {"mimic3": MIMIC3, "mimic4": MIMIC4}
 from data_prep.synthetic import SyntheticOptions, generate
 from round_trip import assert_same_cohort
 
@@ -24,8 +28,8 @@ def synth():
 
 @pytest.mark.parametrize("version", ["mimic4", "mimic3"])
 def test_round_trip_through_mimic_tables(synth, tmp_path, version):
-    export_tables(synth, tmp_path, version, aux=AUX, options=TableExportOptions(rows_per_medication=3))
-    prepared = read_mimic(locate(version, tmp_path, tmp_path / "aux"), MimicOptions())
+    export_tables(synth, tmp_path, LAYOUTS[version], aux=AUX, options=TableExportOptions(rows_per_medication=3))
+    prepared = read_mimic(locate(LAYOUTS[version], tmp_path, tmp_path / "aux"), MimicOptions())
     assert_same_cohort(synth, prepared)
     coverage = prepared.meta["mapping_coverage"]
     assert coverage["rows_with_ndc"] < coverage["prescription_rows"]  # rows without an NDC were written
@@ -34,10 +38,10 @@ def test_round_trip_through_mimic_tables(synth, tmp_path, version):
 
 
 def test_made_up_ndcs_without_aux_map_back_too(synth, tmp_path):
-    export_tables(synth, tmp_path, "mimic4")
+    export_tables(synth, tmp_path, MIMIC4)
     ndcs = gzip.decompress((tmp_path / "hosp" / "prescriptions.csv.gz").read_bytes()).decode()
     assert '"99999' in ndcs
-    assert_same_cohort(synth, read_mimic(locate("mimic4", tmp_path, tmp_path / "aux"), MimicOptions()))
+    assert_same_cohort(synth, read_mimic(locate(MIMIC4, tmp_path, tmp_path / "aux"), MimicOptions()))
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):

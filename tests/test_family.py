@@ -8,7 +8,7 @@ from importlib.metadata import EntryPoint, entry_points
 import pytest
 from click.testing import CliRunner
 
-import bench.cli.family as family_cli
+import bench.cli.run as cli_run
 from bench import registry
 from bench.cli import main
 from bench.contract import ModelFamily, Variant
@@ -31,12 +31,13 @@ def toy_registered(monkeypatch, tiny_dataset):
         return points + [EntryPoint("toy", "test_family:TOY", group)] if group == registry.FAMILIES else points
 
     monkeypatch.setattr(registry, "entry_points", with_toy)
-    monkeypatch.setattr(family_cli, "dataset_from_options", lambda **kwargs: tiny_dataset)
+    monkeypatch.setattr(cli_run, "load_data", lambda *args: tiny_dataset)
     return CliRunner()
 
 
+@pytest.mark.slow
 def test_a_plugin_family_is_ablated_and_swept_by_the_generic_commands(toy_registered, tmp_path):
-    common = ["--preset", "quick", "--resamples", "20", "--results-dir", str(tmp_path), "--set", "epochs=2", "--set", "hidden_dim=8"]
+    common = ["--preset", "quick", "--resamples", "20", "--results-dir", str(tmp_path), "--executor", "local", "--set", "epochs=2", "--set", "hidden_dim=8"]
     result = toy_registered.invoke(main, ["ablate", "toy", "--drop", "narrow", "--run-id", "a", *common])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())

@@ -69,12 +69,12 @@ def test_a_shard_outside_the_schema_is_refused(exported, tmp_path):
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"subject_id": pa.array([1], pa.int32()), "code": ["X"]}), tmp_path / "data" / "0.parquet")
     with pytest.raises(DataError, match=r"0.parquet: not a MEDS data shard .*time"):
-        load_dataset("meds", root=tmp_path, aux=exported[1] / "aux", cache_dir=tmp_path / "cache")
+        load_dataset("meds", paths={"root": tmp_path, "aux": exported[1] / "aux"}, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
 def test_prefixes_are_options(exported, tmp_path):
-    """A dataset that writes ATC classes under its own prefix: --meds-prefix atc=... uses them directly."""
+    """A dataset that writes ATC classes under its own prefix: --atc-prefix ... uses them directly."""
     synth, root = exported
     by_rxcui = load_rxcui_to_atc(root / "aux" / "ndc2atc_level4.csv.gz").drop_duplicates("rxcui").set_index("rxcui")["atc3"]
     atc_of_ndc = {ndc: by_rxcui[rxcui] for ndc, rxcui in load_ndc_to_rxcui(root / "aux" / "ndc2RXCUI.txt").items()}
@@ -85,7 +85,7 @@ def test_prefixes_are_options(exported, tmp_path):
     (tmp_path / "metadata").symlink_to(root / "metadata")
     assert_same_cohort(synth, read_meds(locate_meds(tmp_path, root / "aux"), MedsOptions(atc_prefix="RX//ATC//")))
     arguments = ["data", "info", "--json", "--dataset", "meds", "--root", str(tmp_path), "--aux", str(root / "aux"), "--cache-dir", str(tmp_path / "cache")]
-    with_prefix = CliRunner().invoke(main, arguments + ["--meds-prefix", "atc=RX//ATC//"])
+    with_prefix = CliRunner().invoke(main, arguments + ["--atc-prefix", "RX//ATC//"])
     assert with_prefix.exit_code == 0, with_prefix.output
     assert json.loads(with_prefix.output)["patients"] == len(synth.patients)
     without = CliRunner().invoke(main, arguments)  # no medication events under the default prefixes

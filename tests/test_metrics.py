@@ -34,9 +34,10 @@ def test_per_sample_values_match_hand_calculation():
     np.testing.assert_allclose(m["precision"], [1 / 2, 0.0, 0.0, 1 / 3])
     np.testing.assert_allclose(m["recall"], [1 / 2, 0.0, 0.0, 1.0])
     np.testing.assert_allclose(m["f1"], [0.5, 0.0, 0.0, 2 * (1 / 3) / (4 / 3)])
-    np.testing.assert_allclose(m["n_pred"], [2, 0, 0, 3])
-    np.testing.assert_allclose(m["ddi_pairs"], [1, 0, 0, 1])
-    np.testing.assert_allclose(m["all_pairs"], [1, 0, 0, 3])
+    np.testing.assert_allclose(m["avg_meds"], [2, 0, 0, 3])
+    np.testing.assert_allclose(m["ddi_rate"], [1, 0, 0, 1])  # a pooled metric: interacting pairs per sample ...
+    np.testing.assert_allclose(m.denominator("ddi_rate"), [1, 0, 0, 3])  # ... over all pairs
+    np.testing.assert_allclose(m.denominator("jaccard"), [1, 1, 1, 1])
 
 
 def test_aggregate_means_and_pools_ddi_over_pairs():

@@ -10,6 +10,9 @@ import pytest
 from rdkit import Chem
 
 from data_prep.mimic import MimicOptions, locate, read_mimic
+from data_prep.mimic_layout import MIMIC3, MIMIC4
+
+LAYOUTS = {"mimic3": MIMIC3, "mimic4": MIMIC4}
 from data_prep.molecules import build_molecule_set
 
 DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mimic-iii-demo-1.4"
@@ -54,7 +57,7 @@ def write_tables(folder: Path, tables: dict[str, str], *, upper: bool = False) -
 
 
 def prepare(root: Path, version: str = "mimic3", **options):
-    return read_mimic(locate(version, root, AUX), MimicOptions(**options))
+    return read_mimic(locate(LAYOUTS[version], root, AUX), MimicOptions(**options))
 
 
 def codes_of(dataset, patient, kind):

@@ -26,40 +26,40 @@ def demo_copy(folder: Path) -> Path:
 def test_second_load_is_a_cache_hit_and_changes_are_misses(tmp_path, monkeypatch):
     root = demo_copy(tmp_path / "demo")
     cache = tmp_path / "cache"
-    first = load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache)
+    first = load_dataset("mimic3", paths={"root": root, "aux": AUX}, cache_dir=cache)
 
     def must_not_read(*args, **kwargs):
         raise AssertionError("a cache hit must not run the pipeline")
 
     monkeypatch.setattr(data_prep.mimic, "read_mimic", must_not_read)
-    again = load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache, options={"first_hours": 24.0})  # = default
+    again = load_dataset("mimic3", paths={"root": root, "aux": AUX}, cache_dir=cache, options={"first_hours": 24.0})  # = default
     assert again.fingerprint == first.fingerprint and again.meta["cache_key"] == first.meta["cache_key"]
     with pytest.raises(AssertionError, match="cache hit"):
-        load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache, options={"first_hours": 48.0})
+        load_dataset("mimic3", paths={"root": root, "aux": AUX}, cache_dir=cache, options={"first_hours": 48.0})
     admissions = root / "ADMISSIONS.csv"
     text = admissions.read_text()
     admissions.unlink()
     admissions.write_text(text.replace("Medicare", "Medicaid", 1))
     with pytest.raises(AssertionError, match="cache hit"):
-        load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache)
+        load_dataset("mimic3", paths={"root": root, "aux": AUX}, cache_dir=cache)
     with pytest.raises(AssertionError, match="cache hit"):
-        load_dataset("mimic3", root=root, aux=AUX, cache_dir=cache, refresh=True)
+        load_dataset("mimic3", paths={"root": root, "aux": AUX}, cache_dir=cache, refresh=True)
     assert len(list(cache.iterdir())) == 1
 
 
 def test_options_are_validated_before_reading(tmp_path):
-    with pytest.raises(DataError, match="unknown dataset 'mimic5'; known datasets: synth, mimic3, mimic4"):
+    with pytest.raises(DataError, match="unknown dataset 'mimic5'; known datasets: synth, meds, mimic3, mimic4"):
         load_dataset("mimic5")
     with pytest.raises(DataError, match="needs --root and --aux"):
         load_dataset("mimic3")
-    with pytest.raises(DataError, match="unknown MIMIC option.*top_drugs"):
-        load_dataset("mimic3", root=DEMO, aux=AUX, options={"top_drugs": 3})
+    with pytest.raises(DataError, match="unknown mimic3 option.*top_drugs"):
+        load_dataset("mimic3", paths={"root": DEMO, "aux": AUX}, options={"top_drugs": 3})
     with pytest.raises(DataError, match="ddi_side_effects must be one of"):
-        load_dataset("mimic3", root=DEMO, aux=AUX, options={"ddi_side_effects": "top"})
+        load_dataset("mimic3", paths={"root": DEMO, "aux": AUX}, options={"ddi_side_effects": "top"})
 
 
 def test_demo_statistics_match_table_three_layout(tmp_path):
-    stats = dataset_statistics(load_dataset("mimic3", root=DEMO, aux=AUX, cache_dir=tmp_path))
+    stats = dataset_statistics(load_dataset("mimic3", paths={"root": DEMO, "aux": AUX}, cache_dir=tmp_path))
     assert stats["patients"] == stats["patients_single_visit"] + stats["patients_multi_visit"]
     assert stats["visits"] >= stats["patients"]
     assert 0 < stats["avg_medications_per_visit"] <= stats["max_medications_per_visit"] <= stats["medications"]
@@ -100,7 +100,11 @@ def test_a_credentialed_dataset_is_cached_owner_only(tmp_path, monkeypatch):
     import data_prep.prepare as prepare
     from conftest import make_tiny_dataset
 
-    monkeypatch.setattr(prepare, "_source", lambda name, root, aux, options: ({}, {}, lambda: make_tiny_dataset()))
-    prepare.load_dataset("mimic4", cache_dir=tmp_path / "cache")
+    from data_prep.sources import DatasetSource, Located
+    from data_prep.synthetic import SyntheticOptions
+
+    source = DatasetSource("fake", "a credentialed source", SyntheticOptions, lambda paths: Located({}, lambda options: make_tiny_dataset()))
+    monkeypatch.setattr(prepare.sources, "get", lambda name: source)
+    prepare.load_dataset("fake", cache_dir=tmp_path / "cache")
     (entry,) = (tmp_path / "cache").iterdir()
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700 and entry.stat().st_mode & 0o777 == 0o700

@@ -15,6 +15,9 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from data_prep.mimic import MimicOptions, locate, read_mimic
+from data_prep.mimic_layout import MIMIC3, MIMIC4
+
+LAYOUTS = {"mimic3": MIMIC3, "mimic4": MIMIC4}
 from data_prep.published_aux import build_aux, load_plain_pickle
 from data_prep.stats import dataset_statistics
 from data_prep.tables import DataError
@@ -65,8 +68,8 @@ def test_aux_folder_from_published_files_prepares_the_demo(tmp_path):
     assert "atc3toSMILES.pkl" in made["atc3_smiles.csv"] and "ddi_A_final.pkl" in made["not used"]
     written = pd.read_csv(tmp_path / "aux" / "atc3_smiles.csv")
     assert written.equals(pd.read_csv(AUX / "atc3_smiles.csv").drop_duplicates().reset_index(drop=True))
-    dataset = read_mimic(locate("mimic3", DEMO, tmp_path / "aux"), MimicOptions())
-    reference = read_mimic(locate("mimic3", DEMO, AUX), MimicOptions())
+    dataset = read_mimic(locate(MIMIC3, DEMO, tmp_path / "aux"), MimicOptions())
+    reference = read_mimic(locate(MIMIC3, DEMO, AUX), MimicOptions())
     assert [p.patient_id for p in dataset.patients] == [p.patient_id for p in reference.patients]
     assert dataset.smiles == reference.smiles
     assert dataset.meta["ddi_source"].startswith("TWOSIDES drug-DDI.csv")

@@ -119,7 +119,7 @@ def test_balanced_loss_is_the_reference_formula():
 
 def test_trains_on_multi_visit_samples_and_beats_the_frequency_on_them(tiny_dataset):
     train = tiny_dataset.samples("train")
-    model = REFINE(tiny_dataset, REFINE.Config(epochs=8, batch_size=8, patience=8), seed=0).fit(train, [])
+    model = REFINE(tiny_dataset, REFINE.Config.preset("harness", epochs=8, batch_size=8, patience=8), seed=0).fit(train, [])
     multi = model.train_samples(train)
     assert multi == multi_visit(train)
     targets = multi_hot([s.target for s in multi], tiny_dataset.n_medications)

@@ -1,4 +1,4 @@
-"""The harness: run_entries, resuming, determinism, "-" groups, the CLI and the profiler, on tiny data."""
+"""The harness: bench.runner.run, resuming, determinism, "-" groups, the CLI and the profiler, on tiny data."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ from click.testing import CliRunner
 import bench.cli.run as cli_run
 from baselines.frequency import MostFrequent
 from baselines.mlp import CurrentVisitMLP
-from bench import registry, runner
+from bench import registry
+from bench.execute import IncompleteRunError
 from bench.cli import main
 from bench.contract import Capabilities
-from bench.profiler import add_ratios, measure_model
+from bench.profiler import ProfileSettings, add_ratios, measure_model
 from bench.results import RunFolder
-from bench.runner import Entry, run_entries
+from bench.spec import Entry
+from conftest import run_spec
 
 ENTRIES = [Entry("freq", "freq"), Entry("MLP h8", "mlp", {"hidden_dim": 8, "epochs": 3})]
 
 
 def run(dataset, run_dir, entries=ENTRIES, **kwargs):
-    return run_entries(dataset, entries, run_dir, **{"seeds": [1], "resamples": 20, "preset": "quick"} | kwargs)
+    return run_spec(dataset, entries, run_dir, **{"seeds": [1], "resamples": 20, "preset": "quick"} | kwargs)
 
 
 def test_a_run_writes_every_file_and_a_complete_summary(tiny_dataset, tmp_path):
@@ -101,7 +103,7 @@ def test_tuned_thresholds_are_chosen_on_validation_only(tiny_dataset, tmp_path):
 def test_non_finite_probabilities_fail_their_entry_with_its_name_and_the_others_finish(tiny_dataset, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(MostFrequent, "predict_proba", lambda self, samples: np.full((len(samples), tiny_dataset.n_medications), np.nan))
-        with pytest.raises(runner.IncompleteRunError, match=r"1 of 2 units failed.*\n  freq \(seed 1\): ModelOutputError: freq: predict_proba returned .* NaN"):
+        with pytest.raises(IncompleteRunError, match=r"1 of 2 units failed.*\n  freq \(seed 1\): ModelOutputError: freq: predict_proba returned .* NaN"):
             run(tiny_dataset, tmp_path / "r")
     folder = RunFolder(tmp_path / "r")
     assert folder.predictions_path("MLP h8", 1).exists() and not folder.predictions_path("freq", 1).exists()
@@ -159,8 +161,8 @@ class HistoryOnly(MostFrequent):
 
 def test_history_models_get_dashes_and_proposed_models_get_tests(tiny_dataset, tmp_path, monkeypatch):
     known = registry.get
-    monkeypatch.setattr(runner.registry, "get", lambda name: HistoryOnly if name == "hist" else known(name))
-    summary = run(tiny_dataset, tmp_path / "r", entries=[*ENTRIES, Entry("H", "hist")], proposed=["H"], teacher="freq")
+    monkeypatch.setattr(registry, "get", lambda name: HistoryOnly if name == "hist" else known(name))
+    summary = run(tiny_dataset, tmp_path / "r", entries=[*ENTRIES, Entry("H", "hist")], proposed=["H"], retention_of="freq")
     assert summary["models"]["H"]["overall"] is None and summary["models"]["H"]["single"] is None
     assert summary["models"]["H"]["multi"]["prauc"]["mean"] > 0
     assert set(summary["significance"]["H"]) == {"multi"}
@@ -195,11 +197,12 @@ def test_unknown_model_fails_before_training(tiny_dataset, tmp_path):
 @pytest.fixture
 def cli(tiny_dataset, monkeypatch):
     monkeypatch.setattr(cli_run, "dataset_from_options", lambda **kwargs: tiny_dataset)
+    monkeypatch.setattr(cli_run, "load_data", lambda *args: tiny_dataset)
     return CliRunner()
 
 
 def test_bench_run_prints_tables_resumes_and_feeds_bench_table(cli, tmp_path):
-    args = ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "30", "--results-dir", str(tmp_path)]
+    args = ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "30", "--results-dir", str(tmp_path), "--executor", "local"]
     first = cli.invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "Effectiveness" in first.output and "Multi-visit" in first.output and "freq" in first.output
@@ -232,11 +235,11 @@ def test_profiler_measures_saved_weights(tiny_dataset, tmp_path):
     """The measurement a fresh process runs, called in-process: spawning costs more than this test's budget."""
     run(tiny_dataset, tmp_path / "r")
     folder = RunFolder(tmp_path / "r")
-    mlp = measure_model(tiny_dataset, ENTRIES[1], str(folder.model_path("MLP h8", 1)), "last-visit", "cpu", 1, 3, True, True)
+    mlp = measure_model(tiny_dataset, ENTRIES[1], str(folder.model_path("MLP h8", 1)), ProfileSettings(repeats=3), 1)
     assert mlp["params_trainable"] == mlp["params_total"] == (18 * 8 + 8) + (8 * 8 + 8)
     assert mlp["latency_ms_per_patient"] > 0 and mlp["latency_ms_batch1"] > 0
     assert mlp["peak_memory_mb"] >= 0 and mlp["memory_kind"] == "rss above baseline"
-    freq = measure_model(tiny_dataset, ENTRIES[0], str(folder.model_path("freq", 1)), "last-visit", "cpu", 1, 3, False, True)
+    freq = measure_model(tiny_dataset, ENTRIES[0], str(folder.model_path("freq", 1)), ProfileSettings(repeats=3, latency=False), 1)
     assert (freq["params_trainable"], freq["params_total"]) == (0, tiny_dataset.n_medications) and "latency_ms_batch1" not in freq
     rows = [mlp, freq | {"latency_ms_per_patient": 2 * mlp["latency_ms_per_patient"]}]
     add_ratios(rows, "MLP h8")
@@ -247,14 +250,14 @@ def test_an_experiment_file_equals_its_flags_and_is_recorded(cli, tmp_path):
     experiment = tmp_path / "exp.toml"
     experiment.write_text('models = ["freq", "mlp"]\nseeds = [0, 1]\npreset = "quick"\nresamples = 30\n\n[overrides.mlp]\nepochs = 2\nhidden_dim = 8\n')
     results = tmp_path / "results"
-    from_file = cli.invoke(main, ["run", "--config", str(experiment), "--results-dir", str(results)])
+    from_file = cli.invoke(main, ["run", "--config", str(experiment), "--results-dir", str(results), "--executor", "local"])
     assert from_file.exit_code == 0, from_file.output
     (run_dir,) = results.iterdir()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["seeds"] == [0, 1] and config["entries"][1]["config"]["hidden_dim"] == 8
-    assert config["arguments"]["experiment_file"]["text"] == experiment.read_text()
+    assert config["experiment_file"]["text"] == experiment.read_text()
     flags = ["run", "--models", "freq,mlp", "--seeds", "0,1", "--preset", "quick", "--resamples", "30", "--set", "mlp.epochs=2", "--set", "mlp.hidden_dim=8"]
-    same = cli.invoke(main, [*flags, "--results-dir", str(results)])
+    same = cli.invoke(main, [*flags, "--results-dir", str(results), "--executor", "local"])
     assert same.exit_code == 0 and "reuse (run folder)" in same.output and list(results.iterdir()) == [run_dir]
     bad = tmp_path / "bad.toml"
     bad.write_text('modles = ["freq"]\n')
@@ -264,7 +267,7 @@ def test_an_experiment_file_equals_its_flags_and_is_recorded(cli, tmp_path):
 
 def test_a_shared_copy_holds_aggregates_only_and_still_makes_tables(cli, tmp_path):
     results = tmp_path / "results"
-    assert cli.invoke(main, ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "20", "--results-dir", str(results)]).exit_code == 0
+    assert cli.invoke(main, ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "20", "--results-dir", str(results), "--executor", "local"]).exit_code == 0
     (run_dir,) = results.iterdir()
     shared = tmp_path / "shared"
     result = cli.invoke(main, ["share", "--run", str(run_dir), "--out", str(shared)])
@@ -279,9 +282,12 @@ def test_a_shared_copy_holds_aggregates_only_and_still_makes_tables(cli, tmp_pat
 
 
 def test_a_run_on_credentialed_data_is_readable_by_its_owner_only(tiny_dataset, tmp_path):
-    credentialed = dataclasses.replace(tiny_dataset, name="mimic4")
+    credentialed = dataclasses.replace(tiny_dataset, meta={**tiny_dataset.meta, "credentialed": True})
     run(credentialed, tmp_path / "r", entries=ENTRIES[:1])
     assert (tmp_path / "r").stat().st_mode & 0o777 == 0o700
+    open_data = dataclasses.replace(tiny_dataset, meta={**tiny_dataset.meta, "credentialed": False})
+    run(open_data, tmp_path / "open", entries=ENTRIES[:1])
+    assert (tmp_path / "open").stat().st_mode & 0o777 != 0o700
 
 
 def test_deterministic_kernels_are_recorded_and_keyed(tiny_dataset, tmp_path):
@@ -294,6 +300,8 @@ def test_deterministic_kernels_are_recorded_and_keyed(tiny_dataset, tmp_path):
         torch.use_deterministic_algorithms(False)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["deterministic"] is True
+    record = json.loads(RunFolder(tmp_path / "r").metrics_path("MLP h8", 1).read_text())
+    assert record["fit_report"]["determinism"]["enabled"] and record["fit_report"]["determinism"]["cuda_raises"] == []
     assert summary["models"] == run(tiny_dataset, tmp_path / "r2", entries=ENTRIES[1:])["models"]  # CPU kernels were already deterministic
     with np.load(RunFolder(tmp_path / "r").predictions_path("MLP h8", 1)) as a, np.load(RunFolder(tmp_path / "r2").predictions_path("MLP h8", 1)) as b:
         assert str(a["entry_key"]) != str(b["entry_key"])
@@ -301,7 +309,7 @@ def test_deterministic_kernels_are_recorded_and_keyed(tiny_dataset, tmp_path):
 
 def test_profile_without_run_uses_the_latest_finished_run_on_the_same_data(cli, tiny_dataset, tmp_path):
     results = tmp_path / "results"
-    assert cli.invoke(main, ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "20", "--results-dir", str(results)]).exit_code == 0
+    assert cli.invoke(main, ["run", "--models", "freq,mlp", "--preset", "quick", "--resamples", "20", "--results-dir", str(results), "--executor", "local"]).exit_code == 0
     (run_dir,) = results.iterdir()
     assert cli_run.latest_run(results, tiny_dataset.fingerprint, ["freq", "mlp"], 0) == run_dir
     assert cli_run.latest_run(results, tiny_dataset.fingerprint, ["freq", "mlp"], 1) is None  # that seed was not trained

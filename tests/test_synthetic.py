@@ -13,7 +13,8 @@ from bench.metrics import per_sample_metrics
 from data_prep import synthetic
 from data_prep.code_names import icd9_diagnosis_names, icd9_procedure_names
 from data_prep.dataset import PreparedDataset
-from data_prep.synthetic import SyntheticOptions, cohort_model, generate, oracle_proba
+from data_prep.stats import realism_statistics
+from data_prep.synthetic import ICU_STAY, SyntheticOptions, cohort_model, generate, oracle_proba
 
 SMALL = SyntheticOptions(patients=200)
 
@@ -38,11 +39,18 @@ def test_saved_and_loaded_cohort_is_identical(cohort, tmp_path):
     assert PreparedDataset.load(cohort.save(tmp_path / "synth")).fingerprint == cohort.fingerprint
 
 
-def test_about_a_third_single_visit_and_at_most_ten_visits(cohort):
+def test_the_default_is_table_iii_size_and_mix_per_profile():
+    assert SyntheticOptions().patients == 908 + 5442 and SyntheticOptions().single_visit_fraction == pytest.approx(908 / 6350)
+    mimic4 = SyntheticOptions(profile="mimic4")
+    assert mimic4.patients == 2877 + 6029 and mimic4.single_visit_fraction == pytest.approx(2877 / 8906)
+    assert SyntheticOptions(profile="mimic4", patients=50, icu_share=0.5).icu_share == 0.5  # explicit values win
+
+
+def test_single_visit_share_visit_counts_and_split(cohort):
     counts = np.array([len(p.visits) for p in cohort.patients])
     assert len(counts) == 200
-    assert 0.22 < np.mean(counts == 1) < 0.45
-    assert counts.max() <= 10 and set(counts[counts > 1]) <= set(range(2, 11))
+    assert 0.06 < np.mean(counts == 1) < 0.25  # Table III's MIMIC-III: 908 of 6,350
+    assert counts.max() <= 20 and set(counts[counts > 1]) <= set(range(2, 21))
     assert Counter(cohort.split.values()) == {"train": 160, "val": 20, "test": 20}
 
 
@@ -57,9 +65,9 @@ def test_visits_have_increasing_mimic_style_admit_times(cohort):
 def test_visit_sizes_are_mimic_like_and_never_empty(cohort):
     visits = all_visits(cohort)
     assert all(v.diagnoses and v.procedures and v.medications and v.conditions for v in visits)
-    assert 8 <= np.mean([len(v.diagnoses) for v in visits]) <= 11
-    assert 2 <= np.mean([len(v.procedures) for v in visits]) <= 4
-    assert 7.5 <= np.mean([len(v.medications) for v in visits]) <= 12
+    assert 8.5 <= np.mean([len(v.diagnoses) for v in visits]) <= 13
+    assert 2.5 <= np.mean([len(v.procedures) for v in visits]) <= 5
+    assert 9.5 <= np.mean([len(v.medications) for v in visits]) <= 14
 
 
 def test_codes_are_real_icd9_and_atc_with_their_names(cohort):
@@ -97,31 +105,79 @@ def test_chronic_conditions_persist_and_their_drugs_recur(cohort):
 
 def test_rare_codes_get_the_drugs_of_their_common_siblings():
     dataset = generate(SyntheticOptions(patients=1000))
-    family = cohort_model().diagnosis_families[cohort_model().condition_index["congestive heart failure"]]
+    family = cohort_model().diagnosis_families[cohort_model().state_index["hypothyroidism"]]
     common, rare = family[0], set(family[3:])
-    diuretic = dataset.medications.index("C03C")
+    levothyroxine = dataset.medications.index("H03A")  # levothyroxine: given for hypothyroidism only
     code_of = dataset.diagnoses.codes
 
-    def diuretic_rate(codes: set[str]) -> float:
-        hits = [diuretic in v.medications for v in all_visits(dataset) if codes & {code_of[d] for d in v.diagnoses}]
+    def levothyroxine_rate(codes: set[str]) -> float:
+        hits = [levothyroxine in v.medications for v in all_visits(dataset) if codes & {code_of[d] for d in v.diagnoses}]
         return float(np.mean(hits))
 
     counts = Counter(code_of[d] for v in all_visits(dataset) for d in v.diagnoses)
-    assert counts[common] > 5 * max(counts[c] for c in rare)  # Zipf: the tail siblings are rare
-    assert abs(diuretic_rate({common}) - diuretic_rate(rare)) < 0.1
+    assert counts[common] > 3 * max(counts[c] for c in rare)  # Zipf: the tail siblings are rare
+    assert abs(levothyroxine_rate({common}) - levothyroxine_rate(rare)) < 0.1
 
 
-def test_planted_interactions_are_real_pairs_and_rarely_co_prescribed(cohort):
+def test_the_interaction_graph_is_the_published_twosides_graph_and_symmetric(cohort):
     adj = cohort.ddi_adj
     assert (adj == adj.T).all() and not adj.diagonal().any()
-    warfarin_class, nsaids = cohort.medications.index("B01A"), cohort.medications.index("M01A")
-    assert adj[warfarin_class, nsaids] == 1
+    header = synthetic._resource_text("ddi_class_pairs.csv").splitlines()[0]
+    assert header.startswith("#") and "MICRON" in header and "TWOSIDES" in synthetic._resource_text("ddi_class_pairs.csv")
+    pairs = {(r["atc3_a"], r["atc3_b"]) for r in synthetic._resource_rows("ddi_class_pairs.csv", ("atc3_a", "atc3_b"))}
+    codes = cohort.medications.codes
+    assert {tuple(sorted((codes[i], codes[j]))) for i, j in zip(*np.nonzero(np.triu(adj)))} == {p for p in pairs if set(p) <= set(codes)}
 
-    def interacting_pairs(dataset) -> int:
-        return sum(int(dataset.ddi_adj[np.ix_(v.medications, v.medications)].sum()) // 2 for v in all_visits(dataset))
 
-    unavoided = generate(SyntheticOptions(patients=200, ddi_avoidance=0.0))  # same dice before the avoidance step
-    assert interacting_pairs(cohort) < 0.5 * interacting_pairs(unavoided)
+@pytest.fixture(scope="module")
+def realism():
+    """The default profile at 1,500 patients: its persistence, interaction and per-visit figures do not depend on size."""
+    dataset = generate(SyntheticOptions(patients=1500))
+    return realism_statistics(dataset), dataset
+
+
+def test_the_default_cohort_lies_in_the_ranges_of_mimic(realism):
+    """Issue #20's ranges: the open MIMIC demos for persistence and interactions, Table III for the rest."""
+    stats, dataset = realism
+    visits = all_visits(dataset)
+    assert 0.6 <= stats["multi_visit_share"] <= 0.9
+    assert 2.0 <= len(visits) / len(dataset.patients) <= 3.0
+    assert 100 <= dataset.n_medications <= 140
+    assert 9.5 <= np.mean([len(v.medications) for v in visits]) <= 14
+    assert 8.5 <= np.mean([len(v.diagnoses) for v in visits]) <= 13
+    assert 2.5 <= np.mean([len(v.procedures) for v in visits]) <= 5
+    assert 0.55 <= stats["medications_in_previous_visit"] <= 0.75
+    assert 0.40 <= stats["consecutive_visit_jaccard"] <= 0.60
+    assert 0.06 <= stats["ddi_rate_ground_truth"] <= 0.10
+    assert 0.05 <= stats["ddi_density"] <= 0.10
+    assert dataset.n_diagnoses >= 1000  # already at 1,500 patients; the procedures' tail needs the default size for 500+
+    assert len(cohort_model().diagnosis_codes) >= 1000 and len(cohort_model().procedure_codes) >= 500
+
+
+def test_the_mimic4_profile_has_fewer_codes_per_visit_and_more_single_visit_patients(realism):
+    mimic4 = generate(SyntheticOptions(profile="mimic4", patients=1500))
+    visits, mimic3_visits = all_visits(mimic4), all_visits(realism[1])
+    assert 0.25 < np.mean([len(p.visits) == 1 for p in mimic4.patients]) < 0.40  # Table III: 2,877 of 8,906
+    for kind in ("diagnoses", "procedures", "medications"):
+        assert np.mean([len(getattr(v, kind)) for v in visits]) < np.mean([len(getattr(v, kind)) for v in mimic3_visits])
+    assert np.mean([ICU_STAY in v.conditions for v in visits]) < 0.6 <= np.mean([ICU_STAY in v.conditions for v in mimic3_visits])
+
+
+def test_regimens_persist_and_history_tells_what_the_current_codes_cannot(realism):
+    """A hypertensive patient's class (calcium-channel blocker, beta blocker, ACE inhibitor, ...) is the patient's
+    own choice: the diagnosis code is the same for all, the previous visit tells which."""
+    dataset = realism[1]
+    ccb = dataset.medications.index("C08C")
+    regimen = "essential hypertension: calcium-channel blocker"
+    kept, pairs, after_ccb, without = 0, 0, [], []
+    for patient in dataset.patients:
+        for earlier, later in zip(patient.visits, patient.visits[1:]):
+            if "essential hypertension" in earlier.conditions and "essential hypertension" in later.conditions:
+                pairs += 1
+                kept += (regimen in earlier.conditions) == (regimen in later.conditions)
+                (after_ccb if ccb in earlier.medications else without).append(ccb in later.medications)
+    assert kept / pairs > 0.8  # redrawn with probability regimen_switch_rate (0.15), often to the same class
+    assert np.mean(after_ccb) > 0.6 and np.mean(without) < 0.25
 
 
 def test_smiles_parse_and_every_medication_has_one_to_three(cohort):
@@ -186,7 +242,7 @@ def test_a_drug_without_smiles_is_named(monkeypatch):
         synthetic._class_smiles(cohort_model().medication_codes)
 
 
-@pytest.mark.parametrize("bad", [{"patients": 0}, {"max_visits": 1}, {"ddi_avoidance": 1.5}])
+@pytest.mark.parametrize("bad", [{"patients": 0}, {"max_visits": 1}, {"regimen_switch_rate": 1.5}, {"profile": "mimic5"}, {"tail_diagnoses_mean": -1.0}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(ValueError, match="synthetic cohort"):
         SyntheticOptions(**bad)

@@ -81,7 +81,8 @@ def test_only_lora_and_head_are_trainable(request, kind, lora_suffixes):
     teacher = request.getfixturevalue(f"{kind}_teacher")
     parameters = dict(teacher.network.named_parameters())
     trainable = {name for name, p in parameters.items() if p.requires_grad}
-    assert trainable == {name for name in parameters if ".lora_A." in name or ".lora_B." in name} | {"head.weight", "head.bias"}
+    head = {"head.weight", "head.bias"} if teacher.config.head_bias else {"head.weight"}  # eq. 1's head has no bias
+    assert trainable == {name for name in parameters if ".lora_A." in name or ".lora_B." in name} | head
     adapted = {name.split(".lora_")[0] for name in trainable if ".lora_" in name}
     assert all(any(module.endswith(suffix) for module in adapted) for suffix in lora_suffixes)
     assert len(adapted) == 2 * {"encoder": 6, "decoder": 7}[kind]  # 2 layers x each adapted projection
@@ -91,7 +92,7 @@ def test_only_lora_and_head_are_trainable(request, kind, lora_suffixes):
 def test_head_bias_starts_at_training_log_odds_and_the_paper_head_has_none(tiny_dataset, tiny_paths):
     train = tiny_dataset.samples("train")
     targets = target_tensor(train, tiny_dataset.n_medications)
-    teacher = LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tiny_paths["encoder"]), **TINY))
+    teacher = LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tiny_paths["encoder"]), head_bias=True, **TINY))
     teacher._build()
     teacher.network.set_base_rates(targets)
     with torch.no_grad():
@@ -101,16 +102,16 @@ def test_head_bias_starts_at_training_log_odds_and_the_paper_head_has_none(tiny_
     np.testing.assert_allclose(proba, np.tile(expected.numpy(), (len(proba), 1)), rtol=1e-5)
     assert np.argsort(-proba[0], kind="stable").tolist() == np.argsort(-targets.mean(0).numpy(), kind="stable").tolist()
 
-    paper = LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tiny_paths["encoder"]), head_bias=False, **TINY))
+    paper = LeaderTeacher(tiny_dataset, TeacherConfig(teacher_path=str(tiny_paths["encoder"]), **TINY))
     paper._build()
-    assert paper.network.head.bias is None
+    assert paper.network.head.bias is None and TeacherConfig.preset("quick").head_bias
 
 
 def test_head_learns_at_its_own_rate(tiny_dataset, tiny_paths, monkeypatch):
     groups = []
     adamw = torch.optim.AdamW
     monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: groups.extend(dict(g) for g in params) or adamw(params, **kw))
-    teacher = fitted(tiny_dataset, tiny_paths["encoder"], seed=5, lr=1e-3, head_lr_multiplier=10.0)
+    teacher = fitted(tiny_dataset, tiny_paths["encoder"], seed=5, lr=1e-3, head_lr_multiplier=10.0, head_bias=True)
     lora, head = groups
     assert lora["lr"] == 1e-3 and head["lr"] == 1e-2
     assert {id(p) for p in head["params"]} == {id(teacher.network.head.weight), id(teacher.network.head.bias)}

@@ -1,13 +1,13 @@
-"""``bench data prepare | info | export | aux``, and the dataset options every dataset-reading command shares.
+"""``bench data prepare | info | export | aux``: prepare, describe and export datasets of any registered source.
 
-``dataset_options`` + ``dataset_from_options`` are the one way a command (``bench run`` included)
-picks a dataset, so every command accepts the same flags and hits the same cache entries. Bad input
-(:class:`data_prep.tables.DataError`) becomes a one-line message and a non-zero exit.
+The dataset flags (:func:`bench.cli.options.dataset_options`) come from the registered sources, as
+every command that reads a dataset takes them, so every command accepts the same flags and hits the
+same cache entries. Bad input (:class:`data_prep.tables.DataError`) becomes a one-line message and a
+non-zero exit.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -16,91 +16,21 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cli import main
-from bench.metrics import ddi_rate_of_sets
-from data_prep.dataset import PreparedDataset
-from data_prep.prepare import DATASETS, cache_entry, load_dataset
-from data_prep.stats import dataset_statistics
+from bench.cli.options import dataset_flags, dataset_from_options, dataset_options
+from data_prep import sources
+from data_prep.prepare import cache_entry
+from data_prep.stats import REALISM_KEYS, dataset_statistics
 from data_prep.tables import DataError
 
-# MIMIC pipeline flags -> MimicOptions fields (only flags the user gives are passed on).
-MEDS_PREFIX_KINDS = ("admission", "discharge", "diagnosis", "procedure", "ndc", "atc", "gender")
-MIMIC_FLAGS = ("prescription_window", "first_hours", "ndc_fallback", "top_diagnoses", "top_procedures", "top_medications", "min_visits", "ddi_source", "ddi_side_effects")
+EXPORTS = ("safedrug", *(s.name for s in sources.sources() if s.export is not None))
 
 
-def dataset_options(command):
-    """Add --dataset, --root, --aux, --patients, --split-seed, --cache-dir, --refresh and MIMIC options."""
-    flags = [
-        click.option("--dataset", type=click.Choice(DATASETS), default="synth", show_default=True, help="Data source."),
-        click.option("--root", type=click.Path(path_type=Path), help="MIMIC folder (MIMIC-IV: the folder holding hosp/) or MEDS dataset folder."),
-        click.option("--aux", type=click.Path(path_type=Path), help="Folder of auxiliary mapping files (ndc2RXCUI.txt, ...)."),
-        click.option("--patients", type=click.IntRange(min=1), help="Synthetic cohort size (synth only)."),
-        click.option("--split-seed", type=int, help="Seed of the patient-level 8:1:1 split."),
-        click.option("--cache-dir", type=click.Path(path_type=Path), help="Prepared-dataset cache (default: the user cache)."),
-        click.option("--refresh", is_flag=True, help="Prepare again even when the cache holds the dataset."),
-        click.option(
-            "--prescription-window",
-            type=click.Choice(["first-hours", "first-start-date", "all"]),
-            help="MIMIC/MEDS: which prescriptions count [first-hours: start < admit + --first-hours, the LEADER paper's sentence; "
-            "first-start-date: each stay's earliest start date, the GAMENet/SafeDrug scripts; all: LEADER's released preprocessing].",
-        ),
-        click.option("--first-hours", type=float, help="MIMIC/MEDS: the first-hours window, in hours [24]."),
-        click.option(
-            "--meds-prefix",
-            "meds_prefixes",
-            multiple=True,
-            metavar="KIND=PREFIX",
-            help="MEDS: the code prefix of one event kind (admission, discharge, diagnosis, procedure, ndc, atc, gender; "
-            "defaults: the MIMIC-IV MEDS ETL's codes), e.g. --meds-prefix ndc=MEDICATION//NDC//.",
-        ),
-        click.option("--ndc-fallback/--no-ndc-fallback", default=None, help="MIMIC: map NDCs missing from ndc2RXCUI via ndc2atc_level4's NDC column [on]."),
-        click.option("--top-diagnoses", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent diagnoses [2000]."),
-        click.option("--top-procedures", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent procedures [1000]."),
-        click.option("--top-medications", type=click.IntRange(min=1), help="MIMIC: keep the k most frequent medications [300]."),
-        click.option("--min-visits", type=click.IntRange(min=1), help="MIMIC: drop patients with fewer visits [1]."),
-        click.option("--ddi-source", type=click.Choice(["auto", "twosides", "pairs"]), help="MIMIC: DDI graph source [auto]."),
-        click.option(
-            "--ddi-side-effects",
-            type=click.Choice(["most-frequent", "least-frequent"]),
-            help="MIMIC, TWOSIDES: which 40 side effects define the DDI graph [most-frequent; least-frequent reproduces GAMENet].",
-        ),
-    ]
-    return functools.reduce(lambda wrapped, flag: flag(wrapped), reversed(flags), command)
-
-
-def dataset_from_options(
-    *, dataset: str, root=None, aux=None, patients=None, split_seed=None, cache_dir=None, refresh=False, **pipeline
-) -> PreparedDataset:
-    """Load the dataset the ``dataset_options`` flags describe, with a status line; one-line errors."""
-    options = {key: value for key, value in pipeline.items() if key in MIMIC_FLAGS and value is not None}
-    for item in pipeline.get("meds_prefixes") or ():
-        if dataset != "meds":
-            raise click.UsageError("--meds-prefix applies to --dataset meds only")
-        kind, sep, prefix = item.partition("=")
-        if not sep or kind not in MEDS_PREFIX_KINDS:
-            raise click.UsageError(f"--meds-prefix {item!r}: expected KIND=PREFIX with KIND one of {', '.join(MEDS_PREFIX_KINDS)}")
-        options[f"{kind}_prefix"] = prefix
-    if options and dataset == "synth":
-        raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in options)} apply to MIMIC and MEDS datasets only")
-    if patients is not None:
-        if dataset != "synth":
-            raise click.UsageError("--patients applies to --dataset synth only")
-        options["patients"] = patients
-    if split_seed is not None:
-        options["split_seed"] = split_seed
-    console = Console(stderr=True)
-    try:
-        with console.status(f"{dataset}: starting") as status:
-            return load_dataset(
-                dataset,
-                root=root,
-                aux=aux,
-                cache_dir=cache_dir,
-                refresh=refresh,
-                options=options,
-                status=lambda message: status.update(f"{dataset}: {message}"),
-            )
-    except DataError as exc:
-        raise click.ClickException(str(exc)) from None
+def sources_epilog() -> str:
+    """Each registered source and its flags, for the data commands' help."""
+    return "\b\nSources (--dataset) and their options:\n" + "\n".join(
+        f"  {s.name}: {s.summary}; " + ", ".join([*(f"--{p}" for p in s.paths), *(f"--{f.param.replace('_', '-')}" for f in dataset_flags() if s.name in f.sources)])
+        for s in sources.sources()
+    )
 
 
 @main.group()
@@ -108,7 +38,7 @@ def data() -> None:
     """Prepare, describe and export datasets."""
 
 
-@data.command()
+@data.command(epilog=sources_epilog())
 @dataset_options
 def prepare(**kwargs) -> None:
     """Prepare a dataset (or find it in the cache) and say where it is."""
@@ -116,18 +46,18 @@ def prepare(**kwargs) -> None:
     stats = dataset_statistics(dataset)
     click.echo(
         f"{dataset.name}: {stats['patients']} patients ({stats['patients_multi_visit']} multi-visit), "
-        f"{stats['visits']} visits -> {cache_entry(dataset, kwargs['cache_dir'])}"
+        f"{stats['visits']} visits -> {cache_entry(dataset.name, dataset.meta['cache_key'], kwargs['cache_dir'])}"
     )
 
 
-@data.command()
+@data.command(epilog=sources_epilog())
 @dataset_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def info(as_json: bool, **kwargs) -> None:
-    """The statistics of the LEADER paper's Table III, the ground-truth DDI rate and mapping coverage."""
+    """The statistics of the LEADER paper's Table III, the realism figures (medication persistence, ground-truth
+    DDI rate, DDI density) and mapping coverage."""
     dataset = dataset_from_options(**kwargs)
     stats = dataset_statistics(dataset)
-    stats["ddi_rate_ground_truth"] = ddi_rate_of_sets([v.medications for p in dataset.patients for v in p.visits], dataset.ddi_adj)
     if as_json:
         click.echo(json.dumps(stats, indent=1))
         return
@@ -136,10 +66,16 @@ def info(as_json: bool, **kwargs) -> None:
     table.add_column("item")
     table.add_column("value", justify="right")
     for key, value in stats.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) and key not in REALISM_KEYS:
             table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
     table.add_row("split (train / val / test)", " / ".join(str(n) for n in stats["split"].values()))
     console.print(table)
+    realism = Table(title=f"{dataset.name}: realism (over {stats['visit_pairs']} visits with an earlier visit)")
+    realism.add_column("item")
+    realism.add_column("value", justify="right")
+    for key in REALISM_KEYS:
+        realism.add_row(key.replace("_", " "), f"{stats[key]:.4f}")
+    console.print(realism)
     _print_source_tables(console, stats)
     coverage = stats.get("mapping_coverage")
     if coverage:
@@ -184,30 +120,24 @@ def _share(part: int, whole: int) -> str:
     return f"{part} ({100 * part / max(whole, 1):.1f}%)"
 
 
-@data.command()
+@data.command(epilog=sources_epilog())
 @dataset_options
-@click.option("--format", "export_format", type=click.Choice(["safedrug", "mimic4", "mimic3", "meds"]), default="safedrug", show_default=True)
+@click.option("--format", "export_format", type=click.Choice(EXPORTS), default="safedrug", show_default=True,
+              help="safedrug: SafeDrug's dill pickles; a source's name: its own layout (preparing the export gives the dataset back).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the files into.")
-@click.option("--ndc-aux", type=click.Path(path_type=Path), help="mimic4/mimic3/meds: aux folder to take real NDCs from (default: --aux, else made-up NDCs).")
-@click.option("--rows-per-medication", type=click.FloatRange(min=1), default=2.0, show_default=True, help="mimic4/mimic3: mean prescription rows per visit and class.")
-def export(export_format: str, out: Path, ndc_aux: Path | None, rows_per_medication: float, **kwargs) -> None:
-    """Write the dataset in a reference code base's layout (SafeDrug's dill pickles), as MIMIC-IV or
-    MIMIC-III tables, or as a MEDS dataset; the last three come with the aux folder that maps them back."""
+@click.option("--ndc-aux", type=click.Path(path_type=Path), help="Source layouts: aux folder to take real NDCs from (default: --aux, else made-up NDCs).")
+@click.option("--rows-per-medication", type=click.FloatRange(min=1), help="Source layouts: mean prescription rows per visit and class [MIMIC tables 2, MEDS 1].")
+def export(export_format: str, out: Path, ndc_aux: Path | None, rows_per_medication: float | None, **kwargs) -> None:
+    """Write the dataset in a reference code base's layout (SafeDrug's dill pickles) or in a source's own
+    layout (MIMIC-IV or MIMIC-III tables, a MEDS dataset) with the aux folder that maps it back."""
     dataset = dataset_from_options(**kwargs)
-    ndc_source = ndc_aux or kwargs.get("aux")
     try:
         if export_format == "safedrug":
             from data_prep.export import export_safedrug
 
             written = export_safedrug(dataset, out)
-        elif export_format == "meds":
-            from data_prep.meds import export_meds
-
-            written = export_meds(dataset, out, aux=ndc_source)
         else:
-            from data_prep.export_tables import TableExportOptions, export_tables
-
-            written = export_tables(dataset, out, export_format, aux=ndc_source, options=TableExportOptions(rows_per_medication=rows_per_medication))
+            written = sources.get(export_format).export(dataset, out, aux=ndc_aux or kwargs.get("aux"), rows_per_medication=rows_per_medication)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {len(written)} files to {out}: {', '.join(str(p.relative_to(out)) for p in written)}")

@@ -2,9 +2,9 @@
 
 A model family (:class:`bench.contract.ModelFamily`, registered in the ``medrec_bench.families``
 entry-point group) declares its ablation variants, alternatives, sweepable options and teacher; this
-module knows no family by name. Both commands are lists of :class:`bench.runner.Entry` run by
-:func:`bench.runner.run_entries`, so every variant sees the same split, the same resamples and the same
-teacher, and its results are stored like any ``bench run``. Nothing is chosen on test: the sweep picks
+module knows no family by name. Both commands build a :class:`bench.spec.RunSpec` whose entries are
+the variants and run it like ``bench run`` (:func:`bench.cli.run.execute_spec`), so every variant sees
+the same split, the same resamples and the same teacher, and its results are stored like any run. Nothing is chosen on test: the sweep picks
 its value by validation PRAUC and plots validation beside test; the ablation table gives validation
 PRAUC beside the test columns.
 """
@@ -21,14 +21,13 @@ from rich.table import Table
 
 from bench import registry, tables
 from bench.cli import main
-from bench.cli.data import dataset_from_options, dataset_options
-from bench.cli.run import _console, evaluation_arguments, evaluation_options, executor_config, executor_options, parse_settings
-from bench.contract import PRESETS, ModelFamily
-from bench.executors import ExecutorConfig
-from bench.results import RunFolder, run_id_for, write_json
+from bench.cli.options import dataset_options, evaluation_options, executor_options, parse_settings, preset_option, run_spec
+from bench.cli.run import execute_spec
+from bench.contract import ModelFamily
+from bench.results import RunFolder, write_json
+from bench.spec import Entry
+from data_prep.atomic import write_atomic
 from data_prep.cache import stable_hash
-from data_prep.tables import write_atomic
-from bench.runner import Entry, IncompleteRunError, run_entries
 from data_prep.protocol import GROUPS
 
 
@@ -52,42 +51,18 @@ def run_options(command):
     for option in reversed(
         [  # each item decorates the command (evaluation_options adds several options)
             click.argument("family", callback=_family),
-            click.option("--preset", type=click.Choice(PRESETS), default="paper", show_default=True),
+            preset_option(),
             evaluation_options,
             click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="An option of the family's model for every entry (JSON values), e.g. batch_size=16 or teacher_overrides='{\"teacher_path\": \"...\"}'."),
             click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True),
             click.option("--run-id", help="Run folder name (default: derived from the arguments, so a rerun resumes)."),
             click.option("--device", default="cpu", show_default=True),
+            click.option("--deterministic", is_flag=True, help="torch's deterministic algorithms, as bench run's."),
             executor_options,
         ]
     ):
         command = option(command)
     return dataset_options(command)
-
-
-def execute(entries: list[Entry], proposed: list[str], arguments: dict, dataset_kwargs: dict, where: ExecutorConfig, full_model: str | None = None) -> tuple[dict, Path]:
-    """Load the dataset, run the entries into their folder, return the summary and the folder."""
-    dataset = dataset_from_options(**dataset_kwargs)
-    run_dir = arguments["results_dir"] / (arguments["run_id"] or run_id_for(dataset.name, {**arguments, **dataset_kwargs}))
-    console = Console(stderr=True)
-    try:
-        summary = run_entries(
-            dataset,
-            entries,
-            run_dir,
-            preset=arguments["preset"],
-            **evaluation_arguments(arguments),
-            proposed=proposed,
-            full_model=full_model,
-            device=arguments["device"],
-            threads=arguments["threads"],
-            arguments={**arguments, **dataset_kwargs},
-            console=console,
-            executor=where,
-        )
-    except (ValueError, IncompleteRunError) as error:
-        raise click.ClickException(str(error)) from None
-    return summary, run_dir
 
 
 def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Table:
@@ -117,27 +92,25 @@ def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Tab
 @click.option("--drop", "drops", multiple=True, help="An ablation the family declares (repeatable; an unknown one lists them), e.g. LEADER's kd, feature-kd, align, shared-visit; default: all unless --compare is given.")
 @click.option("--compare", default="", help="Alternatives the family declares, comma-separated (LEADER: temperature-kd, projector-kd).")
 @click.option("--with-teacher", is_flag=True, help="Add the family's teacher as an entry, so the summary holds each student's retention of it.")
-def ablate(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
-           executor, jobs, threads, ray_address, gpus_per_task, drops, compare, with_teacher, **dataset_kwargs) -> None:
+def ablate(family: ModelFamily, drops, compare, with_teacher, **values) -> None:
     """Run a family's full model and its ablated variants on the same splits and resamples."""
     drops = parse_list(",".join(drops), family.ablations, "--drop")
     alternatives = parse_list(compare, family.alternatives, "--compare")
     drops = drops or ([] if alternatives else list(family.ablations))
     if with_teacher and family.teacher is None:
         raise click.UsageError(f"family {family.name!r} has no teacher")
-    common = parse_settings(settings)
+    common = parse_settings(values["settings"])
     try:
-        entries = ablation_entries(family, drops, alternatives, common, with_teacher, preset)
+        entries = ablation_entries(family, drops, alternatives, common, with_teacher, values["preset"])
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from None
-    proposed = [family.label] + [e.label for e in entries if e.model == family.teacher]
-    arguments = dict(command="ablate", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
-                     unpaired=unpaired, holm=holm, decision=decision, settings=common,
-                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, drops=drops, compare=alternatives, with_teacher=with_teacher)
-    summary, run_dir = execute(entries, proposed, arguments, dataset_kwargs, executor_config(locals()), full_model=family.label)
+    proposed = (family.label, *(e.label for e in entries if e.model == family.teacher))
+    spec = run_spec(values, entries, proposed=proposed, full_model=family.label,
+                    command={"command": "ablate", "family": family.name, "drops": drops, "compare": alternatives, "with_teacher": with_teacher})
+    summary, run_dir = execute_spec(spec, values, Console(stderr=True))
     Console().print(prauc_table(summary, f"{family.label} ablation ({run_dir})", family.label))
-    if summary.get("retention_intervals"):  # PRAUC here; bench table --table retention has Jaccard and F1 too
-        _console().print(tables.rich_retention(summary, ("prauc",)))
+    if summary.get("retention_intervals"):  # the ablation layout's PRAUC; bench table --table retention has Jaccard and F1 too
+        Console().print(tables.rich_retention(summary, tables.table_metrics("ablation")))
 
 
 def _merged(common: dict, overrides: dict) -> dict:
@@ -152,16 +125,14 @@ def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Se
                      preset: str = "paper") -> list[Entry]:
     """The full model first, then each variant: the common settings with the variant's change on top.
 
-    ``with_teacher`` puts the teacher entries first: one per distinct teacher the students distil from when
-    the family's model says which (``teacher_entries(config)``, LEADER's several teachers), else one."""
+    ``with_teacher`` puts the teacher entries first: one per distinct teacher the students distil from
+    (the model's ``teacher_entries(config)``, LEADER's several teachers), else the family's teacher."""
     students = [Entry(family.label, family.model, dict(common))]
     for variant in [family.ablations[d] for d in drops] + [family.alternatives[a] for a in alternatives]:
         students.append(Entry(variant.label, family.model, _merged(common, variant.overrides)))
     if not with_teacher:
         return students
     model_class = registry.get(family.model)
-    if not hasattr(model_class, "teacher_entries"):
-        return [Entry(family.teacher_label, family.teacher, dict(common.get("teacher_overrides", {}))), *students]
     base, teacher_config = common.get("teacher_overrides", {}), registry.get(family.teacher).config_class
     teachers: dict[str, Entry] = {}  # one entry per distinct teacher configuration, the first label seen
     for student in students:
@@ -170,29 +141,26 @@ def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Se
             extras = [f"{k}={v}" for k, v in sorted(options.items()) if k != "teacher_path" and base.get(k) != v]
             label = " ".join([family.teacher_label, *([name] if name else []), *extras])
             teachers.setdefault(identity, Entry(label, family.teacher, options))
-    return [*teachers.values(), *students]
+    return [*(teachers.values() or [Entry(family.teacher_label, family.teacher, dict(base))]), *students]
 
 
 @main.command()
 @run_options
 @click.option("--param", required=True, help="An option the family declares sweepable (LEADER: alpha, the KD weight; beta, the alignment weight).")
 @click.option("--values", "raw_values", required=True, help="Comma-separated values, e.g. 0.1,0.2,0.4,0.8.")
-def sweep(family: ModelFamily, preset, seeds, protocol, stats, resamples, unpaired, holm, decision, settings, results_dir, run_id, device,
-          executor, jobs, threads, ray_address, gpus_per_task, param, raw_values, **dataset_kwargs) -> None:
+def sweep(family: ModelFamily, param, raw_values, **values) -> None:
     """Train the family's model once per value of one option; choose the value on validation; plot validation and test PRAUC."""
     if len(parse_list(param, family.sweepable, "--param")) != 1:
         raise click.BadParameter("sweep one option at a time", param_hint="--param")
-    values = [_number(v, raw_values) for v in parse_list(raw_values, None, "--values")]
-    if not values:
+    swept = [_number(v, raw_values) for v in parse_list(raw_values, None, "--values")]
+    if not swept:
         raise click.BadParameter("give at least one value", param_hint="--values")
-    common = parse_settings(settings)
-    entries = [Entry(f"{param}={value:g}", family.model, {**common, param: value}) for value in values]
-    arguments = dict(command="sweep", family=family.name, preset=preset, seeds=seeds, protocol=protocol, stats=stats, resamples=resamples,
-                     unpaired=unpaired, holm=holm, decision=decision, settings=common,
-                     results_dir=results_dir, run_id=run_id, device=device, threads=threads, param=param, values=values)
-    summary, run_dir = execute(entries, [], arguments, dataset_kwargs, executor_config(locals()))
+    common = parse_settings(values["settings"])
+    entries = [Entry(f"{param}={value:g}", family.model, {**common, param: value}) for value in swept]
+    spec = run_spec(values, entries, proposed=(), command={"command": "sweep", "family": family.name, "param": param, "values": swept})
+    summary, run_dir = execute_spec(spec, values, Console(stderr=True))
     labels = [e.label for e in entries]
-    written = write_sweep(summary, family.label, param, values, labels, RunFolder(run_dir).root)
+    written = write_sweep(summary, family.label, param, swept, labels, RunFolder(run_dir).root)
     Console().print(prauc_table(summary, f"{family.label}: sweep of {param} ({run_dir})"))
     best = choose_on_validation(summary, labels)
     Console().print(f"chosen on validation PRAUC: {best} (test PRAUC {summary['models'][best]['overall']['prauc']['mean']:.4f}, reported, not used to choose)")

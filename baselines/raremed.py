@@ -1,0 +1,255 @@
+"""RAREMed: a pre-trained single-visit encoder for rare-disease patients (Zhao et al., SIGIR 2024).
+
+Paper: Z. Zhao, Y. Jing, F. Feng, J. Wu, C. Gao, X. He, "Leave No Patient Behind: Enhancing Medication
+Recommendation for Rare Disease Patients", SIGIR 2024 (doi 10.1145/3626772.3657785, arXiv 2403.17745).
+Reference code: github.com/zzhUSTC2016/RAREMed at 4694592 (``src/models/RAREMed.py``,
+``src/main_RAREMed.py``); line numbers below are of that commit.
+
+Only the current visit is read, so every patient is served, single-visit ones included. Tokens
+``[CLS] dx_1..dx_n [SEP] px_1..px_m``: code embeddings (separate diagnosis and procedure tables, one table
+for [CLS]/[SEP]), plus a segment embedding (0 up to and including [SEP], 1 for procedures), plus a learned
+"relevance" embedding of the token's position within its half (one table per half). A post-LN transformer
+encoder (``nn.TransformerEncoder``: ReLU, dropout 0.3); the [CLS] output is the visit vector. Heads: the
+medications (fine-tuning), the visit's own diagnoses and procedures ("self reconstruction", SR) and
+whether the two halves come from the same visit ("sequence matching", SMP).
+
+Pre-training (declared: ``Capabilities.pretrains_on_training_visits``; fit report ``pretraining``) on every
+visit of the training records (unlabelled: diagnoses and procedures only), first SMP then SR, each for a
+fixed number of epochs, keeping the last weights (as the reference: it logs validation
+figures but saves the final model, ``main.py`` 501, 531). SMP pairs each visit with a negative that swaps
+one half (either, with probability 1/2) with that of another training visit whose procedures differ. SR is
+BCE against the visit's codes; the reference's default ``--mask_prob 0`` (line 36) masks nothing. No
+validation or test record is read before fine-tuning; the pre-training reports' scores are minus the
+training loss. Fine-tuning: ``0.995 BCE + 0.005 margin + 0.1 * DDI`` with ``DDI = 0.0005 * sum_ij p_i p_j
+A_ij`` (``main.py`` 411, ``RAREMed.py`` 205). One AdamW optimiser for all stages, its moments carried over
+(``main.py`` 375).
+
+``--preset paper`` is ``main.py``'s configuration for ``python main_RAREMed.py -nsp -mask`` (the README's
+command): dim 512 (line 38), 3 layers (39), 4 heads (40), feed-forward 2048 (PyTorch's default, 68-71),
+dropout 0.3 (45), AdamW lr 1e-5 (44) and weight decay 0.1 (46), one visit per optimizer step (41), 20
+epochs of each pre-training task (35), at most 60 fine-tuning epochs (397), stopped after 11 epochs
+without a better validation score (``epoch - best_epoch > 10`` with ``--early_stop 10``, 26 and 442),
+margin weight 0.005 (48), DDI weight 0.1 (49), threshold 0.5 (109). ``--preset harness``: batches of 32
+and lr 5e-4 (below), fine-tuning stopped by the harness's validation patience 10 on PRAUC. ``--preset
+quick``: dim 128, 2 layers, feed-forward 512, 5 pre-training epochs of each task, patience 5.
+
+Deliberate differences from the published code:
+
+- Relevance embedding: indexed by the token's position within its half, as the paper describes and
+  DREAM fixed it. The reference indexes ``x.size(1)`` of its ``(L, 1, d)`` input, the batch axis of size 1
+  (``RAREMed.py`` 21), so every token gets position 0: a learned constant per half.
+  ``relevance="published"`` restores that. The harness's code sets are in vocabulary order, not in the
+  order of MIMIC's ``SEQ_NUM`` (which the reference's tables keep), so here a position is a code's rank
+  within its visit's sorted set, not its clinical priority.
+- SMP loss: binary cross-entropy of each pair. The reference applies ``F.cross_entropy`` to the 1-d
+  vector of sigmoid outputs (``main.py`` 518), a softmax across the batch's pairs.
+  ``matching_loss="published"`` restores it.
+- SMP negatives come from the training visits only. The reference draws them from the training and
+  validation visits (``data_pretrain``, lines 337, 341, 380), so validation inputs enter pre-training.
+- Test set: the harness's. The first releases (``20a5008``, v1.0 ``78b70aa``) set ``data_test = data[:10000]``
+  (line 339 there), which includes the training patients; removed in ``710a3e4``. Not portable, not kept.
+- Margin loss per sample, averaged: the reference's ``loss_multi.sum()`` keeps the last visit of a batch
+  only (``main.py`` 559; the same at its batch size 1). Its reconstruction head has two outputs more (the
+  ``[MASK]`` tokens, never a target); they are not built.
+- Fine-tuning stops by validation PRAUC as every model here; the reference stops on validation Jaccard.
+  Training batches are shuffled every epoch; the reference walks its visits in file order.
+- ``--preset harness``/``quick``: batches of 32 visits at AdamW lr 5e-4 (the policy of every baseline
+  here: the reference's 1e-5 is for one visit per step, and batches take 32 times fewer steps); not tuned
+  further. On the synthetic cohort (2,000 patients, quick, seed 0) fine-tuning peaks at validation PRAUC
+  0.652 at epoch 30 of 35 (stopped by patience) after 5 + 5 pre-training epochs (SMP loss 0.70 -> 0.60,
+  SR loss -> 0.15). Padded batches with key-padding masks; the reference encodes one visit at a time. The
+  weight decay stays 0.1.
+- Dead code is not built (the unused ``patient_seperate`` encoder, adapters, ``PositionalEncoding``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.contract import Capabilities, ModelConfig, seed_everything, visits_record
+from bench.training import Schedule, TorchModel, pad_sequences, run_training, staged_report, target_tensor, train_network
+from baselines.layers import ddi_loss, margin_loss
+from data_prep.code_sets import multi_hot
+from data_prep.dataset import Sample, Visit
+from data_prep.protocol import record_visits
+
+REFERENCE_DDI_LOSS_SCALE = 0.0005  # RAREMed.py 205
+MAX_POSITIONS = 1000  # the reference's LearnablePositionalEncoding max_len
+RELEVANCE = ("position", "published")
+MATCHING_LOSSES = ("bce", "published")
+CLS, SEP = 0, 1
+
+
+class RAREMedNetwork(nn.Module):
+    def __init__(self, n_diagnoses: int, n_procedures: int, n_medications: int, config: "RAREMed.Config"):
+        super().__init__()
+        dim = config.dim
+        self.diagnoses = nn.Embedding(n_diagnoses, dim)
+        self.procedures = nn.Embedding(n_procedures, dim)
+        self.special = nn.Embedding(2, dim)  # [CLS], [SEP]
+        self.segment = nn.Embedding(2, dim)
+        self.diagnosis_relevance = nn.Embedding(MAX_POSITIONS, dim)
+        self.procedure_relevance = nn.Embedding(MAX_POSITIONS, dim)
+        for table in (self.diagnoses, self.procedures, self.special, self.segment, self.diagnosis_relevance, self.procedure_relevance):
+            nn.init.uniform_(table.weight, -0.1, 0.1)
+        layer = nn.TransformerEncoderLayer(dim, config.heads, config.ffn_dim, config.dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.medications = nn.Linear(dim, n_medications)
+        self.reconstruction = nn.Linear(dim, n_diagnoses + n_procedures)
+        self.matching = nn.Linear(dim, 1)
+        self.positions = config.relevance == "position"
+
+    def half(self, special: int, table: nn.Embedding, relevance: nn.Embedding, codes: torch.Tensor, segment: int) -> torch.Tensor:
+        """[special] + one half's codes [B, L] -> [B, 1 + L, d]: embeddings, segment (the special token's is 0)
+        and relevance embeddings."""
+        n, length = codes.shape
+        x = torch.cat([self.special.weight[special].expand(n, 1, -1), table(codes)], dim=1)
+        positions = torch.arange(1 + length, device=codes.device)
+        segments = torch.full_like(positions, segment).index_fill(0, positions[:1], 0)
+        return x + relevance(positions if self.positions else torch.zeros_like(positions)) + self.segment(segments)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """[B, d]: the [CLS] output of each visit."""
+        x = torch.cat([self.half(CLS, self.diagnoses, self.diagnosis_relevance, batch["diagnoses"], 0),
+                       self.half(SEP, self.procedures, self.procedure_relevance, batch["procedures"], 1)], dim=1)
+        ones = torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
+        real = torch.cat([ones, batch["diagnosis_mask"], ones, batch["procedure_mask"]], dim=1)
+        return self.encoder(x, src_key_padding_mask=~real)[:, 0]
+
+
+class RAREMed(TorchModel):
+    name = "raremed"
+    # the current visit only; pre-training (SMP, SR) on every visit of the training patients, declared per config
+    capabilities = Capabilities(pretrains_on_training_visits=True)
+
+    @dataclass
+    class Config(ModelConfig):
+        epochs: int = 60
+        patience: int = 11  # epoch - best_epoch > 10 stops the reference
+        batch_size: int = 1
+        lr: float = 1e-5
+        weight_decay: float = 0.1
+        pretrain_epochs: int = 20  # of each task, SMP then SR; 0: no pre-training
+        dim: int = 512
+        layers: int = 3
+        heads: int = 4
+        ffn_dim: int = 2048
+        dropout: float = 0.3
+        margin_weight: float = 0.005
+        ddi_weight: float = 0.1  # on 0.0005 * sum_ij p_i p_j A_ij
+        relevance: str = "position"  # "published": every token at position 0 (module docstring)
+        matching_loss: str = "bce"  # "published": cross-entropy across the batch's pairs
+
+        HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 5e-4}
+        QUICK: ClassVar[dict] = {"dim": 128, "layers": 2, "ffn_dim": 512, "pretrain_epochs": 5, "patience": 5}
+
+        def __post_init__(self) -> None:
+            if self.relevance not in RELEVANCE:
+                raise ValueError(f"raremed relevance must be one of {RELEVANCE}, got {self.relevance!r}")
+            if self.matching_loss not in MATCHING_LOSSES:
+                raise ValueError(f"raremed matching_loss must be one of {MATCHING_LOSSES}, got {self.matching_loss!r}")
+            if self.dim % self.heads:
+                raise ValueError(f"raremed dim {self.dim} is not a multiple of its {self.heads} heads")
+
+    config_class = Config
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.capabilities = Capabilities(pretrains_on_training_visits=self.config.pretrain_epochs > 0)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.ddi_adj = torch.as_tensor(self.dataset.ddi_adj, dtype=torch.float32, device=self.device)
+
+    def build_network(self) -> nn.Module:
+        return RAREMedNetwork(self.dataset.n_diagnoses, self.dataset.n_procedures, self.dataset.n_medications, self.config)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The one AdamW of every stage (created by ``fit``)."""
+        return self.optimizer
+
+    # ----- batches -----------------------------------------------------------------------------
+    def visit_batch(self, diagnoses: Sequence[Sequence[int]], procedures: Sequence[Sequence[int]]) -> dict:
+        dx, dx_mask = pad_sequences(diagnoses)
+        px, px_mask = pad_sequences(procedures)
+        return {k: v.to(self.device) for k, v in {"diagnoses": dx, "diagnosis_mask": dx_mask, "procedures": px, "procedure_mask": px_mask}.items()}
+
+    def collate(self, samples: Sequence[Sample]) -> dict:
+        batch = self.visit_batch([s.diagnoses for s in samples], [s.procedures for s in samples])
+        batch["target"] = target_tensor(samples, self.dataset.n_medications).to(self.device)
+        return batch
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        return self.network.medications(self.network(batch))
+
+    def loss(self, batch: dict, epoch: int) -> torch.Tensor:
+        logits = self.logits(batch)
+        proba, target = torch.sigmoid(logits), batch["target"]
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+        margin = margin_loss(proba, target, reduction="none")
+        ddi = REFERENCE_DDI_LOSS_SCALE * ddi_loss(proba, self.ddi_adj, reduction="none")
+        weight = self.config.margin_weight
+        return ((1 - weight) * bce + weight * margin + self.config.ddi_weight * ddi).mean()
+
+    # ----- pre-training ------------------------------------------------------------------------
+    def matching_loss(self, visits: Sequence[Visit], index: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """SMP: each visit (label 1) and a copy with one half swapped with another visit's (label 0)."""
+        partner = rng.integers(len(visits), size=len(index))
+        for _ in range(100):  # redraw partners with the same procedures (the reference loops until they differ)
+            same = np.array([visits[p].procedures == visits[i].procedures for i, p in zip(index, partner)])
+            if not same.any():
+                break
+            partner[same] = rng.integers(len(visits), size=int(same.sum()))
+        swap_procedures = rng.random(len(index)) < 0.5
+        diagnoses = [visits[i].diagnoses for i in index] + [visits[i if s else p].diagnoses for i, p, s in zip(index, partner, swap_procedures)]
+        procedures = [visits[i].procedures for i in index] + [visits[p if s else i].procedures for i, p, s in zip(index, partner, swap_procedures)]
+        scores = self.network.matching(self.network(self.visit_batch(diagnoses, procedures))).squeeze(1)
+        labels = torch.cat([torch.ones(len(index)), torch.zeros(len(index))]).to(self.device)
+        if self.config.matching_loss == "published":
+            return F.cross_entropy(torch.sigmoid(scores), labels)
+        return F.binary_cross_entropy_with_logits(scores, labels)
+
+    def reconstruction_loss(self, visits: Sequence[Visit], index: np.ndarray) -> torch.Tensor:
+        """SR: the visit's own diagnoses and procedures from its vector."""
+        chosen = [visits[i] for i in index]
+        batch = self.visit_batch([v.diagnoses for v in chosen], [v.procedures for v in chosen])
+        n_dx = self.dataset.n_diagnoses
+        labels = multi_hot([(*v.diagnoses, *(n_dx + p for p in v.procedures)) for v in chosen], n_dx + self.dataset.n_procedures)
+        return F.binary_cross_entropy_with_logits(self.network.reconstruction(self.network(batch)), torch.from_numpy(labels).float().to(self.device))
+
+    def pretrain(self, task: str, visits: Sequence[Visit]) -> dict:
+        """One pre-training task for its fixed epochs through the shared loop; the last weights are kept."""
+        rng = np.random.default_rng(self.seed)
+
+        def train_step(index: np.ndarray, epoch: int) -> float:
+            self.network.train()
+            loss = self.matching_loss(visits, index, rng) if task == "matching" else self.reconstruction_loss(visits, index)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return float(loss.detach())
+
+        return run_training(Schedule(batch_size=self.config.batch_size, epochs=self.config.pretrain_epochs, patience=None), len(visits), self.seed,
+                            train_step, evaluate=None, snapshot=lambda: None, restore=lambda state: None, on_progress=self.on_progress)
+
+    def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "RAREMed":
+        seed_everything(self.seed)
+        started = time.perf_counter()
+        self.network = self.build_network().to(self.device)
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        visits = record_visits(train)  # every visit of the training records, once; never a validation or test record
+        stages = {task: self.pretrain(task, visits) for task in ("matching", "reconstruction") if self.config.pretrain_epochs > 0}
+        stages["finetune"] = train_network(self, train, val)
+        self.optimizer = None
+        self.fit_report = {
+            **staged_report(list(stages.values()), stages["finetune"]),
+            **({"pretraining": visits_record(train)} if self.capabilities.pretrains_on_training_visits else {}),
+            "train_seconds": time.perf_counter() - started,
+            "stages": stages,
+        }
+        return self

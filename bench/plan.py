@@ -1,0 +1,109 @@
+"""Planning a run: its spec's entries resolved to models and configs, and its units in the order they run.
+
+A unit is one entry at one training seed: everything a worker needs to train, predict and write its
+files. Planning resolves every model and config before anything trains (a typo fails in a second, not
+an hour in), works out which labels are proposed, which teacher a student's retention is measured
+against, and each unit's keys (:func:`bench.results.weights_key`: what determines its weights;
+:func:`bench.results.entry_key`: its predictions), so that the units a run folder already finished are
+reused. Pending units are ordered teachers first, then their students (each after its teacher's units),
+then the rest in the entries' order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench import registry
+from bench.contract import MedRecModel, ModelConfig
+from bench.results import RunFolder, entry_key, weights_key
+from bench.spec import Entry, RunSpec
+from data_prep.dataset import PreparedDataset
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One entry at one training seed, under its run's spec."""
+
+    label: str
+    model: str
+    config: ModelConfig
+    seed: int
+    weights_key: str
+    key: str
+    run_dir: str
+    spec: RunSpec
+
+    @property
+    def name(self) -> str:
+        """How progress and errors name it."""
+        return f"{self.label} (seed {self.seed})"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An entry with its model class and its config under the run's preset."""
+
+    entry: Entry
+    model_class: type[MedRecModel]
+    config: ModelConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's units (in entry, then seed order), the pending ones in the order they run, and ``after[i]``:
+    the positions in ``pending`` that must end before ``pending[i]`` starts. ``proposed``, ``teacher`` and
+    ``students`` are the spec's labels resolved against the registered families; ``teachers``: every entry
+    of a family's teacher model (``teacher`` is one of them; an ablation may run several)."""
+
+    spec: RunSpec
+    entries: tuple[Resolved, ...]
+    units: tuple[Unit, ...]
+    pending: tuple[Unit, ...]
+    after: tuple[tuple[int, ...], ...]
+    proposed: tuple[str, ...]
+    teacher: str | None
+    students: tuple[str, ...]
+    teachers: tuple[str, ...]
+
+    def units_of(self, label: str) -> list[Unit]:
+        return [unit for unit in self.units if unit.label == label]
+
+
+def resolve(spec: RunSpec) -> list[Resolved]:
+    """Every entry's model class and config; a bad override fails here, naming the entry."""
+    resolved = []
+    for entry in spec.entries:
+        model_class = registry.get(entry.model)
+        try:
+            config = model_class.config_class.preset(spec.preset, **entry.overrides)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"entry {entry.label!r}: {error}") from None
+        resolved.append(Resolved(entry, model_class, config))
+    return resolved
+
+
+def plan_run(spec: RunSpec, dataset: PreparedDataset, folder: RunFolder) -> Plan:
+    """Resolve the spec against the registry and the run folder (which units it already finished)."""
+    entries = resolve(spec)
+    families = registry.families()
+    teacher_of = {f.model: f.teacher for f in families if f.teacher}
+    family_models = {f.model for f in families} | set(teacher_of.values())
+    proposed = tuple(r.entry.label for r in entries if r.entry.model in family_models) if spec.proposed is None else spec.proposed
+    teacher = spec.retention_of
+    if teacher is None:
+        teachers = {teacher_of[r.entry.model] for r in entries if r.entry.model in teacher_of}
+        teacher = next((r.entry.label for r in entries if r.entry.model in teachers), None)
+    # every student entry (an ablation's variants too) and every other proposed label
+    students = tuple(label for label in dict.fromkeys([*(r.entry.label for r in entries if r.entry.model in teacher_of), *proposed]) if label != teacher)
+
+    units = []
+    for r in entries:
+        for seed in spec.seeds:
+            trained = weights_key(r.model_class, r.config.to_dict(), seed, dataset.fingerprint, spec.protocol, spec.deterministic, spec.threads)
+            units.append(Unit(r.entry.label, r.entry.model, r.config, seed, trained, entry_key(trained, spec.decision), str(folder.root), spec))
+    teachers = set(teacher_of.values())
+    teacher_labels = tuple(r.entry.label for r in entries if r.entry.model in teachers)
+    pending = [unit for unit in units if not folder.is_finished(unit.label, unit.seed, unit.key)]
+    pending.sort(key=lambda unit: 0 if unit.model in teachers else 1 if unit.model in teacher_of else 2)  # stable
+    after = tuple(tuple(j for j, other in enumerate(pending) if other.model == teacher_of.get(unit.model)) for unit in pending)
+    return Plan(spec, tuple(entries), tuple(units), tuple(pending), after, proposed, teacher, students, teacher_labels)
