@@ -76,6 +76,7 @@ from data_prep.pipeline import (
     map_ndcs,
     medication_pairs,
     select_visits,
+    unique_ints,
 )
 from data_prep.sources import DatasetSource, Located
 from data_prep.atomic import write_atomic
@@ -370,7 +371,7 @@ def _medication_pairs(events, kinds, position, code_values, admissions, inputs, 
     with_code = (rows.ndc >= 0) | (rows.atc >= 0)
     mapped = row_code >= 0
     visit = position[rows.event]
-    n_events = len(np.unique(rows.event))
+    n_events = _events(rows.event, np.ones(len(rows.event), dtype=bool))
     counts = {
         "events": n_events,
         "events_with_a_code": _events(rows.event, with_code),
@@ -379,7 +380,7 @@ def _medication_pairs(events, kinds, position, code_values, admissions, inputs, 
         "events_mapped_in_an_admission": _events(rows.event, mapped & (visit >= 0)),
     }
     if not counts["events_mapped"]:
-        without, unknown = n_events - counts["events_with_a_code"], len({rows.ndcs[i] for i in np.unique(rows.ndc[rows.ndc >= 0]).tolist()})
+        without, unknown = n_events - counts["events_with_a_code"], len({rows.ndcs[i] for i in unique_ints(rows.ndc[rows.ndc >= 0]).tolist()})
         causes = [f"{without:,} carry no code ({rows.without_code})"] if without else []
         causes += [f"{'the' if without else 'all'} {unknown:,} distinct NDCs of {'the others' if without else 'the events'} are unknown to the aux files (ndc2RXCUI.txt, ndc2atc_level4 in --aux)"] if unknown else []
         raise DataError(
@@ -397,7 +398,7 @@ def _medication_pairs(events, kinds, position, code_values, admissions, inputs, 
 
 def _events(event: np.ndarray, mask: np.ndarray) -> int:
     """Distinct events among the rows of ``mask`` (an event may have several rows)."""
-    return len(np.unique(event[mask]))
+    return int(np.count_nonzero(np.bincount(event[mask]))) if mask.any() else 0
 
 
 def _check_kinds_left(codes: dict[str, CodePairs], join_rates: dict, census: CodeCensus, known: np.ndarray, options: MedsOptions, root: Path) -> None:

@@ -248,7 +248,7 @@ def medication_rows(shape: str, code_ids: np.ndarray, kinds: np.ndarray, code_va
 
 def _per_code(code_ids: np.ndarray, n_codes: int, value_of) -> tuple[np.ndarray, list[str]]:
     """Per row, the index of its code's value among the distinct values (-1 where ``value_of`` gives None)."""
-    used = np.unique(code_ids)
+    used = np.flatnonzero(np.bincount(code_ids, minlength=n_codes))
     index: dict[str, int] = {}
     lookup = np.full(n_codes, -1, dtype=np.int64)
     for code in used.tolist():
@@ -276,7 +276,8 @@ def _prescription_rows(events: np.ndarray, poe_ids: np.ndarray, path: Path) -> M
     width = max(len(ndcs), 1)
     pairs = unique_ints(table.ids["poe_id"][keep].astype(np.int64) * width + table.ids["ndc"][keep])
     pair_poe, pair_ndc = pairs // width, pairs % width
-    poes, first = np.unique(pair_poe, return_index=True)
+    first = np.flatnonzero(np.r_[True, pair_poe[1:] != pair_poe[:-1]]) if len(pair_poe) else np.zeros(0, dtype=np.int64)
+    poes = pair_poe[first]
     per_poe = np.diff(np.r_[first, len(pairs)])
     known = pa.array([table.values["poe_id"][i].strip() for i in poes.tolist()], pa.string())
     event_poe = pc.index_in(pa.array(poe_ids[events], pa.string()), value_set=known)
