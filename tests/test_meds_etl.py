@@ -169,6 +169,9 @@ def test_code_format_failures_name_the_codes_found_and_the_option(shapes, tmp_pa
     assert "no code starts with MEDICATION" in message and "RX//START//{text}//{number}" in message and "--pharmacy-start-prefix" in message
     assert_same_cohort(shapes[0], prepare(tmp_path / "rx", pharmacy_start_prefix="RX//START//"))
 
+    message = failure(root / "0.2", first_hours=0.001)  # mapped, but no order starts within the window
+    assert "none is left for a visit" in message and "--prescription-window" in message
+
     message = failure(root / "0.2", diagnosis_prefix="DX//")
     assert "no diagnoses events: no code starts with DX//" in message and "--diagnosis-prefix" in message and "DIAGNOSIS//ICD//" in message
 
