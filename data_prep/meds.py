@@ -4,12 +4,12 @@ MEDS (Medical Event Data Standard, https://medical-event-data-standard.github.io
 a dataset as events ``subject_id, time, code, numeric_value`` in ``data/*.parquet`` (each subject in
 one shard, sorted by time), with ``metadata/codes.parquet`` (code descriptions),
 ``metadata/subject_splits.parquet`` (``train`` / ``tuning`` / ``held_out``) and
-``metadata/dataset.json``. Event tables may carry extra columns; the MIMIC-IV MEDS ETL
-(``MIMIC_IV_MEDS``) keeps ``hadm_id`` on admission, discharge, diagnosis and procedure events and
-``insurance``, ``marital_status`` and ``race`` on the admission event.
+``metadata/dataset.json``. Event tables may carry extra columns (``hadm_id``, ``poe_id``, profile fields).
 
 How the reader turns events into the prepared dataset (the prefixes are :class:`MedsOptions`; the
-defaults are the MIMIC-IV MEDS ETL's codes):
+defaults are the MIMIC-IV MEDS ETL's codes). The code column is read once first (every distinct code
+and its events, :class:`~data_prep.meds_etl.CodeCensus`); the events of the codes the pipeline uses are
+then read with their columns.
 
 - visits: ``HOSPITAL_ADMISSION//...`` events at the admission time. Events are assigned to a visit
   by their ``hadm_id`` where the data carries one, otherwise by time: an event belongs to the
@@ -18,19 +18,21 @@ defaults are the MIMIC-IV MEDS ETL's codes):
   after the admission);
 - diagnoses / procedures: ``DIAGNOSIS//ICD//{version}//{code}`` and ``PROCEDURE//ICD//...`` become
   ``ICD{version}:{code}``, as the MIMIC-IV reader writes them;
-- medications: ``MEDICATION//NDC//{ndc}`` go through the aux files (NDC -> RXCUI -> ATC3) and
-  ``MEDICATION//ATC//{code}`` are used directly (their first four characters); the MIMIC-IV ETL
-  itself records pharmacy drug *names* (``MEDICATION//START//{name}``), which no public table maps to
-  ATC: a MEDS dataset needs NDC or ATC medication events (e.g. an ETL entry for ``hosp/prescriptions``
-  writing ``MEDICATION//NDC//{ndc}``). The medication event's time is its start time, so the
-  prescription windows (``first-hours`` etc.) apply as for MIMIC;
-- profiles: ``GENDER//{value}`` events, ``MEDS_BIRTH`` (age at each visit) and the admission
-  event's ``insurance``, ``marital_status`` and ``race`` columns;
+- medications: the events of one shape (:mod:`data_prep.meds_etl`, ``--etl-shape``, detected by
+  default): ``MEDICATION//NDC//{ndc}`` / ``MEDICATION//ATC//{code}`` events (any producer), or the
+  MIMIC-IV MEDS ETL's pharmacy order starts, whose NDC is the code's last segment (0.2) or comes from
+  the user's ``hosp/prescriptions.csv.gz`` through ``poe_id`` (0.1.x). NDCs map through the aux files
+  (NDC -> RXCUI -> ATC3), ATC codes are used directly (their first four characters). The event's time
+  is the order's start, so the prescription windows (``first-hours`` etc.) apply as for MIMIC;
+- profiles: ``GENDER//{value}`` events, ``MEDS_BIRTH`` (age at each visit), and insurance, marital
+  status and race from the admission event's columns (ETL 0.1.x) or, where it has none, from their own
+  ``INSURANCE//...``, ``MARITAL_STATUS//...``, ``RACE//...`` events at the admission (ETL 0.2);
 - split: ``metadata/subject_splits.parquet`` when present (``use_dataset_split``), else the seeded
   8:1:1 split of every other source. The EHR graph is then built from the dataset's own train set.
 
 Everything after that (top-k codes, required kinds, min visits, SMILES, DDI graph, cache) is the
 shared pipeline's (:mod:`data_prep.pipeline`), so the same options mean what they mean for MIMIC.
+Messages name codes by pattern and events by count, never a subject, admission or value.
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ import pyarrow.parquet as pq
 
 from data_prep.aux_maps import AuxFiles
 from data_prep.dataset import PreparedDataset, cooccurrence_adjacency
+from data_prep.meds_etl import (
+    DESCRIPTION,
+    DIFFERENCES,
+    ETL_01,
+    ETL_SHAPES,
+    KIND,
+    CodeCensus,
+    EtlShape,
+    MedicationPlan,
+    found_and_expected,
+    medication_family,
+    medication_rows,
+    plan_medications,
+)
 from data_prep.pipeline import (
     CodePairs,
     PipelineOptions,
@@ -60,19 +76,21 @@ from data_prep.pipeline import (
     map_ndcs,
     medication_pairs,
     select_visits,
+    unique_ints,
 )
 from data_prep.sources import DatasetSource, Located
 from data_prep.atomic import write_atomic
 from data_prep.tables import NO_TIME, DataError, EncodedColumn
 
 SPLIT_NAMES = {"train": "train", "tuning": "val", "held_out": "test"}
-PROFILE_COLUMNS = {"insurance": "insurance", "marital_status": "marital_status", "race": "ethnicity"}
+PROFILE_COLUMNS = {"insurance": "insurance", "marital_status": "marital_status", "race": "ethnicity"}  # event column -> profile field
+BASE_KINDS = ("admission", "discharge", "diagnoses", "procedures", "gender", "birth")
 
 
 @dataclass(frozen=True)
 class MedsOptions(PipelineOptions):
     """The shared pipeline's options plus the code prefixes that say what an event is (defaults: the
-    MIMIC-IV MEDS ETL's codes)."""
+    MIMIC-IV MEDS ETL's codes) and which medication events to read."""
 
     admission_prefix: str = "HOSPITAL_ADMISSION"
     """Code prefix of admission events."""
@@ -82,18 +100,36 @@ class MedsOptions(PipelineOptions):
     """Code prefix of diagnosis events ({prefix}{version}//{code})."""
     procedure_prefix: str = "PROCEDURE//ICD//"
     """Code prefix of procedure events ({prefix}{version}//{code})."""
+    etl_shape: EtlShape = "auto"
+    """Which medication events to read: auto (detected from the codes), ndc-atc-codes (--ndc-prefix / --atc-prefix events, any MEDS producer), mimic-iv-meds-0.2 (the MIMIC-IV MEDS ETL 0.2: pharmacy START codes ending in the NDC), mimic-iv-meds-0.1 (ETL 0.1.x: pharmacy START codes, NDCs from --prescriptions-file through poe_id)."""
     ndc_prefix: str = "MEDICATION//NDC//"
     """Code prefix of NDC medication events (mapped through the aux files)."""
     atc_prefix: str = "MEDICATION//ATC//"
     """Code prefix of ATC medication events (used directly)."""
+    pharmacy_start_prefix: str = "MEDICATION//START//"
+    """Code prefix of the MIMIC-IV MEDS ETL's pharmacy order starts ({prefix}{drug}//{ndc} in 0.2, {prefix}{drug} in 0.1.x)."""
+    prescriptions_file: str | None = None
+    """MIMIC-IV's own hosp/prescriptions.csv.gz, for datasets of the MIMIC-IV MEDS ETL 0.1.x (its pharmacy events carry no NDC): the NDCs of its MAIN rows, joined through poe_id."""
     gender_prefix: str = "GENDER//"
     """Code prefix of gender events."""
     birth_code: str = "MEDS_BIRTH"
     """Code of the birth event (ages at each visit)."""
+    insurance_prefix: str = "INSURANCE//"
+    """Code prefix of insurance events (read when the admission event has no insurance column)."""
+    marital_status_prefix: str = "MARITAL_STATUS//"
+    """Code prefix of marital status events (read when the admission event has no marital_status column)."""
+    race_prefix: str = "RACE//"
+    """Code prefix of race events (read when the admission event has no race column)."""
     use_dataset_split: bool = True
     """Use metadata/subject_splits.parquet as the split when the dataset has one."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.etl_shape not in ETL_SHAPES:
+            raise ValueError(f"etl_shape must be one of {ETL_SHAPES}, got {self.etl_shape!r}")
+
     def prefixes(self) -> dict[str, str]:
+        """Each event kind's code prefix, in the order of :data:`~data_prep.meds_etl.KIND` (the first match wins)."""
         return {
             "admission": self.admission_prefix,
             "discharge": self.discharge_prefix,
@@ -101,8 +137,12 @@ class MedsOptions(PipelineOptions):
             "procedures": self.procedure_prefix,
             "ndc": self.ndc_prefix,
             "atc": self.atc_prefix,
+            "pharmacy_start": self.pharmacy_start_prefix,
             "gender": self.gender_prefix,
             "birth": self.birth_code,
+            "insurance": self.insurance_prefix,
+            "marital_status": self.marital_status_prefix,
+            "race": self.race_prefix,
         }
 
 
@@ -135,17 +175,33 @@ def locate_meds(root: str | Path, aux: str | Path) -> MedsInputs:
 
 # ----- reading ----------------------------------------------------------------------------------
 def read_meds(inputs: MedsInputs, options: MedsOptions) -> PreparedDataset:
-    events, kinds, code_values = _read_events(inputs, options)
-    prefixes = options.prefixes()
+    """The pipeline of the module docstring: census of the codes, the medication events' shape, then the events used."""
+    columns = _columns(inputs)
+    census = CodeCensus.of(inputs.shards)
+    code_kinds = census.kinds(options.prefixes())
+    plan = plan_medications(census, code_kinds, options, inputs.root)
+    profile_events = [column for column in PROFILE_COLUMNS if column not in columns]  # fields the admission event lacks
+    read = {KIND[k] for k in (*BASE_KINDS, *plan.kinds, *profile_events)}
+    wanted = {code: int(kind) for code, kind in zip(census.codes, code_kinds) if kind in read}
+    extra = [c for c in ("hadm_id", *PROFILE_COLUMNS) if c in columns]
+    if plan.shape == ETL_01:
+        if "poe_id" not in columns:
+            raise DataError(f"{inputs.root}: --etl-shape {ETL_01} joins the pharmacy events' poe_id to --prescriptions-file, but the events have no poe_id column")
+        extra.append("poe_id")
+    events, kinds, code_values = _read_events(inputs, wanted, extra)
     admissions, position_rows = _admissions(events, kinds, inputs.root)  # per event, its admission (-1: none)
+    _profile_fields_from_events(admissions, events, kinds, position_rows, code_values, profile_events, options)
 
+    prefixes = options.prefixes()
+    known = np.isin(code_kinds, list(read))
     codes = {}
     for kind in ("diagnoses", "procedures"):
         codes[kind] = _icd_pairs(events, kinds == KIND[kind], position_rows, code_values, prefixes[kind], kind, inputs, options)
-    medication, medication_meta = _medication_pairs(events, kinds, position_rows, code_values, admissions, inputs, options)
+    medication, medication_meta, medication_rate = _medication_pairs(events, kinds, position_rows, code_values, admissions, inputs, options, plan, census)
     codes["medications"] = medication
-    selected = {"diagnoses": kinds == KIND["diagnoses"], "procedures": kinds == KIND["procedures"], "medications": (kinds == KIND["ndc"]) | (kinds == KIND["atc"])}
-    join_rates = {kind: {"rows": int(rows.sum()), "joined": int((rows & (position_rows >= 0)).sum())} for kind, rows in selected.items()}
+    join_rates = {kind: {"rows": int((kinds == KIND[kind]).sum()), "joined": int(((kinds == KIND[kind]) & (position_rows >= 0)).sum())} for kind in ("diagnoses", "procedures")}
+    join_rates["medications"] = medication_rate
+    _check_kinds_left(codes, join_rates, census, known, options, inputs.root)
     kept = select_visits(admissions, codes, options, source=f"meds ({inputs.root})", join_rates=join_rates)
     profiles, profile_values = _profiles(events, kinds, code_values, kept.visits)
     names = {kind: _names(kept.vocabularies[kind], kind, inputs, prefixes[kind]) for kind in ("diagnoses", "procedures")}
@@ -165,7 +221,7 @@ def read_meds(inputs: MedsInputs, options: MedsOptions) -> PreparedDataset:
             "visits": len(kept.visits),
             "join_rates": join_rates,
             "unnamed_codes": {kind: unnamed for kind, (_, unnamed) in names.items()},
-            "files": {role: str(path) for role, path in inputs.files().items()},
+            "files": {role: str(path) for role, path in {**inputs.files(), **SOURCE.option_files(options)}.items()},
         },
     )
     if options.use_dataset_split and inputs.splits is not None:
@@ -173,37 +229,33 @@ def read_meds(inputs: MedsInputs, options: MedsOptions) -> PreparedDataset:
     return dataset
 
 
-KIND = {"admission": 0, "discharge": 1, "diagnoses": 2, "procedures": 3, "ndc": 4, "atc": 5, "gender": 6, "birth": 7}
-
-
-def _read_events(inputs: MedsInputs, options: MedsOptions) -> tuple[pa.Table, np.ndarray, list[str]]:
-    """The events the pipeline uses (filtered by code prefix while reading), their kind, and the
-    distinct codes (``code`` column replaced by ids into them)."""
+def _columns(inputs: MedsInputs) -> set[str]:
+    """The event columns of the shards (validated against the MEDS data schema)."""
     from meds import DataSchema
 
+    names: set[str] = set()
     for shard in inputs.shards:
         try:
             schema = pq.read_schema(shard)
             DataSchema.validate(schema)
         except Exception as exc:  # the meds package raises its own SchemaValidationError
             raise DataError(f"{shard}: not a MEDS data shard ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    prefixes = options.prefixes()
-    wanted = None
-    for prefix in prefixes.values():
-        test = pc.starts_with(pads.field("code"), prefix)
-        wanted = test if wanted is None else wanted | test
-    names = set(pq.read_schema(inputs.shards[0]).names)
-    columns = ["subject_id", "time", "code"] + [c for c in ("hadm_id", *PROFILE_COLUMNS) if c in names]
+        names |= set(schema.names)
+    return names
+
+
+def _read_events(inputs: MedsInputs, wanted: dict[str, int], extra: list[str]) -> tuple[pa.Table, np.ndarray, list[str]]:
+    """The events of the ``wanted`` codes (code -> kind), their kind, and the distinct codes (``code``
+    column replaced by ids into them)."""
+    columns = ["subject_id", "time", "code", *extra]
     try:
-        table = pads.dataset([str(p) for p in inputs.shards], format="parquet").to_table(columns=columns, filter=wanted)
+        table = pads.dataset([str(p) for p in inputs.shards], format="parquet").to_table(columns=columns, filter=pads.field("code").isin(list(wanted)))
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{inputs.root / 'data'}: unreadable MEDS shards ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     encoded = EncodedColumn()
     encoded.add(table.column("code"))
     code_ids, code_values = encoded.finish()
-    kind_of_code = np.full(len(code_values) + 1, -1, dtype=np.int64)
-    for i, code in enumerate(code_values):
-        kind_of_code[i] = next((KIND[kind] for kind, prefix in prefixes.items() if code.startswith(prefix)), -1)
+    kind_of_code = np.array([wanted[code] for code in code_values] + [-1], dtype=np.int64)
     table = table.drop_columns(["code"]).append_column("code_id", pa.array(code_ids))
     return table, kind_of_code[code_ids], code_values
 
@@ -237,7 +289,7 @@ def _admissions(events: pa.Table, kinds: np.ndarray, root: Path) -> tuple[pd.Dat
         frame[field] = events.column(column).take(pa.array(rows)).to_pylist() if column in events.column_names else None
     duplicated = frame["hadm_id"].duplicated()
     if duplicated.any():
-        raise DataError(f"{root}: admission {frame.loc[duplicated, 'hadm_id'].iloc[0]} has more than one admission event")
+        raise DataError(f"{root}: {frame.loc[duplicated, 'hadm_id'].nunique():,} hadm_ids have more than one admission event (codes starting with the admission prefix)")
 
     position = np.full(len(kinds), -1, dtype=np.int64)
     if hadm is not None:
@@ -304,27 +356,83 @@ def _icd_pairs(events, selected, position, code_values, prefix, kind, inputs, op
     return CodePairs.from_rows(position, row_code, codes)
 
 
-def _medication_pairs(events, kinds, position, code_values, admissions, inputs, options) -> tuple[CodePairs, dict]:
+def _medication_pairs(events, kinds, position, code_values, admissions, inputs, options, plan: MedicationPlan, census: CodeCensus) -> tuple[CodePairs, dict, dict]:
+    """(admission, ATC3) pairs of the plan's medication events, what the reader recognised and mapped
+    (``meta["medication_source"]``), and the medication events' admission join rate."""
+    poe_ids = np.array(pc.cast(events.column("poe_id"), pa.string()).to_pylist(), dtype=object) if plan.shape == ETL_01 else None
+    rows = medication_rows(plan.shape, events.column("code_id").to_numpy(), kinds, code_values, poe_ids, options)
+    carries_ndc = rows.atc < 0
+    ndc_class, classes, coverage = map_ndcs(rows.ndc[carries_ndc], rows.ndcs, inputs.aux, options)
+    codes, remap = dedupe(classes + rows.atcs)
+    row_code = np.full(len(rows.event), -1, dtype=np.int64)
+    row_code[carries_ndc] = np.where(ndc_class >= 0, remap[np.maximum(ndc_class, 0)] if len(classes) else -1, -1)
+    atc = rows.atc[~carries_ndc]
+    row_code[~carries_ndc] = np.where(atc >= 0, remap[len(classes) + np.maximum(atc, 0)] if rows.atcs else -1, -1)
+    with_code = (rows.ndc >= 0) | (rows.atc >= 0)
+    mapped = row_code >= 0
+    visit = position[rows.event]
+    n_events = _events(rows.event, np.ones(len(rows.event), dtype=bool))
+    counts = {
+        "events": n_events,
+        "events_with_a_code": _events(rows.event, with_code),
+        "events_mapped": _events(rows.event, mapped),
+        "events_in_an_admission": _events(rows.event, visit >= 0),
+        "events_mapped_in_an_admission": _events(rows.event, mapped & (visit >= 0)),
+    }
+    if not counts["events_mapped"]:
+        without, unknown = n_events - counts["events_with_a_code"], len({rows.ndcs[i] for i in unique_ints(rows.ndc[rows.ndc >= 0]).tolist()})
+        causes = [f"{without:,} carry no code ({rows.without_code})"] if without else []
+        causes += [f"{'the' if without else 'all'} {unknown:,} distinct NDCs of {'the others' if without else 'the events'} are unknown to the aux files (ndc2RXCUI.txt, ndc2atc_level4 in --aux)"] if unknown else []
+        raise DataError(
+            f"{inputs.root}: none of the {n_events:,} medication events ({DESCRIPTION[plan.shape]}) maps to an ATC class: "
+            f"{', '.join(causes)}; {found_and_expected(census, None, options)}"
+        )
+    pairs, meta = medication_pairs(visit, _times(events)[rows.event], with_code, mapped, row_code, codes, admissions, inputs.aux, options)
+    if rows.atcs:
+        coverage = {**coverage, "atc_events": int((rows.atc >= 0).sum())}
+    source = {"shape": plan.shape, "description": DESCRIPTION[plan.shape], **counts, "medication_codes_not_read": plan.not_read or "none",
+              "differences": DIFFERENCES[plan.shape]}
+    rate = {"rows": n_events, "joined": counts["events_in_an_admission"]}
+    return pairs, {"medication_source": source, "mapping_coverage": coverage, **meta}, rate
+
+
+def _events(event: np.ndarray, mask: np.ndarray) -> int:
+    """Distinct events among the rows of ``mask`` (an event may have several rows)."""
+    return int(np.count_nonzero(np.bincount(event[mask]))) if mask.any() else 0
+
+
+def _check_kinds_left(codes: dict[str, CodePairs], join_rates: dict, census: CodeCensus, known: np.ndarray, options: MedsOptions, root: Path) -> None:
+    """A required kind with no (admission, code) pair fails here, with its own cause, before the
+    pipeline's generic "no patient is left" (which is about admissions joining)."""
+    flags = {"diagnoses": "--diagnosis-prefix", "procedures": "--procedure-prefix"}
+    prefixes = {"diagnoses": options.diagnosis_prefix, "procedures": options.procedure_prefix}
+    for kind in options.required_code_kinds:
+        if len(codes[kind].visit):
+            continue
+        rate = join_rates[kind]
+        if kind == "medications":
+            raise DataError(
+                f"{root}: medication events map to ATC classes but none is left for a visit: {rate['joined']:,} of {rate['rows']:,} events fall "
+                "within an admission (by hadm_id, else between admission and discharge), and those must start within the prescription window "
+                f"(--prescription-window, --first-hours){' and have a class with SMILES (--no-require-smiles)' if options.require_smiles else ''}"
+            )
+        if not rate["rows"]:
+            raise DataError(
+                f"{root}: no {kind} events: no code starts with {prefixes[kind]} ({flags[kind]} names another prefix); "
+                f"most frequent codes the reader does not use, medications aside: {census.patterns(~known & ~medication_family(census, options)) or 'none'}"
+            )
+        raise DataError(f"{root}: none of the {rate['rows']:,} {kind} events joins an admission (by hadm_id, else between admission and discharge)")
+
+
+def _profile_fields_from_events(admissions: pd.DataFrame, events, kinds, position, code_values: list[str], columns: list[str], options: MedsOptions) -> None:
+    """Profile fields the admission event has no column for, from their own events (``INSURANCE//{value}``...,
+    the first of each admission)."""
     code_ids = events.column("code_id").to_numpy()
-    ndc_rows = kinds == KIND["ndc"]
-    ndc_of_code = {i: code_values[i][len(options.ndc_prefix) :] for i in np.unique(code_ids[ndc_rows]).tolist()}
-    ndc_values = list(ndc_of_code.values())
-    ndc_index = np.full(len(code_values) + 1, -1, dtype=np.int64)
-    ndc_index[list(ndc_of_code)] = np.arange(len(ndc_values))
-    ndc_row_code, classes, coverage = map_ndcs(np.where(ndc_rows, ndc_index[code_ids], -1)[ndc_rows], ndc_values, inputs.aux, options)
-    atc_rows = kinds == KIND["atc"]
-    atc_text = {i: code_values[i][len(options.atc_prefix) :].strip().upper()[:4] for i in np.unique(code_ids[atc_rows]).tolist()}
-    codes, remap = dedupe(classes + list(atc_text.values()))
-    row_code = np.full(len(kinds), -1, dtype=np.int64)
-    row_code[ndc_rows] = np.where(ndc_row_code >= 0, remap[np.maximum(ndc_row_code, 0)], -1)
-    atc_lookup = np.full(len(code_values) + 1, -1, dtype=np.int64)
-    atc_lookup[list(atc_text)] = remap[len(classes) :]
-    row_code[atc_rows] = atc_lookup[code_ids[atc_rows]]
-    medication = ndc_rows | atc_rows
-    mapped = medication & (row_code >= 0)
-    pairs, meta = medication_pairs(position, _times(events), medication, mapped, row_code, codes, admissions, inputs.aux, options)
-    coverage = {**coverage, "atc_events": int(atc_rows.sum())} if atc_rows.any() else coverage
-    return pairs, {"mapping_coverage": coverage, **meta}
+    prefixes = options.prefixes()
+    for column in columns:
+        rows = np.flatnonzero((kinds == KIND[column]) & (position >= 0))
+        values = pd.Series([code_values[c][len(prefixes[column]) :] for c in code_ids[rows].tolist()], index=position[rows], dtype=object)
+        admissions[PROFILE_COLUMNS[column]] = values[~values.index.duplicated()].reindex(range(len(admissions))).to_numpy()
 
 
 def _profiles(events, kinds, code_values: list[str], visits: pd.DataFrame):
@@ -478,4 +586,5 @@ SOURCE = DatasetSource(
     locate=_locate_source,
     paths={"root": "the MEDS dataset folder (holding data/ and metadata/)", "aux": "the folder of auxiliary mapping files (ndc2RXCUI.txt, ...)"},
     export=_export,
+    file_options=("prescriptions_file",),
 )

@@ -326,7 +326,8 @@ def map_ndcs(ndc_ids: np.ndarray, ndc_values: list[str], aux: AuxFiles, options)
     codes, code_of_atc = dedupe([a for a in atc3 if isinstance(a, str)])
     code_of_ndc = np.full(len(ndcs) + 1, -1, dtype=np.int32)  # the last entry: an empty NDC
     code_of_ndc[np.flatnonzero(atc3.notna().to_numpy())] = code_of_atc
-    return code_of_ndc[np.where(ndc_ids >= 0, remap[np.maximum(ndc_ids, 0)], len(ndcs))], codes, mapping.coverage
+    remap = np.append(remap, len(ndcs))  # id -1 (no NDC) picks the last entry, also when there is no NDC at all
+    return code_of_ndc[remap[ndc_ids]], codes, mapping.coverage
 
 
 def medication_pairs(visit, start, with_code, mapped, row_code, codes, admissions, aux: AuxFiles, options) -> tuple[CodePairs, dict]:

@@ -61,8 +61,9 @@ def load_dataset(
     source = sources.get(name)
     resolved = source.make_options(dict(options or {}))
     located = source.locate_paths(paths or {})
-    say(f"hashing {len(located.files)} input file(s)" if located.files else "resolving the cache key")
-    digests = {role: file_digest(path) for role, path in sorted(located.files.items())}
+    files = {**located.files, **source.option_files(resolved)}
+    say(f"hashing {len(files)} input file(s)" if files else "resolving the cache key")
+    digests = {role: file_digest(path) for role, path in sorted(files.items())}
     key = stable_hash(name, dataclasses.asdict(resolved), code_version(), digests)
     entry = cache_entry(name, key, cache_dir)
     if not refresh and (entry / "dataset.json").is_file():

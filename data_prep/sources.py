@@ -51,7 +51,9 @@ class DatasetSource:
     :class:`~data_prep.tables.DataError` on a missing one) and returns a :class:`Located`. ``credentialed``:
     its data is credentialed, so its prepared datasets and the runs on them are readable by their owner
     only. ``export(dataset, out, aux, rows_per_medication)``, when given, writes a prepared dataset in this
-    source's layout (preparing the export gives the dataset back)."""
+    source's layout (preparing the export gives the dataset back). ``file_options``: option fields that
+    name an input file (a path, or None when not given); the file's content joins the cache key as the
+    located files' do."""
 
     name: str
     summary: str
@@ -60,6 +62,7 @@ class DatasetSource:
     paths: Mapping[str, str] = field(default_factory=dict)
     credentialed: bool = True
     export: Callable[..., list[Path]] | None = None
+    file_options: tuple[str, ...] = ()
 
     def make_options(self, values: Mapping[str, Any]) -> Any:
         """The options dataclass from given values (the rest default); bad values are one DataError line."""
@@ -77,6 +80,19 @@ class DatasetSource:
         if missing:
             raise DataError(f"dataset {self.name} needs {' and '.join(missing)}: {'; '.join(f'--{k}: {v}' for k, v in self.paths.items())}")
         return self.locate({name: Path(paths[name]) for name in self.paths})
+
+    def option_files(self, options: Any) -> dict[str, Path]:
+        """The input files that ``options`` name (role ``option:{field}`` -> path); a missing one is one DataError line."""
+        files = {}
+        for name in self.file_options:
+            value = getattr(options, name)
+            if value is None:
+                continue
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise DataError(f"--{name.replace('_', '-')} {path}: no such file")
+            files[f"option:{name}"] = path
+        return files
 
 
 class UnknownSourceError(DataError):

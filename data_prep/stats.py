@@ -1,6 +1,6 @@
 """The statistics of the LEADER paper's Table III and the realism figures of any prepared dataset (synthetic,
-MIMIC, MEDS), plus the MIMIC mapping coverage, the hadm_id join rates, the codes without a name, the
-prescription rows each window rule keeps and the aux sources.
+MIMIC, MEDS), plus the MIMIC mapping coverage, the medication events a MEDS reader recognised and mapped,
+the hadm_id join rates, the codes without a name, the prescription rows each window rule keeps and the aux sources.
 
 Counts are per visit (codes of one admission), as the paper's "avg./max. # of diagnoses per visit". The
 realism figures say how much a cohort rewards history and DDI control: how much of a visit's medication
@@ -60,7 +60,7 @@ def dataset_statistics(dataset: PreparedDataset) -> dict:
             "share_of_rows_with_ndc_mapped": coverage["rows_mapped"] / max(coverage["rows_with_ndc"], 1),
             "share_of_distinct_ndcs_mapped": coverage["distinct_ndcs_mapped"] / max(coverage["distinct_ndcs"], 1),
         }
-    for key in ("join_rates", "unnamed_codes", "prescription_rows_by_window", "ddi_source", "split_source"):
+    for key in ("medication_source", "join_rates", "unnamed_codes", "prescription_rows_by_window", "ddi_source", "split_source"):
         if key in dataset.meta:
             stats[key] = dataset.meta[key]
     files = dataset.meta.get("files", {})

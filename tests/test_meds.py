@@ -88,5 +88,7 @@ def test_prefixes_are_options(exported, tmp_path):
     with_prefix = CliRunner().invoke(main, arguments + ["--atc-prefix", "RX//ATC//"])
     assert with_prefix.exit_code == 0, with_prefix.output
     assert json.loads(with_prefix.output)["patients"] == len(synth.patients)
-    without = CliRunner().invoke(main, arguments)  # no medication events under the default prefixes
-    assert without.exit_code != 0 and "no patient is left" in without.output
+    without = CliRunner().invoke(main, arguments, terminal_width=400)  # no medication events under the default prefixes
+    message = " ".join(without.output.split())
+    assert without.exit_code != 0 and "no medication events the reader knows" in message and "hadm_id" not in message
+    assert "RX//ATC//{text}" in message and "--atc-prefix" in message

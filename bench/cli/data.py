@@ -89,7 +89,18 @@ def info(as_json: bool, **kwargs) -> None:
 
 
 def _print_source_tables(console: Console, stats: dict) -> None:
-    """Join rates, unnamed codes, the rows each prescription window keeps and the aux sources."""
+    """The medication events recognised, join rates, unnamed codes, the rows each prescription window keeps and the aux sources."""
+    if "medication_source" in stats:
+        source = stats["medication_source"]
+        events = Table(title=f"medication events: {source['shape']} ({source['description']})")
+        events.add_column("events")
+        events.add_column("count", justify="right")
+        for key, label in (("events", "read"), ("events_with_a_code", "with an NDC or ATC code"), ("events_mapped", "mapped to an ATC class"),
+                           ("events_in_an_admission", "within an admission"), ("events_mapped_in_an_admission", "mapped, within an admission")):
+            events.add_row(label, _share(source[key], source["events"]))
+        console.print(events)
+        console.print(f"medication codes not read: {source['medication_codes_not_read']}")
+        console.print(f"how the medication sets differ from the mimic4 reader's: {source['differences']}")
     if "join_rates" in stats:
         joins = Table(title="rows whose hadm_id joins admissions")
         for column in ("table", "joined", "of rows with an hadm_id"):
