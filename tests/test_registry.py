@@ -102,3 +102,15 @@ def test_a_third_party_model_registers_through_the_entry_point_group(monkeypatch
     monkeypatch.setattr(registry, "entry_points", fake_entry_points(("mlp", "baselines.mlp:CurrentVisitMLP")))
     assert registry.available() == ["mlp"]
     assert registry.get("mlp").__name__ == "CurrentVisitMLP"
+
+
+def test_models_help_says_what_all_and_seeds_hold():
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    for command in ("run", "profile"):
+        text = " ".join(CliRunner().invoke(main, [command, "--help"], terminal_width=400).output.split())
+        seeds = text[text.index("'seeds':"):]
+        assert f"({', '.join([*FLOORS, *TABLE_IV])})" in seeds
+        assert f"'all': every registered model ({', '.join([*FLOORS, *TABLE_IV, *LATER])})" in text
