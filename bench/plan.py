@@ -6,9 +6,9 @@ an hour in), works out which labels are proposed, which teacher a student's rete
 against, and each unit's keys (:func:`bench.results.weights_key`: what determines its weights;
 :func:`bench.results.entry_key`: its predictions), so that the units a run folder already finished are
 reused. Pending units are ordered teachers first, then their students (each after its teacher's units),
-then the rest longest first by the seconds each took on this machine before (:class:`bench.results.TimingHistory`;
-a unit never timed counts as longest, in the entries' order), so the entries' (display) order does not decide
-how long a run takes.
+then the rest longest first by the seconds each took on this machine before (:class:`bench.results.TimingHistory`:
+the same unit's, else the model's latest under any config or data; a model never timed here counts as longest,
+in the entries' order), so the entries' (display) order does not decide how long a run takes.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def plan_run(spec: RunSpec, dataset: PreparedDataset, folder: RunFolder) -> Plan
     history = TimingHistory()
 
     def turn(unit: Unit) -> tuple[int, float]:
-        took = history.get(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, spec.protocol))
+        took = history.estimate(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, spec.protocol), unit.model)
         return 0 if unit.model in teachers else 1 if unit.model in teacher_of else 2, -math.inf if took is None else -took
 
     pending.sort(key=turn)  # stable

@@ -351,6 +351,11 @@ def test_tables_order_is_not_run_order_teacher_first_then_longest_first(tiny_dat
         unit = plan.units_of(label)[0]
         TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), tiny_dataset.fingerprint, spec.protocol), seconds)
     assert pending() == ["LEADER(T)", "LEADER(S)", "repeat", "mlp", "freq"]  # repeat never timed, then 40 s, then 1 s
+    TimingHistory().record("another config or data", 90.0, "repeat")
+    TimingHistory().record("another config or data", 0.5, "mlp")  # the latest of mlp, but not this unit's own time
+    assert pending() == ["LEADER(T)", "LEADER(S)", "repeat", "mlp", "freq"]  # 90 s (repeat's latest anywhere), 40 s, 1 s
+    TimingHistory().record("another config or data", 0.1, "repeat")
+    assert pending() == ["LEADER(T)", "LEADER(S)", "mlp", "freq", "repeat"]
     assert plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r")).spec.labels == [e.label for e in entries]  # shown as given
 
 
