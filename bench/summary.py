@@ -2,10 +2,10 @@
 
 Per unit, the stored test predictions give per-sample metrics once (:mod:`bench.metrics`); resamples of
 the test patients, drawn once and shared by every unit, give each cell's values (:mod:`bench.evaluate`);
-seeds are pooled per label, then summarised, tested against the best baseline, against each column's best, against the full model of
-an ablation, and as a student's retention of its teacher (with 95% intervals against every teacher entry,
-``retention_intervals``). Validation point estimates (for choosing, never
-test) come from the stored validation predictions.
+seeds are pooled per label, then summarised, tested against the best baseline, against each column's
+best (``versus_best``), against the full model of an ablation, and as a student's retention of its
+teacher (with 95% intervals against every teacher entry, ``retention_intervals``). Validation point
+estimates (for choosing, never test) come from the stored validation predictions.
 """
 
 from __future__ import annotations

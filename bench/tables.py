@@ -12,9 +12,10 @@ a model that cannot serve a group reads "-". Rows follow the run's entries (``--
 table order), with a rule between the table's blocks (floors, the paper's models, its proposed models,
 the models beyond its comparison: each entry's ``section``). Markdown and terminal tables add each
 model's training seconds (mean over seeds). Every rendering says which procedure, seeds and decision
-rules made it (:func:`notes`) and what its marks and blocks mean (:func:`layout_notes`). ``retention`` is DistilLLM-Med's headline: one row per student and teacher of
-the run, each student's PRAUC, Jaccard and F1 as a percentage of that teacher's, per group, with the 95%
-interval over test patients and training seeds (``retention_intervals`` of the summary).
+rules made it (:func:`notes`) and what its marks and blocks mean (:func:`layout_notes`). ``retention``
+is DistilLLM-Med's headline: one row per student and teacher of the run, each student's PRAUC, Jaccard
+and F1 as a percentage of that teacher's, per group, with the 95% interval over test patients and
+training seeds (``retention_intervals`` of the summary).
 """
 
 from __future__ import annotations
