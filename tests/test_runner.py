@@ -121,6 +121,7 @@ def test_an_interrupted_run_completes_without_retraining_finished_models(tiny_da
     def crash(self, train, val):
         raise KeyboardInterrupt("killed during the second model")
 
+    monkeypatch.setenv("MEDREC_BENCH_CACHE", str(tmp_path / "cache"))  # no timing history: the entries' order runs
     with monkeypatch.context() as patch:
         patch.setattr(CurrentVisitMLP, "fit", crash)
         with pytest.raises(KeyboardInterrupt):
