@@ -87,7 +87,7 @@ from scipy import sparse
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CategoricalFeatures,
@@ -261,6 +261,7 @@ class CarmenNetwork(nn.Module):
 
 class Carmen(TorchModel):
     name = "carmen"
+    publication = Publication("Chen et al., AAAI 2023", "2023-02")
     capabilities = Capabilities()
 
     @dataclass

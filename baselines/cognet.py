@@ -82,7 +82,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel
 from baselines.layers import GraphConvolutionNetwork, masked_softmax, normalized_adjacency, pad_visits, visit_sequences
 from data_prep.dataset import PreparedDataset, Sample
@@ -353,6 +353,7 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
 
 class COGNet(TorchModel):
     name = "cognet"
+    publication = Publication("Wu et al., WWW 2022", "2022-04")
     capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False
     table_note: ClassVar[str] = "PRAUC from the beam search's step probabilities (pseudo-probabilities, not per-medication scores)"

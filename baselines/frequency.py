@@ -29,6 +29,7 @@ class FrequencyConfig(ModelConfig):
 
 class MostFrequent(MedRecModel):
     name = "freq"
+    floor = 0  # the population floor: first in every table
     config_class = FrequencyConfig
     capabilities = Capabilities()
 

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CodeSetEmbedding,
@@ -149,6 +149,7 @@ class GAMENetNetwork(nn.Module):
 
 class GAMENet(DDITargetMixin, TorchModel):
     name = "gamenet"
+    publication = Publication("Shang et al., AAAI 2019", "2019-01")
     capabilities = Capabilities()
 
     @dataclass

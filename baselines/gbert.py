@@ -95,7 +95,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.nn import GATConv
 
-from bench.contract import Capabilities, ModelConfig, seed_everything, stopping_rule, training_record
+from bench.contract import Capabilities, ModelConfig, Publication, seed_everything, stopping_rule, training_record
 from bench.training import TorchModel, pad_sequences, staged_report, target_tensor, train_network
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
@@ -391,6 +391,7 @@ def pretraining_visits(samples: Sequence[Sample]) -> list[Sample]:
 
 class GBert(TorchModel):
     name = "gbert"
+    publication = Publication("Shang et al., IJCAI 2019", "2019-08")
     capabilities = Capabilities(needs_history_medications=True, pretrains_on_training_visits=True)
 
     @dataclass

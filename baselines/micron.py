@@ -72,7 +72,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, pad_sequences, target_tensor
 from baselines.layers import CodeSetEmbedding, DDITargetMixin, ddi_loss, ddi_rate_of_predictions, margin_loss
 from data_prep.code_sets import multi_hot
@@ -147,6 +147,7 @@ class MICRONNetwork(nn.Module):
 
 class MICRON(DDITargetMixin, TorchModel):
     name = "micron"
+    publication = Publication("Yang et al., IJCAI 2021", "2021-08")
     capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False  # its add/remove rule is part of the model
 

@@ -33,6 +33,7 @@ class MLPConfig(ModelConfig):
 
 class CurrentVisitMLP(TorchModel):
     name = "mlp"
+    floor = 2  # the current-visit floor
     config_class = MLPConfig
     capabilities = Capabilities()
 

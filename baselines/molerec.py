@@ -74,7 +74,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CategoricalFeatures,
@@ -229,6 +229,7 @@ class MoleRecNetwork(nn.Module):
 
 class MoleRec(DDITargetMixin, TorchModel):
     name = "molerec"
+    publication = Publication("Yang et al., WWW 2023", "2023-04")
     capabilities = Capabilities()
 
     @dataclass

@@ -73,7 +73,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig, seed_everything, visits_record
+from bench.contract import Capabilities, ModelConfig, Publication, seed_everything, visits_record
 from bench.training import Schedule, TorchModel, pad_sequences, run_training, staged_report, target_tensor, train_network
 from baselines.layers import ddi_loss, margin_loss
 from data_prep.code_sets import multi_hot
@@ -126,6 +126,7 @@ class RAREMedNetwork(nn.Module):
 
 class RAREMed(TorchModel):
     name = "raremed"
+    publication = Publication("Zhao et al., SIGIR 2024", "2024-07")
     # the current visit only; pre-training (SMP, SR) on every visit of the training patients, declared per config
     capabilities = Capabilities(pretrains_on_training_visits=True)
 

@@ -78,7 +78,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.nn import GATv2Conv
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, target_tensor
 from baselines.layers import CodeSetEmbedding, last_step, margin_loss, pad_visits
 from data_prep.code_sets import multi_hot
@@ -231,6 +231,7 @@ class REFINENetwork(nn.Module):
 
 class REFINE(TorchModel):
     name = "refine"
+    publication = Publication("Bhoi et al., NeurIPS 2023", "2023-12")
     capabilities = Capabilities(needs_history_medications=True)
 
     @dataclass

@@ -31,6 +31,7 @@ class RepeatConfig(ModelConfig):
 
 class RepeatPrevious(MedRecModel):
     name = "repeat"
+    floor = 1  # the history floor
     config_class = RepeatConfig
     capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False

@@ -50,7 +50,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, target_tensor
 from baselines.layers import CodeSetEmbedding, masked_softmax, pad_visits
 from data_prep.dataset import PreparedDataset, Sample
@@ -93,6 +93,7 @@ class RETAINNetwork(nn.Module):
 
 class RETAIN(TorchModel):
     name = "retain"
+    publication = Publication("Choi et al., NeurIPS 2016", "2016-12")
     capabilities = Capabilities()
 
     @dataclass

@@ -84,7 +84,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CodeSetEmbedding,
@@ -186,6 +186,7 @@ class SafeDrugNetwork(nn.Module):
 
 class SafeDrug(DDITargetMixin, TorchModel):
     name = "safedrug"
+    publication = Publication("Yang et al., IJCAI 2021", "2021-08")
     capabilities = Capabilities()
 
     @dataclass

@@ -87,7 +87,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig, seed_everything
+from bench.contract import Capabilities, ModelConfig, Publication, seed_everything
 from bench.training import TorchModel, staged_report, target_tensor, train_network
 from baselines.layers import CodeSetEmbedding, ddi_target, last_step, pad_visits, visit_sequences
 from baselines.safedrug import BATCHED_DDI_GAIN, REFERENCE_DDI_LOSS_SCALE, REFERENCE_MEDICATIONS, SafeDrug
@@ -257,6 +257,7 @@ class StratMedNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------
 class StratMed(TorchModel):
     name = "stratmed"
+    publication = Publication("Li et al., Knowledge-Based Systems 284, 2024", "2024-01")
     capabilities = Capabilities()  # a first visit reads no medication (zeros), so single-visit patients are served
 
     @dataclass

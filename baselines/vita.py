@@ -82,7 +82,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contract import Capabilities, ModelConfig
+from bench.contract import Capabilities, ModelConfig, Publication
 from baselines.cognet import COGNet, COGNetNetwork, CodeSetEncoder
 from baselines.layers import GraphConvolutionNetwork, normalized_adjacency, pad_visits
 from data_prep.dataset import PreparedDataset, Sample
@@ -217,6 +217,7 @@ class VITANetwork(nn.Module):
 
 class VITA(COGNet):
     name = "vita"
+    publication = Publication("Kim et al., AAAI 2024", "2024-02")
     capabilities = Capabilities(needs_history_medications=True)
 
     @dataclass

@@ -15,7 +15,7 @@ protocol's samples (under ``last-visit`` each training patient's last visit, und
 fails a model whose record differs from the protocol's samples.
 
 Everything the harness calls on or reads from a model is declared on :class:`MedRecModel`:
-``capabilities``, ``config_class``, ``decides_by_threshold``, ``table_note``, ``training_budget``,
+``capabilities``, ``config_class``, ``decides_by_threshold``, ``table_note``, ``floor``, ``publication``, ``training_budget``,
 ``teacher_entries``, ``on_progress`` (set by the harness before ``fit``), ``fit``, ``predict_proba``, ``predict_sets``,
 ``decision_rule``, ``save``/``load`` and the ``fit_report`` keys listed on :meth:`MedRecModel.fit`.
 :func:`check_model` holds a model to the parts that can be checked.
@@ -168,6 +168,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class Publication:
+    """A model's paper: ``cite`` as tables cite it ("Yang et al., WWW 2023"), ``date`` when it appeared ("YYYY-MM":
+    the month the conference met or the journal issue came out). ``--models all`` lists the published models that no
+    registered family's paper compares by this date (:func:`bench.registry.in_run_order`)."""
+
+    cite: str
+    date: str
+
+    def __post_init__(self) -> None:
+        year, _, month = self.date.partition("-")
+        if not (len(year) == 4 and year.isdigit() and len(month) == 2 and month.isdigit() and 1 <= int(month) <= 12):
+            raise ValueError(f"Publication({self.cite!r}).date must be 'YYYY-MM', got {self.date!r}")
+
+
 class CapabilityError(ValueError):
     """A sample the model declared it cannot serve (e.g. no medication history)."""
 
@@ -182,6 +197,10 @@ class MedRecModel(ABC):
     table_note: ClassVar[str] = ""
     # set by the harness before fit: a model with a training loop reports its epochs or steps through it
     on_progress: ProgressCallback | None = None
+    # where result tables and ``--models all`` place it (bench.registry.in_run_order): a floor (a rule or a minimal
+    # model that every result must beat; floors come first, by this rank) or, for a published model, its paper
+    floor: ClassVar[int | None] = None
+    publication: ClassVar[Publication | None] = None
 
     def __init__(self, dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0, device: str = "cpu"):
         self.dataset = dataset

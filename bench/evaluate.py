@@ -235,6 +235,24 @@ def significance(data: Mapping[str, Mapping], proposed: Sequence[str], procedure
     return out
 
 
+def against_best(data: Mapping[str, Mapping], procedure: str, n_patients: int, paired: bool = True) -> dict:
+    """Every label against the best mean of each group x metric column (itself excluded): label -> group ->
+    metric -> {"against", "delta": label - best, "p", ...}. Tables mark the cells whose difference from the
+    best the test does not separate (p >= 0.05; Holm-corrected down the column when asked)."""
+    out: dict = {label: {} for label in data}
+    for group in GROUPS:
+        served = [label for label in data if data[label].get(group) is not None]
+        for metric in TESTED:
+            if len(served) < 2:
+                continue
+            best = max(served, key=lambda label: metric.direction * data[label][group][metric.name].mean)
+            for label in served:
+                if label != best:
+                    test = compare(data[label][group][metric.name], data[best][group][metric.name], procedure, n_patients, paired)
+                    out[label].setdefault(group, {})[metric.name] = {"against": best, **test}
+    return out
+
+
 def _against_one(data: Mapping[str, Mapping], reference: str, labels: Sequence[str], cell) -> dict:
     """label -> group -> ``cell(its group cells, the reference's)``, for the groups both serve."""
     out: dict = {}

@@ -93,7 +93,7 @@ def _train_or_load(unit: Unit, folder: RunFolder, dataset: PreparedDataset, trai
     started = time.perf_counter()
     model.fit(train, val)
     model.fit_report.setdefault("train_seconds", time.perf_counter() - started)
-    TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, unit.spec.protocol), model.fit_report["train_seconds"])
+    TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, unit.spec.protocol), model.fit_report["train_seconds"], unit.model)
     progress(unit.name, 1, 1, "trained")
     model.save(folder.model_path(unit.label, unit.seed))
     folder.mark_trained(unit.label, unit.seed, unit.weights_key)

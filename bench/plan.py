@@ -6,16 +6,19 @@ an hour in), works out which labels are proposed, which teacher a student's rete
 against, and each unit's keys (:func:`bench.results.weights_key`: what determines its weights;
 :func:`bench.results.entry_key`: its predictions), so that the units a run folder already finished are
 reused. Pending units are ordered teachers first, then their students (each after its teacher's units),
-then the rest in the entries' order.
+then the rest longest first by the seconds each took on this machine before (:class:`bench.results.TimingHistory`:
+the same unit's, else the model's latest under any config or data; a model never timed here counts as longest,
+in the entries' order), so the entries' (display) order does not decide how long a run takes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bench import registry
 from bench.contract import MedRecModel, ModelConfig
-from bench.results import RunFolder, entry_key, weights_key
+from bench.results import RunFolder, TimingHistory, entry_key, weights_key
 from bench.spec import Entry, RunSpec
 from data_prep.dataset import PreparedDataset
 
@@ -104,6 +107,12 @@ def plan_run(spec: RunSpec, dataset: PreparedDataset, folder: RunFolder) -> Plan
     teachers = set(teacher_of.values())
     teacher_labels = tuple(r.entry.label for r in entries if r.entry.model in teachers)
     pending = [unit for unit in units if not folder.is_finished(unit.label, unit.seed, unit.key)]
-    pending.sort(key=lambda unit: 0 if unit.model in teachers else 1 if unit.model in teacher_of else 2)  # stable
+    history = TimingHistory()
+
+    def turn(unit: Unit) -> tuple[int, float]:
+        took = history.estimate(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, spec.protocol), unit.model)
+        return 0 if unit.model in teachers else 1 if unit.model in teacher_of else 2, -math.inf if took is None else -took
+
+    pending.sort(key=turn)  # stable
     after = tuple(tuple(j for j, other in enumerate(pending) if other.model == teacher_of.get(unit.model)) for unit in pending)
     return Plan(spec, tuple(entries), tuple(units), tuple(pending), after, proposed, teacher, students, teacher_labels)

@@ -8,6 +8,7 @@ and is benchmarked without forking this repository.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Sequence
 
 from bench.contract import MedRecModel, ModelFamily
 
@@ -36,21 +37,69 @@ def get(name: str) -> type[MedRecModel]:
     return cls
 
 
+# a table's blocks, in order: floors; the models each registered family's paper compares (its baselines in the
+# paper's order, then its teacher and model); published models beyond those, by date; models declaring neither
+SECTIONS = ("floors", "paper", "later", "other")
+SETS = {
+    "all": "every registered model",
+    "seeds": "the floors and the models each registered family's paper compares (for LEADER, its Table IV)",
+}
+
+
+def paper_models() -> list[str]:
+    """The models each registered family's paper compares, as its table lists them: baselines, teacher, model."""
+    names = set(available())
+    listed = [name for f in families() for name in (*f.baselines, f.teacher, f.model) if name and name in names]
+    return list(dict.fromkeys(listed))
+
+
+def section(name: str, paper: Sequence[str] | None = None) -> str:
+    """Which block of :data:`SECTIONS` ``name`` belongs to, from its declaration and the families
+    (``paper``: :func:`paper_models`, when the caller has it)."""
+    model_class = get(name)
+    if model_class.floor is not None:
+        return "floors"
+    if name in (paper_models() if paper is None else paper):
+        return "paper"
+    return "later" if model_class.publication is not None else "other"
+
+
 def in_run_order() -> list[str]:
-    """Every registered model as a paper's table lists them: the others (floors, third-party models) first,
-    then the baselines a family compares against in its paper's order, its own models last."""
-    names = available()
-    families_ = families()
-    proposed = [name for f in families_ for name in (f.teacher, f.model) if name in names]
-    compared = [name for f in families_ for name in f.baselines if name in names and name not in proposed]
-    first = [n for n in names if n not in compared and n not in proposed]
-    return list(dict.fromkeys([*first, *compared, *proposed]))
+    """Every registered model in table order: the floors by their declared rank (``MedRecModel.floor``), the
+    models of each registered family's paper in its order (``ModelFamily.baselines``, then its teacher and
+    model), the other published models by date (``MedRecModel.publication``), then any model declaring neither,
+    by name. What order units *execute* in is the plan's business (:mod:`bench.plan`), not this one."""
+    paper = paper_models()
+    by_section: dict[str, list[str]] = {key: [] for key in SECTIONS}
+    for name in available():
+        by_section[section(name, paper)].append(name)
+    rank = {name: index for index, name in enumerate(paper)}
+    by_section["floors"].sort(key=lambda n: (get(n).floor, n))
+    by_section["paper"].sort(key=rank.__getitem__)
+    by_section["later"].sort(key=lambda n: (get(n).publication.date, n))
+    return [name for key in SECTIONS for name in by_section[key]]
+
+
+def seeds() -> list[str]:
+    """The floors and the models of each registered family's paper (the LEADER paper's Table IV), in table order."""
+    paper = paper_models()
+    return [name for name in in_run_order() if section(name, paper) in ("floors", "paper")]
+
+
+def describe_sets() -> str:
+    """``all`` and ``seeds`` with the models each holds now, for ``--models``'s help."""
+    members = {"all": in_run_order(), "seeds": seeds()}
+    return "; ".join(f"'{key}': {what} ({', '.join(members[key])})" for key, what in SETS.items())
 
 
 def resolve(spec: str) -> list[str]:
-    """``all`` -> every registered model (:func:`in_run_order`); ``a,b`` -> that subset, checked, in the given order."""
-    if spec.strip() == "all":
+    """``all`` / ``seeds`` -> those models in table order (:func:`in_run_order`); ``a,b`` -> that subset, checked,
+    in the given order."""
+    named = spec.strip()
+    if named == "all":
         return in_run_order()
+    if named == "seeds":
+        return seeds()
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise UnknownModelError(f"no model named in {spec!r}; known models: {', '.join(available())}")

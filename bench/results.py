@@ -186,8 +186,18 @@ class TimingHistory:
     def get(self, key: str) -> float | None:
         return self._read().get(key)
 
-    def record(self, key: str, seconds: float) -> None:
-        write_json(self.path, {**self._read(), key: seconds})
+    def estimate(self, key: str, model: str) -> float | None:
+        """The seconds recorded under ``key``, else the latest of ``model`` on this machine under any config or
+        data: an order of magnitude, enough to start long units first (:mod:`bench.plan`)."""
+        history = self._read()
+        return history.get(key, history.get(self._latest(model)))
+
+    @staticmethod
+    def _latest(model: str) -> str:
+        return f"latest:{model}@{platform.node()}"
+
+    def record(self, key: str, seconds: float, model: str | None = None) -> None:
+        write_json(self.path, {**self._read(), key: seconds, **({self._latest(model): seconds} if model else {})})
 
 
 FRAMEWORKS = ("torch", "transformers", "peft")

@@ -2,17 +2,18 @@
 
 Per unit, the stored test predictions give per-sample metrics once (:mod:`bench.metrics`); resamples of
 the test patients, drawn once and shared by every unit, give each cell's values (:mod:`bench.evaluate`);
-seeds are pooled per label, then summarised, tested against the best baseline, against the full model of
-an ablation, and as a student's retention of its teacher (with 95% intervals against every teacher entry,
-``retention_intervals``). Validation point estimates (for choosing, never
-test) come from the stored validation predictions.
+seeds are pooled per label, then summarised, tested against the best baseline, against each column's
+best (``versus_best``), against the full model of an ablation, and as a student's retention of its
+teacher (with 95% intervals against every teacher entry, ``retention_intervals``). Validation point
+estimates (for choosing, never test) come from the stored validation predictions.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bench.evaluate import RESAMPLE_SEED, against_reference, cell_values, collect, draw_resamples, retention, retention_intervals, significance, summarise
+from bench import registry
+from bench.evaluate import RESAMPLE_SEED, against_best, against_reference, cell_values, collect, draw_resamples, retention, retention_intervals, significance, summarise
 from bench.metrics import aggregate, per_sample_metrics
 from bench.plan import Plan, Resolved
 from bench.results import RunFolder, read_json
@@ -66,6 +67,8 @@ def summarise_run(plan: Plan, dataset: PreparedDataset, folder: RunFolder) -> di
             label: retention_intervals(cells, label, [s for s in plan.students if s not in plan.teachers], statistics.procedure, n_patients)
             for label in plan.teachers
         },
+        # every label against each column's best (the table marks those the test does not separate from it)
+        "versus_best": against_best(cells, statistics.procedure, n_patients, paired),
         "versus_full": against_reference(cells, full, [x for x in spec.labels if x not in (full, plan.teacher, *plan.teachers)], statistics.procedure, n_patients, paired) if full else {},
         "train_seconds": {label: {seed: fit.get("train_seconds") for seed, fit in by_seed.items()} for label, by_seed in fits.items()},
     }
@@ -99,15 +102,19 @@ def _mean_over_seeds(by_seed: list[dict]) -> dict:
 
 def _entry_summary(resolved: Resolved, plan: Plan, decisions: dict, fits: dict) -> dict:
     label, seeds = resolved.entry.label, plan.spec.seeds
+    model_class = resolved.model_class
     out = {
         "label": label,
         "model": resolved.entry.model,
         "proposed": label in plan.proposed,
+        "section": registry.section(resolved.entry.model),  # the table block it sits in (bench.registry.SECTIONS)
         "decision": {seed: decisions[label][seed] for seed in seeds},
         "converged": {seed: fits[label][seed].get("converged") for seed in seeds},
     }
-    if resolved.model_class.table_note:
-        out["note"] = resolved.model_class.table_note
+    if model_class.publication is not None:
+        out["publication"] = model_class.publication.cite
+    if model_class.table_note:
+        out["note"] = model_class.table_note
     teachers = {seed: fits[label][seed]["teacher"] for seed in seeds if fits[label][seed].get("teacher")}
     if teachers:  # a distilled student: the seed and cache key of the teacher it learnt from
         out["teacher"] = teachers

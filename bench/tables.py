@@ -6,11 +6,16 @@ DDI rate and the average number of recommended medications. Each cell is "mean �
 default statistics the half-width of the 95% interval over test patients and training seeds, with
 ``--stats paper`` the std over the paper's rounds. Per column the best mean is bold and the second
 underlined (ties share the mark); a star marks a proposed model that beats the column's best baseline
-(p < 0.05, Holm-corrected across the row's columns when the run or the table asks for it); a model
-that cannot serve a group reads "-". Every rendering says which procedure, seeds and decision rules
-made it (:func:`notes`). ``retention`` is DistilLLM-Med's headline: one row per student and teacher of
-the run, each student's PRAUC, Jaccard and F1 as a percentage of that teacher's, per group, with the 95%
-interval over test patients and training seeds (``retention_intervals`` of the summary).
+(p < 0.05, Holm-corrected across the row's columns when the run or the table asks for it); a dagger marks a
+cell the same test does not separate from the column's best (p >= 0.05; Holm down the column when asked);
+a model that cannot serve a group reads "-". Rows follow the run's entries (``--models all``: the registry's
+table order), with a rule between the table's blocks (floors, the paper's models, its proposed models,
+the models beyond its comparison: each entry's ``section``). Markdown and terminal tables add each
+model's training seconds (mean over seeds). Every rendering says which procedure, seeds and decision
+rules made it (:func:`notes`) and what its marks and blocks mean (:func:`layout_notes`). ``retention``
+is DistilLLM-Med's headline: one row per student and teacher of the run, each student's PRAUC, Jaccard
+and F1 as a percentage of that teacher's, per group, with the 95% interval over test patients and
+training seeds (``retention_intervals`` of the summary).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Cell:
     star: bool
     p: float | None  # the test's p-value against the column's best baseline (Holm-adjusted when asked)
     fmt: str = ".4f"  # the metric's number format
+    tied: bool = False  # not the column's best, and the test does not separate it from the best
 
     def text(self, plus_minus: str = "±") -> str:
         return f"{self.mean:{self.fmt}} {plus_minus} {self.spread:{self.fmt}}"
@@ -66,11 +72,25 @@ def _holm(summary: Mapping, holm: bool | None) -> bool:
     return bool(summary.get("stats", {}).get("holm")) if holm is None else holm
 
 
+def _versus_best(summary: Mapping, metrics: Sequence[Metric], holm: bool) -> dict[tuple[str, str, str], float | None]:
+    """(label, group, metric) -> p of the label against its column's best; Holm down each column when asked."""
+    stored = summary.get("versus_best") or {}
+    out: dict[tuple[str, str, str], float | None] = {}
+    for group in GROUPS:
+        for metric in metrics:
+            column = {(label, group, metric.name): tests[group][metric.name].get("p")
+                      for label, tests in stored.items() if metric.name in tests.get(group, {})}
+            out.update(holm_adjust(column) if holm else column)
+    return out
+
+
 def cells(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> dict[str, dict[tuple[str, str], Cell | None]]:
-    """label -> (group, metric name) -> Cell, with ranks per column and stars from the stored p-values."""
+    """label -> (group, metric name) -> Cell, with ranks per column, stars from the stored p-values and
+    daggers where the stored test against the column's best (``versus_best``) does not separate the two."""
     models = summary["models"]
     significance = summary.get("significance", {})
     pvalues = _pvalues(summary, metrics, _holm(summary, holm))
+    versus_best = _versus_best(summary, metrics, _holm(summary, holm))
     out: dict[str, dict[tuple[str, str], Cell | None]] = {label: {} for label in models}
     for group in GROUPS:
         for metric in metrics:
@@ -85,7 +105,9 @@ def cells(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None)
                 test = significance.get(label, {}).get(group, {}).get(metric.name)
                 p = pvalues.get(label, {}).get(key)
                 star = test is not None and test["improves"] and p is not None and p < ALPHA
-                out[label][key] = Cell(stats["mean"], stats["pm"], ranks.get(label), star, p, metric.fmt)
+                against_best = versus_best.get((label, group, metric.name), 0.0)
+                tied = metric.tested and ranks.get(label) != 0 and (against_best is None or against_best >= ALPHA)
+                out[label][key] = Cell(stats["mean"], stats["pm"], ranks.get(label), star, p, metric.fmt, tied)
     return out
 
 
@@ -118,6 +140,32 @@ def notes(summary: Mapping, holm: bool | None = None) -> list[str]:
     return lines
 
 
+SECTION_NOTES = {
+    "floors": "floors (rules and minimal models every result must beat)",
+    "paper": "the models of the paper's comparison",
+    "later": "models beyond the paper's comparison, by publication",
+    "other": "models that declare neither",
+}
+
+
+def layout_notes(summary: Mapping, holm: bool | None = None) -> list[str]:
+    """What a results table's daggers and rules mean, for the runs whose summary has them."""
+    lines = []
+    if summary.get("versus_best"):
+        correction = ", Holm-corrected down the column" if _holm(summary, holm) else ""
+        lines.append(f"† not separated from the column's best (the same test, p ≥ {ALPHA}{correction}).")
+    entries = summary.get("entries", [])
+    sections = list(dict.fromkeys(e["section"] for e in entries if e.get("section")))
+    if len(sections) > 1:
+        proposed = {e.get("section") for e in entries if e.get("proposed")}
+        blocks = [SECTION_NOTES.get(name, name) + (", its proposed models last" if name in proposed else "") for name in sections]
+        lines.append("Row blocks, top to bottom: " + "; ".join(blocks) + ".")
+    later = [f"{e['label']} ({e['publication']})" for e in entries if e.get("section") == "later" and e.get("publication")]
+    if later:
+        lines.append("Beyond the paper's comparison: " + "; ".join(later) + ".")
+    return lines
+
+
 def _ranks(means: Mapping[str, float], direction: int) -> dict[str, int]:
     if direction == 0 or len(means) < 2:
         return {}
@@ -131,7 +179,19 @@ def render(summary: Mapping, fmt: str, table: str = "main", holm: bool | None = 
     metrics = table_metrics(table)
     if table == "retention":
         return {"latex": retention_latex, "markdown": retention_markdown, "csv": retention_csv}[fmt](summary, metrics)
-    return {"latex": latex, "markdown": markdown, "csv": to_csv}[fmt](summary, metrics, holm)
+    if fmt == "latex":
+        return latex(summary, metrics, holm, table)
+    return {"markdown": markdown, "csv": to_csv}[fmt](summary, metrics, holm)
+
+
+def train_seconds(summary: Mapping, label: str) -> float | None:
+    """A label's training seconds, the mean over its seeds (None when the summary has none)."""
+    values = [v for v in (summary.get("train_seconds") or {}).get(label, {}).values() if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _seconds_text(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}"
 
 
 # ----- LaTeX -------------------------------------------------------------------------------------
@@ -150,18 +210,22 @@ def _latex_cell(cell: Cell | None) -> str:
         body = f"\\mathbf{{{body}}}"
     elif cell.rank == 1:
         body = f"\\underline{{{body}}}"
-    return f"${body}{'^{*}' if cell.star else ''}$"
+    marks = ("*" if cell.star else "") + ("\\dagger" if cell.tied else "")
+    return f"${body}{'^{' + marks + '}' if marks else ''}$"
 
 
-def latex(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
-    """A ``table`` environment (needs booktabs), in the layout of the paper's Tables IV/V/VI."""
+def latex(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None, table: str = "main") -> str:
+    """A ``table`` environment (needs booktabs), in the layout of the paper's Tables IV/V/VI: a rule above each
+    block of rows (:func:`_rows`), the caption saying what the table shows and how its numbers were made."""
     grid = cells(summary, metrics, holm)
     rows: list[list[str] | None] = []
-    for label, first_proposed in _rows(summary):
-        if first_proposed:
+    for label, ruled in _rows(summary):
+        if ruled:
             rows.append(None)
         rows.append([latex_escape(label), *(_latex_cell(grid[label][(g, m.name)]) for g in GROUPS for m in metrics)])
-    return _latex_frame(["Model"], metrics, rows, " ".join(notes(summary, holm)))
+    shown = ", ".join(m.title for m in metrics)
+    title = f"{TABLES[table]}: {shown} of each {'variant' if table == 'ablation' else 'model'} by patient group ({', '.join(GROUP_TITLES[g].lower() for g in GROUPS)}) on the {summary.get('dataset', '')} test set."
+    return _latex_frame(["Model"], metrics, rows, " ".join([title, *notes(summary, holm), *layout_notes(summary, holm)]))
 
 
 def _latex_frame(heads: Sequence[str], metrics: Sequence[Metric], rows: Sequence[Sequence[str] | None], caption: str) -> str:
@@ -179,20 +243,29 @@ def _latex_frame(heads: Sequence[str], metrics: Sequence[Metric], rows: Sequence
         r"\midrule",
     ]
     lines += [r"\midrule" if row is None else " & ".join(row) + r" \\" for row in rows]
-    caption = latex_escape(caption).replace("±", r"$\pm$").replace("<", "$<$")
+    caption = latex_escape(caption).replace("±", r"$\pm$").replace("<", "$<$").replace("≥", r"$\geq$").replace("†", r"$^{\dagger}$")
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 def _rows(summary: Mapping) -> list[tuple[str, bool]]:
-    """Labels in entry order; True on the first proposed row that follows a baseline (a rule goes above it)."""
-    proposed = {e["label"] for e in summary.get("entries", []) if e.get("proposed")}
-    out, seen_baseline, ruled = [], False, False
+    """Labels in entry order, True where a rule goes above the row: where the block changes (each entry's
+    ``section``: floors, the paper's models, later models) and above the first proposed row that follows a
+    baseline of its block, as the paper's Table IV sets LEADER apart."""
+    entries = {e["label"]: e for e in summary.get("entries", [])}
+    out, previous, seen_baseline, ruled = [], None, False, False
     for label in summary["models"]:
-        is_proposed = label in proposed
-        out.append((label, is_proposed and seen_baseline and not ruled))
-        ruled = ruled or (is_proposed and seen_baseline)
+        entry = entries.get(label, {})
+        section, is_proposed = entry.get("section"), bool(entry.get("proposed"))
+        if previous is not None and section != previous[0]:
+            seen_baseline, ruled = False, False
+            rule = True
+        else:
+            rule = is_proposed and seen_baseline and not ruled
+        out.append((label, rule))
+        ruled = ruled or (is_proposed and seen_baseline) or (rule and is_proposed)
         seen_baseline = seen_baseline or not is_proposed
+        previous = (section,)
     return out
 
 
@@ -205,17 +278,21 @@ def _plain_cell(cell: Cell | None, bold: tuple[str, str], underline: tuple[str, 
         body = f"{bold[0]}{body}{bold[1]}"
     elif cell.rank == 1:
         body = f"{underline[0]}{body}{underline[1]}"
-    return body + (star if cell.star else "")
+    return body + (star if cell.star else "") + ("†" if cell.tied else "")
 
 
 def markdown(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
+    """The table as Markdown (the README's main table: ``bench table --run R --format markdown``), with each
+    model's training seconds when the summary has them; a blank row marks where LaTeX draws a rule."""
     grid = cells(summary, metrics, holm)
-    header = ["Model", *(f"{GROUP_TITLES[g]} {m.title}" for g in GROUPS for m in metrics)]
+    timed = bool(summary.get("train_seconds"))
+    header = ["Model", *(f"{GROUP_TITLES[g]} {m.title}" for g in GROUPS for m in metrics), *(["Train s"] if timed else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", *(":---:" for _ in header[1:])]) + "|"]
     for label, _ in _rows(summary):
         row = [label.replace("|", r"\|"), *(_plain_cell(grid[label][(g, m.name)], ("**", "**"), ("<u>", "</u>"), r"\*") for g in GROUPS for m in metrics)]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join([*lines, "", *notes(summary, holm)]) + "\n"
+        lines.append("| " + " | ".join([*row, *([_seconds_text(train_seconds(summary, label))] if timed else [])]) + " |")
+    seconds = ["Train s: training seconds, the mean over seeds (as measured where each unit trained)."] if timed else []
+    return "\n".join([*lines, "", *notes(summary, holm), *layout_notes(summary, holm), *seconds]) + "\n"
 
 
 def to_csv(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None) -> str:
@@ -254,16 +331,20 @@ def to_csv(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None
 def rich_table(summary: Mapping, table: str = "main") -> Table:
     metrics = table_metrics(table)
     grid = cells(summary, metrics)
-    out = Table(title=f"{TABLES[table]} — {summary.get('dataset', '')}", caption="\n".join(notes(summary)), caption_justify="left")
+    timed = bool(summary.get("train_seconds"))
+    out = Table(title=f"{TABLES[table]} — {summary.get('dataset', '')}", caption="\n".join([*notes(summary), *layout_notes(summary)]), caption_justify="left")
     out.add_column("Model", style="bold")
     for group in GROUPS:
         for metric in metrics:
             out.add_column(f"{GROUP_TITLES[group]}\n{metric.title}", justify="center")
-    for label, first_proposed in _rows(summary):
-        if first_proposed:
+    if timed:
+        out.add_column("Train s", justify="right")
+    for label, ruled in _rows(summary):
+        if ruled:
             out.add_section()
         marks = {"bold": ("[bold]", "[/bold]"), "underline": ("[underline]", "[/underline]"), "star": "*"}
-        out.add_row(label, *(_plain_cell(grid[label][(g, m.name)], **marks) for g in GROUPS for m in metrics))
+        seconds = [_seconds_text(train_seconds(summary, label))] if timed else []
+        out.add_row(label, *(_plain_cell(grid[label][(g, m.name)], **marks) for g in GROUPS for m in metrics), *seconds)
     return out
 
 

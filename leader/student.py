@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.contract import Capabilities, ModelConfig, seed_everything
+from bench.contract import Capabilities, ModelConfig, Publication, seed_everything
 from bench.training import CurriculumOptions, TorchModel, pad_sequences, target_tensor, train_network
 from data_prep.cache import stable_hash
 from data_prep.dataset import PreparedDataset, Sample
@@ -294,6 +294,7 @@ class StudentNetwork(nn.Module):
 
 class LeaderStudent(TorchModel):
     name = "leader_s"
+    publication = Publication("Liu et al., arXiv 2402.02803, 2024", "2024-02")
     config_class = StudentConfig
     capabilities = Capabilities(uses_profile=True)
 

@@ -87,7 +87,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from bench.contract import Capabilities, MedRecModel, ModelConfig, seed_everything, stopping_rule, training_record
+from bench.contract import Capabilities, MedRecModel, ModelConfig, Publication, seed_everything, stopping_rule, training_record
 from bench.training import Schedule, run_training, target_tensor, validation_score
 from data_prep.atomic import write_atomic
 from data_prep.cache import stable_hash
@@ -190,6 +190,7 @@ class LeaderTeacher(MedRecModel):
     prompt; with the default (off, as published) the teacher does not read it."""
 
     name = "leader_t"
+    publication = Publication("Liu et al., arXiv 2402.02803, 2024", "2024-02")
     config_class = TeacherConfig
     capabilities = Capabilities(uses_profile=True)
 

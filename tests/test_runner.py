@@ -121,6 +121,7 @@ def test_an_interrupted_run_completes_without_retraining_finished_models(tiny_da
     def crash(self, train, val):
         raise KeyboardInterrupt("killed during the second model")
 
+    monkeypatch.setenv("MEDREC_BENCH_CACHE", str(tmp_path / "cache"))  # no timing history: the entries' order runs
     with monkeypatch.context() as patch:
         patch.setattr(CurrentVisitMLP, "fit", crash)
         with pytest.raises(KeyboardInterrupt):
@@ -329,3 +330,42 @@ def test_model_selection_on_validation_jaccard_is_an_option(tiny_dataset):
     assert kept == pytest.approx(np.mean(jaccards))
     with pytest.raises(ValueError, match="selection='f1'"):
         CurrentVisitMLP.config_class.preset("quick", selection="f1")
+
+
+def test_tables_order_is_not_run_order_teacher_first_then_longest_first(tiny_dataset, tmp_path, monkeypatch):
+    """The plan runs the teacher first, its student next, then the rest longest first by this machine's timing
+    history (a unit never timed counts as longest), whatever order the entries are shown in."""
+    from bench.plan import plan_run
+    from bench.results import TimingHistory
+    from conftest import make_spec
+
+    monkeypatch.setenv("MEDREC_BENCH_CACHE", str(tmp_path / "cache"))
+    entries = [Entry("freq", "freq"), Entry("repeat", "repeat"), Entry("mlp", "mlp"), Entry("LEADER(T)", "leader_t"), Entry("LEADER(S)", "leader_s")]
+    spec = make_spec(entries, preset="quick")
+
+    def pending():
+        return [unit.label for unit in plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r")).pending]
+
+    assert pending() == ["LEADER(T)", "LEADER(S)", "freq", "repeat", "mlp"]  # nothing timed: the entries' order
+    plan = plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r"))
+    for label, seconds in (("freq", 1.0), ("mlp", 40.0)):
+        unit = plan.units_of(label)[0]
+        TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), tiny_dataset.fingerprint, spec.protocol), seconds)
+    assert pending() == ["LEADER(T)", "LEADER(S)", "repeat", "mlp", "freq"]  # repeat never timed, then 40 s, then 1 s
+    TimingHistory().record("another config or data", 90.0, "repeat")
+    TimingHistory().record("another config or data", 0.5, "mlp")  # the latest of mlp, but not this unit's own time
+    assert pending() == ["LEADER(T)", "LEADER(S)", "repeat", "mlp", "freq"]  # 90 s (repeat's latest anywhere), 40 s, 1 s
+    TimingHistory().record("another config or data", 0.1, "repeat")
+    assert pending() == ["LEADER(T)", "LEADER(S)", "mlp", "freq", "repeat"]
+    assert plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r")).spec.labels == [e.label for e in entries]  # shown as given
+
+
+def test_the_summary_places_each_entry_and_tests_it_against_each_columns_best(tiny_dataset, tmp_path):
+    summary = run(tiny_dataset, tmp_path / "r")
+    assert [(e["label"], e["section"]) for e in summary["entries"]] == [("freq", "floors"), ("MLP h8", "floors")]
+    for group in ("overall", "multi", "single"):
+        best = max(summary["models"], key=lambda label: summary["models"][label][group]["prauc"]["mean"])
+        other = next(label for label in summary["models"] if label != best)
+        test = summary["versus_best"][other][group]["prauc"]
+        assert test["against"] == best and test["delta"] <= 0 and 0 <= test["p"] <= 1
+        assert "prauc" not in summary["versus_best"][best].get(group, {})

@@ -137,9 +137,73 @@ def test_rich_table_has_a_column_per_group_and_metric():
     assert len(table.columns) == 10 and table.row_count == 3
 
 
+# ----- Table IV with the models beyond the paper: blocks, daggers, training time -------------------------
+def blocks_summary():
+    """Floors, the paper's baselines and proposed model, and a later model, as a run of ``--models all`` records
+    them; VITA serves the multi-visit group only; its multi-visit PRAUC is not separated from the best."""
+    summary = known_summary()
+    summary["models"] = {
+        "freq": summary["models"]["freq"],
+        "micron": summary["models"]["micron"],
+        "leader_s": summary["models"]["leader_s"],
+        "vita": {"overall": None, "multi": cells([0.74, 0.76], [0.44, 0.46], [0.59, 0.61]), "single": None},
+    }
+    sections = {"freq": "floors", "micron": "paper", "leader_s": "paper", "vita": "later"}
+    summary["entries"] = [
+        {"label": label, "proposed": label == "leader_s", "section": section, "decision": {"0": {"rule": "threshold 0.5", "threshold": None}},
+         "converged": {"0": True}, **({"publication": "Kim et al., AAAI 2024"} if label == "vita" else {})}
+        for label, section in sections.items()
+    ]
+    test = lambda best, p: {"against": best, "delta": -0.01, "p": p}  # noqa: E731
+    summary["versus_best"] = {"vita": {"multi": {"prauc": test("leader_s", 0.4), "jaccard": test("micron", 0.01)}},
+                              "micron": {"multi": {"prauc": test("leader_s", 0.001)}}}
+    summary["train_seconds"] = {"freq": {"0": 0.01}, "micron": {"0": 5.2}, "leader_s": {"0": 74.6, "1": 75.4}, "vita": {"0": 55.0}}
+    return summary
+
+
+def test_latex_sets_the_floors_the_papers_models_and_later_models_apart():
+    text = render(blocks_summary(), "latex")
+    assert latex_errors(text) == []
+    body = text[text.index("\\midrule"):text.index("\\bottomrule")].splitlines()
+    labels = [line.split(" & ")[0] for line in body]
+    # header rule, floors, rule, the paper's baselines, rule, its proposed model, rule, the later models
+    assert labels == ["\\midrule", "freq", "\\midrule", "micron", "\\midrule", "leader\\_s", "\\midrule", "vita"]
+    rows = latex_rows(text)
+    assert rows["vita"][3] == r"$\underline{0.7500 \pm 0.0100}^{\dagger}$"  # p = 0.4 against the best: not separated
+    assert rows["vita"][4] == r"$\underline{0.4500 \pm 0.0100}$"  # second, and p = 0.01: separated
+    assert rows["micron"][3] == r"$0.7100 \pm 0.0100$" and rows["vita"][0] == "-"
+    caption = text[text.index("\\caption"):]
+    assert caption.startswith("\\caption{Effectiveness: PRAUC, Jaccard, F1 of each model by patient group (overall, multi-visit, single-visit) on the synth test set.")
+    assert "vita (Kim et al., AAAI 2024)" in caption and "not separated from the column's best" in caption
+
+
+def test_without_blocks_or_tests_the_layout_is_the_papers():
+    text = render(known_summary(), "latex")
+    assert "\\dagger" not in text and "Row blocks" not in text and text.count("\\midrule") == 2
+
+
+def test_holm_down_the_column_can_unseparate_a_cell():
+    summary = blocks_summary()
+    summary["versus_best"]["leader_s"] = {"multi": {"jaccard": {"against": "micron", "delta": -0.05, "p": 0.03}}}
+    summary["versus_best"]["vita"]["multi"]["jaccard"]["p"] = 0.03
+    assert latex_rows(render(summary, "latex"))["vita"][4] == r"$\underline{0.4500 \pm 0.0100}$"
+    assert latex_rows(render(summary, "latex", holm=True))["vita"][4] == r"$\underline{0.4500 \pm 0.0100}^{\dagger}$"  # 0.03 x 2
+
+
+def test_markdown_main_table_has_daggers_and_training_seconds_per_model():
+    md = render(blocks_summary(), "markdown").splitlines()
+    assert md[0].endswith("| Single-visit F1 | Train s |")
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in md[2:6]}
+    assert list(rows) == ["freq", "micron", "leader_s", "vita"]
+    assert rows["leader_s"][-1] == "75" and rows["freq"][-1] == "0" and rows["vita"][3] == "<u>0.7500 ± 0.0100</u>†"
+    assert any(line.startswith("† not separated from the column's best") for line in md)
+    assert "Train s: training seconds, the mean over seeds" in md[-1]
+    assert [c.header for c in rich_table(blocks_summary()).columns][-1] == "Train s"
+
+
 # ----- LaTeX: what pdflatex (article + booktabs) would reject, found by a LaTeX parser ---------
 TEXT_COMMANDS = {"centering", "caption", "toprule", "midrule", "bottomrule", "cmidrule", "multicolumn", "underline", "textbf", "\\", "_", "&", "%", "#", "$", "{", "}"}
-MATH_COMMANDS = {"mathbf", "underline", "pm", "_", "&", "%", "#", "{", "}"}
+MATH_COMMANDS = {"mathbf", "underline", "pm", "dagger", "geq", "_", "&", "%", "#", "{", "}"}
 RULES = {"toprule", "midrule", "bottomrule", "cmidrule"}
 
 

@@ -255,6 +255,22 @@ def parse_settings(settings: Sequence[str]) -> dict:
     return out
 
 
+class ModelsOption(click.Option):
+    """``--models``, whose help lists what ``all`` and ``seeds`` hold now (read from the registry only when the
+    help is shown: loading every model class costs seconds)."""
+
+    def get_help_record(self, ctx: click.Context):
+        self.help = f"{MODELS_HELP} {registry.describe_sets()}."
+        return super().get_help_record(ctx)
+
+
+MODELS_HELP = "'all', 'seeds' or a comma-separated list of registered models (tables list them in that order)."
+
+
+def models_option(command):
+    return click.option("--models", "models_spec", cls=ModelsOption, default="all", show_default=True, help=MODELS_HELP)(command)
+
+
 def model_names(spec: str) -> list[str]:
     try:
         return registry.resolve(spec)

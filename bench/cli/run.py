@@ -25,6 +25,7 @@ from bench.cli.options import (
     model_entries,
     model_names,
     model_options,
+    models_option,
     preset_option,
     run_spec,
 )
@@ -58,7 +59,7 @@ def execute_spec(spec, values: dict, console: Console) -> tuple[dict, Path]:
 @main.command("run")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), callback=experiment_file, is_eager=True,
               expose_value=True, help="An experiment file (TOML): models, seeds, dataset, per-model overrides, any option; flags override it.")
-@click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list of registered models.")
+@models_option
 @dataset_options
 @preset_option("Model configs: each model's published configuration (paper), the harness's mini-batch changes, or those sized for a 2-core CPU (quick).")
 @evaluation_options
@@ -137,7 +138,7 @@ def share_command(run_dir, out):
 
 
 @main.command("profile")
-@click.option("--models", "models_spec", default="all", show_default=True, help="'all' or a comma-separated list of registered models.")
+@models_option
 @dataset_options
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure inference latency.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak inference memory.")
