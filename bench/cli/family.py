@@ -68,7 +68,7 @@ def run_options(command):
 def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Table:
     """Validation PRAUC, test PRAUC by group; in an ablation also the full model's lead over each variant and its p-value."""
     versus = summary.get("versus_full", {})
-    table = Table(title=title, caption="\n".join(tables.notes(summary)), caption_justify="left")
+    table = Table(title=title, caption="\n".join(tables.versus_full_notes(summary, full_label)), caption_justify="left")
     table.add_column("entry")
     table.add_column("val PRAUC", justify="right")
     for group in GROUPS:
