@@ -115,3 +115,71 @@ def test_icd_versions_other_than_9_and_10_are_counted_not_quoted(tmp_path):
     with pytest.raises(DataError, match=r"column icd_version must be 9 or 10, but 1 rows hold another value \(the first on line 3\)") as caught:
         _versioned(table["icd_code"], table["icd_version"], path)
     assert "ICD11" not in str(caught.value)
+
+
+def test_aux_file_in_the_wrong_format(folders):
+    replace(folders[1] / "ndc2RXCUI.txt", "ndc,rxcui\n00002140701,853004\n")
+    expect_error(folders, r"ndc2RXCUI.txt: not a Python dict literal")
+
+
+def test_aux_atc_table_without_atc_column(folders):
+    path = folders[1] / "ndc2atc_level4.csv.gz"
+    path.unlink()
+    path.write_bytes(gzip.compress(b"YEAR,MONTH,NDC,RXCUI,CODE\n2014,11,0002-1433-61,1551300,A10BJ\n"))
+    expect_error(folders, r"ndc2atc_level4.csv.gz: missing column ATC5 or ATC4")
+
+
+def test_drug_atc_lines_are_checked(tmp_path):
+    from data_prep.aux_maps import load_stitch_to_atc3
+
+    (tmp_path / "drug-atc.csv").write_text("CID1,A01AA01\nnot-a-cid,hello\n")
+    with pytest.raises(DataError, match=r"drug-atc.csv: line 2 is not 'CID...,ATC,...'") as caught:
+        load_stitch_to_atc3(tmp_path / "drug-atc.csv")
+    assert "hello" not in str(caught.value) and "not-a-cid" not in str(caught.value)
+
+
+def test_cli_turns_bad_input_into_one_line_and_a_nonzero_exit(folders):
+    root, aux, cache = folders
+    (root / "ADMISSIONS.csv").unlink()
+    result = CliRunner().invoke(main, ["data", "info", "--dataset", "mimic3", "--root", str(root), "--aux", str(aux), "--cache-dir", str(cache)])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [f"Error: {root}: missing table admissions (looked for admissions.csv or admissions.csv.gz, any case)"]
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_codes_that_lost_their_leading_zeros(folders):
+    """A spreadsheet saved 0389 as 389: no code starts with 0, and codes known only with a leading 0 are common."""
+    path = folders[0] / "DIAGNOSES_ICD.csv"
+    text = (DEMO / "DIAGNOSES_ICD.csv").read_text().splitlines()
+    rows = [text[0]] + [",".join(f[:-1] + [f[-1].lstrip("0")]) for f in (line.split(",") for line in text[1:])]
+    replace(path, "\n".join(rows) + "\n")
+    expect_error(folders, r"DIAGNOSES_ICD.csv: column icd9_code has no code starting with 0, but \d+ rows hold codes known only with a leading zero \(")
+
+
+def test_codes_of_another_code_system(folders):
+    path = folders[0] / "DIAGNOSES_ICD.csv"
+    lines = (DEMO / "DIAGNOSES_ICD.csv").read_text().splitlines()
+    rows = [lines[0]] + [",".join(line.split(",")[:-1] + [f"Z{i % 90:02d}X"]) for i, line in enumerate(lines[1:])]
+    replace(path, "\n".join(rows) + "\n")
+    expect_error(folders, r"DIAGNOSES_ICD.csv: column icd9_code: 100% of rows hold codes unknown to the ICD diagnoses code system")
+
+
+def test_hadm_ids_that_do_not_join_are_a_clear_error_with_join_rates(folders):
+    """hadm_id written as 142345.0 in prescriptions: nothing joins, no visit has medications, no patient is left."""
+    path = folders[0] / "PRESCRIPTIONS.csv"
+    lines = (DEMO / "PRESCRIPTIONS.csv").read_text().splitlines()
+    rows = [lines[0]] + [",".join(f[:2] + [f"{f[2]}.0"] + f[3:]) for f in (line.split(",") for line in lines[1:])]
+    replace(path, "\n".join(rows) + "\n")
+    expect_error(folders, r"no patient is left after preprocessing \(rows whose hadm_id joins admissions: diagnoses_icd 100%, procedures_icd 100%, prescriptions 0%\)")
+    root, aux, cache = folders
+    result = CliRunner().invoke(main, ["data", "prepare", "--dataset", "mimic3", "--root", str(root), "--aux", str(aux), "--cache-dir", str(cache)])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+
+
+def test_join_rates_and_unnamed_codes_are_reported(folders):
+    root, aux, cache = folders
+    result = CliRunner().invoke(main, ["data", "info", "--json", "--dataset", "mimic3", "--root", str(root), "--aux", str(aux), "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["join_rates"]["prescriptions"] == {"rows": 10398, "joined": 10398}
+    assert stats["unnamed_codes"] == {"diagnoses": 20, "procedures": 2}
