@@ -185,7 +185,7 @@ def share_command(run_dir, out):
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True, help="Batch-size-1 calls timed per model.")
 @model_options
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Where to look for a finished run when --run is not given.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Where to look for a finished run when --run is not given, and where profile-<id>.json goes then.")
 @click.option("--out", type=click.Path(path_type=Path), help="JSON output [<run>/profile.json, or results/profile-<id>.json].")
 def profile_command(models_spec, latency, memory, preset, seed, protocol, run_dir, reference, repeats, teacher_path, gguf_file, settings, device, results_dir, out, **data_values):
     """Parameters, training time, latency per patient and peak memory, each model in a fresh process.
@@ -224,6 +224,6 @@ def profile_command(models_spec, latency, memory, preset, seed, protocol, run_di
         except (FileNotFoundError, ValueError) as error:
             raise click.ClickException(str(error)) from None
     console.print(rich_profile(profile))
-    target = out or (run_dir / "profile.json" if run_dir is not None else Path("results") / f"profile-{dataset.name}-{stable_hash([dataclasses.astuple(e) for e in entries], preset, seed, protocol)[:10]}.json")
+    target = out or (run_dir / "profile.json" if run_dir is not None else results_dir / f"profile-{dataset.name}-{stable_hash([dataclasses.astuple(e) for e in entries], preset, seed, protocol)[:10]}.json")
     write_json(target, profile)
     console.print(f"wrote {target}")
