@@ -249,8 +249,14 @@ class MedRecModel(ABC):
     def teacher_entries(cls, config: ModelConfig) -> dict[str, dict]:
         """A distilled model: name -> options of each teacher it learns from with ``config`` (``bench ablate
         --with-teacher`` adds one entry per distinct teacher); {} when it names none (then the family's
-        teacher is the one entry)."""
+        teacher is the one entry). The options name the teacher config's preset where it is not the run's."""
         return {}
+
+    @classmethod
+    def teacher_training_seed(cls, config: ModelConfig, seed: int) -> int:
+        """The training seed of the teachers a distilled model trained at ``seed`` with ``config`` learns from
+        (a run plans their fine-tuning as units of their own, before the students)."""
+        return seed
 
     def predict_sets(self, samples: Sequence[Sample], proba: np.ndarray | None = None) -> list[np.ndarray]:
         """The decision rule: medications whose probability reaches the threshold."""

@@ -2,7 +2,8 @@
 
 :func:`execute_unit` is the whole life of one unit and runs in any worker (:mod:`bench.executors`):
 fit on the protocol's training samples with early stopping on validation (skipped when the run folder
-holds this unit's weights), predict the validation and test samples the model serves, turn
+holds this unit's weights; a prerequisite unit, a teacher no entry trains, ends there: its model's own
+cache keeps it for the students), predict the validation and test samples the model serves, turn
 probabilities into sets by the run's decision rule (:mod:`bench.decisions`) and write the unit's
 record and predictions, predictions last (they mark the unit done). :func:`execute` runs a plan's
 pending units on the spec's executor and reports the ones that failed together, after the others have
@@ -61,6 +62,9 @@ def execute_unit(dataset: PreparedDataset, unit: Unit, progress: ProgressReport 
         determinism.enable()  # the models' fit reports then say which operations cost or lack a deterministic kernel
     task = get_protocol(spec.protocol)
     train, val, test = (task.samples(dataset, part) for part in ("train", "val", "test"))
+    if unit.prerequisite:
+        _fit(unit, dataset, train, val, progress)
+        return unit.label
     model = _train_or_load(unit, folder, dataset, train, val, progress)
     progress(unit.name, 1, 1, "predicting")
     needs_history = model.capabilities.needs_history_medications
@@ -82,21 +86,28 @@ def execute_unit(dataset: PreparedDataset, unit: Unit, progress: ProgressReport 
 
 def _train_or_load(unit: Unit, folder: RunFolder, dataset: PreparedDataset, train: list[Sample], val: list[Sample], progress: ProgressReport) -> MedRecModel:
     """The unit's fitted model: its saved weights when an earlier run trained them alike, else trained now."""
-    model_class = registry.get(unit.model)
-    device = unit.spec.device
     weights = folder.trained_model(unit.label, unit.seed, unit.weights_key)
     if weights is not None:
-        return model_class.load(weights, dataset, device=device)
-    model = model_class(dataset, unit.config, seed=unit.seed, device=device)
+        return registry.get(unit.model).load(weights, dataset, device=unit.spec.device)
+    model = _fit(unit, dataset, train, val, progress)
+    model.save(folder.model_path(unit.label, unit.seed))
+    folder.mark_trained(unit.label, unit.seed, unit.weights_key)
+    return model
+
+
+def _fit(unit: Unit, dataset: PreparedDataset, train: list[Sample], val: list[Sample], progress: ProgressReport) -> MedRecModel:
+    """The unit's model fitted now (or by its own cache: ``fit_report["loaded_from"]``), its progress
+    reported and its training time recorded for later plans."""
+    model = registry.get(unit.model)(dataset, unit.config, seed=unit.seed, device=unit.spec.device)
     progress(unit.name, 0, 1, "training")  # a model without a training loop never calls on_progress: one step
     model.on_progress = lambda done, total, status: progress(unit.name, done, total, status)
     started = time.perf_counter()
     model.fit(train, val)
     model.fit_report.setdefault("train_seconds", time.perf_counter() - started)
-    TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, unit.spec.protocol), model.fit_report["train_seconds"], unit.model)
-    progress(unit.name, 1, 1, "trained")
-    model.save(folder.model_path(unit.label, unit.seed))
-    folder.mark_trained(unit.label, unit.seed, unit.weights_key)
+    loaded = "loaded_from" in model.fit_report
+    if not loaded:  # a load from the model's cache says nothing about how long training takes
+        TimingHistory().record(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, unit.spec.protocol), model.fit_report["train_seconds"], unit.model)
+    progress(unit.name, 1, 1, "loaded from its cache" if loaded else "trained")
     return model
 
 

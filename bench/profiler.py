@@ -10,9 +10,12 @@ from loaded weights and its memory peak is that of inference alone:
 - latency per patient: the whole served test set in one ``predict_proba`` call, divided by its size
   (median of repeats after a warm-up), and batch size 1 (median over single-sample calls after a
   warm-up);
-- memory: on CPU the peak resident set size during one whole-test-set inference above the resident
-  size just before it (the kernel's high-water mark, reset through ``/proc/self/clear_refs``); on
-  CUDA ``torch.cuda.max_memory_allocated`` over the same call.
+- memory, two figures measured the same way on every device, so CPU and GPU rows compare: the
+  model's weights (bytes of the parameters, buffers and packed int8 weights of its networks: what the
+  LEADER paper's teacher/student comparison is about) and the inference peak above what the loaded
+  model holds: on CPU the peak resident set size during one whole-test-set inference above the
+  resident size just before it (the kernel's high-water mark, reset through ``/proc/self/clear_refs``),
+  on CUDA ``torch.cuda.max_memory_allocated`` over the same call above ``memory_allocated`` before it.
 
 ``reference`` names a row (e.g. the LLM teacher) that the others are divided by: the student-vs-teacher
 efficiency claim is one ratio column.
@@ -29,12 +32,13 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from rich.table import Table
 
 from bench import registry
 from bench.contract import MedRecModel
-from bench.results import RunFolder, read_json
+from bench.results import RunFolder, TimingHistory, read_json
 from bench.spec import Entry
 from data_prep.dataset import PreparedDataset, Sample
 from data_prep.protocol import served
@@ -53,6 +57,24 @@ def count_parameters(model: MedRecModel) -> tuple[int, int]:
         return 0, sum(t.numel() for t in tensors)
     parameters = {id(p): p for module in modules for p in module.parameters()}.values()
     return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+
+
+def weight_bytes(model: MedRecModel) -> int:
+    """Bytes of the model's weights: the tensors of its networks' state dicts (parameters, buffers and the
+    packed weights of quantised layers, shared tensors once); a model without a network, its state's arrays."""
+    modules = [value for value in vars(model).values() if isinstance(value, torch.nn.Module)]
+    values = [v for module in modules for v in module.state_dict().values()] if modules else list(model.get_state().values())
+    seen, total = set(), 0
+    for value in values:
+        for tensor in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(tensor, torch.Tensor):
+                key = (tensor.data_ptr(), tensor.numel(), str(tensor.dtype))
+                if key not in seen:
+                    seen.add(key)
+                    total += tensor.numel() * tensor.element_size()
+            elif isinstance(tensor, np.ndarray):
+                total += tensor.nbytes
+    return total
 
 
 def _rss_kib(field: str) -> int:
@@ -92,12 +114,15 @@ class ProfileSettings:
 def _train_in_child(dataset: PreparedDataset, entry: Entry, settings: ProfileSettings, threads: int, weights: str) -> float:
     torch.set_num_threads(threads)
     model_class = registry.get(entry.model)
-    model = model_class(dataset, model_class.config_class.preset(settings.preset, **entry.overrides), seed=settings.seed, device=settings.device)
+    config = model_class.config_class.preset(settings.preset, **entry.overrides)
+    model = model_class(dataset, config, seed=settings.seed, device=settings.device)
     started = time.perf_counter()
     model.fit(dataset.samples("train", settings.protocol), dataset.samples("val", settings.protocol))
-    elapsed = time.perf_counter() - started
+    seconds = float(model.fit_report.get("train_seconds", time.perf_counter() - started))
+    if "loaded_from" not in model.fit_report:  # the next profile's estimate
+        TimingHistory().record(TimingHistory.key(entry.model, config.to_dict(), dataset.fingerprint, settings.protocol), seconds)
     model.save(weights)
-    return float(model.fit_report.get("train_seconds", elapsed))
+    return seconds
 
 
 def measure_model(dataset: PreparedDataset, entry: Entry, weights: str, settings: ProfileSettings, threads: int) -> dict:
@@ -109,7 +134,8 @@ def measure_model(dataset: PreparedDataset, entry: Entry, weights: str, settings
     if not test:
         raise ValueError(f"{entry.label}: no test sample it can serve")
     trainable, total = count_parameters(model)
-    row = {"label": entry.label, "model": entry.model, "params_trainable": trainable, "params_total": total, "test_samples": len(test)}
+    row = {"label": entry.label, "model": entry.model, "params_trainable": trainable, "params_total": total, "test_samples": len(test),
+           "weights_mb": weight_bytes(model) / 2**20}
 
     on_cuda = model.device.type == "cuda"
     if settings.memory:
@@ -120,19 +146,22 @@ def measure_model(dataset: PreparedDataset, entry: Entry, weights: str, settings
 
 
 def _inference_memory(model: MedRecModel, test: Sequence[Sample], on_cuda: bool) -> dict:
-    """Peak memory of one whole-test-set inference, above what the loaded model already holds."""
+    """Peak memory of one whole-test-set inference above what the loaded model already holds (its
+    weights, measured apart): the same quantity on CPU (resident set) and CUDA (allocated)."""
     if on_cuda:
         torch.cuda.synchronize(model.device)
         torch.cuda.reset_peak_memory_stats(model.device)
+        held = torch.cuda.memory_allocated(model.device)
     clean_peak = _reset_peak_rss()  # the high-water mark restarts from the current size
     baseline_kib = _rss_kib("VmRSS")
     model.predict_proba(test)
     if on_cuda:
         torch.cuda.synchronize(model.device)
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated(model.device) / 2**20, "memory_kind": "cuda max allocated", "baseline_rss_mb": baseline_kib / 1024}
+        peak = max(0, torch.cuda.max_memory_allocated(model.device) - held) / 2**20
+        return {"inference_peak_mb": peak, "memory_kind": "cuda allocated above the loaded model", "baseline_rss_mb": baseline_kib / 1024}
     # without clear_refs the high-water mark includes loading the model: an upper bound, said so
-    kind = "rss above baseline" if clean_peak else "process rss peak above baseline (upper bound)"
-    return {"peak_memory_mb": max(0, _rss_kib("VmHWM") - baseline_kib) / 1024, "memory_kind": kind, "baseline_rss_mb": baseline_kib / 1024}
+    kind = "rss above the loaded model" if clean_peak else "process rss peak above the loaded model (upper bound)"
+    return {"inference_peak_mb": max(0, _rss_kib("VmHWM") - baseline_kib) / 1024, "memory_kind": kind, "baseline_rss_mb": baseline_kib / 1024}
 
 
 def _inference_latency(model: MedRecModel, test: Sequence[Sample], on_cuda: bool, repeats: int) -> dict:
@@ -187,7 +216,8 @@ def profile_entries(dataset: PreparedDataset, entries: Sequence[Entry], settings
 def add_ratios(rows: list[dict], reference: str) -> None:
     """Latency, memory and size of every row divided by the reference row's (None where that is 0)."""
     ref = next(row for row in rows if row["label"] == reference)
-    ratios = {"latency_ratio": "latency_ms_per_patient", "batch1_ratio": "latency_ms_batch1", "memory_ratio": "peak_memory_mb", "params_ratio": "params_total"}
+    ratios = {"latency_ratio": "latency_ms_per_patient", "batch1_ratio": "latency_ms_batch1", "weights_ratio": "weights_mb",
+              "peak_ratio": "inference_peak_mb", "params_ratio": "params_total"}
     for row in rows:
         for ratio, field in ratios.items():
             if field in row:
@@ -201,13 +231,18 @@ def rich_profile(profile: dict) -> Table:
         "Train s": lambda r: _number(r.get("train_seconds"), ".1f"),
         "ms / patient": lambda r: _number(r.get("latency_ms_per_patient"), ".3f"),
         "ms @ batch 1": lambda r: _number(r.get("latency_ms_batch1"), ".3f"),
-        "Peak MB": lambda r: _number(r.get("peak_memory_mb"), ".1f"),
+        "Weights MB": lambda r: _number(r.get("weights_mb"), ".1f"),
+        "Inference peak MB": lambda r: _number(r.get("inference_peak_mb"), ".1f"),
     }
     if reference:
         columns[f"latency ÷ {reference}"] = lambda r: _number(r.get("latency_ratio"), ".3f")
-        columns[f"memory ÷ {reference}"] = lambda r: _number(r.get("memory_ratio"), ".3f")
+        columns[f"weights ÷ {reference}"] = lambda r: _number(r.get("weights_ratio"), ".3f")
+        columns[f"peak ÷ {reference}"] = lambda r: _number(r.get("peak_ratio"), ".3f")
         columns[f"params ÷ {reference}"] = lambda r: _number(r.get("params_ratio"), ".3f")
-    table = Table(title=f"Efficiency — {profile['dataset']} on {profile['device']} ({profile['threads']} thread(s))")
+    kinds = sorted({row["memory_kind"] for row in profile["rows"] if row.get("memory_kind")})
+    caption = ("Weights: parameters, buffers and packed weights of the model's networks. Inference peak: one whole-test-set "
+               f"inference above what the loaded model holds ({', '.join(kinds)}).") if kinds else None
+    table = Table(title=f"Efficiency — {profile['dataset']} on {profile['device']} ({profile['threads']} thread(s))", caption=caption, caption_justify="left")
     table.add_column("Model")
     for name in columns:
         table.add_column(name, justify="right")

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench import registry
 from bench.plan import Plan
 from bench.results import TimingHistory
 
@@ -61,24 +62,26 @@ class Display:
         self.report(name, 1, 1, status)
 
     def plan(self, plan: Plan, fingerprint: str) -> None:
-        """Before anything trains: each unit, whether it trains or is reused, its budget and its last time here."""
+        """Before anything trains: each unit (a teacher its students need first among them), whether it trains
+        or is reused, its budget and its last time here."""
         if self.console is None:
             return
         history = TimingHistory()
-        classes = {r.entry.label: r.model_class for r in plan.entries}
-        table = Table(title=f"plan: {len(plan.pending)} of {len(plan.units)} units to train", title_justify="left")
+        table = Table(title=f"plan: {len(plan.pending)} of {len(plan.units) + len(plan.prerequisites)} units to train", title_justify="left")
         for column in ("entry", "seed", "action", "budget", "last time on this machine"):
             table.add_column(column)
         estimate, unknown = 0.0, 0
-        for unit in plan.units:
+        for unit in [*plan.prerequisites, *plan.units]:
             if unit not in plan.pending:
-                table.add_row(unit.label, str(unit.seed), "reuse (run folder)", "", "")
+                if not unit.prerequisite:
+                    table.add_row(unit.label, str(unit.seed), "reuse (run folder)", "", "")
                 continue
             seconds = history.get(TimingHistory.key(unit.model, unit.config.to_dict(), fingerprint, plan.spec.protocol))
             estimate += seconds or 0.0
             unknown += seconds is None
-            budget = classes[unit.label].training_budget(unit.config)
-            table.add_row(unit.label, str(unit.seed), "train", budget, "not measured yet" if seconds is None else f"{seconds:.0f} s")
+            budget = registry.get(unit.model).training_budget(unit.config)
+            action = "fine-tune once, before its students (or load it from its cache)" if unit.prerequisite else "train"
+            table.add_row(unit.label, str(unit.seed), action, budget, "not measured yet" if seconds is None else f"{seconds:.0f} s")
         self.console.print(table)
         if plan.pending:
             self.console.print(f"estimated training time: {estimate:.0f} s for the units trained here before" + (f", plus {unknown} unit(s) never trained here" if unknown else ""))

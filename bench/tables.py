@@ -6,9 +6,9 @@ DDI rate and the average number of recommended medications. Each cell is "mean �
 default statistics the half-width of the 95% interval over test patients and training seeds, with
 ``--stats paper`` the std over the paper's rounds. Per column the best mean is bold and the second
 underlined (ties share the mark); a star marks a proposed model that beats the column's best baseline
-(p < 0.05, Holm-corrected across the row's columns when the run or the table asks for it); a dagger marks a
-cell the same test does not separate from the column's best (p >= 0.05; Holm down the column when asked);
-a model that cannot serve a group reads "-". Rows follow the run's entries (``--models all``: the registry's
+(in an ablation: its best variant; p < 0.05, Holm-corrected across the row's columns when the run or the
+table asks for it); a dagger marks a cell the same test does not separate from the column's best
+(p >= 0.05; Holm down the column when asked); a model that cannot serve a group reads "-". Rows follow the run's entries (``--models all``: the registry's
 table order), with a rule between the table's blocks (floors, the paper's models, its proposed models,
 the models beyond its comparison: each entry's ``section``). Markdown and terminal tables add each
 model's training seconds (mean over seeds). Every rendering says which procedure, seeds and decision
@@ -112,31 +112,22 @@ def cells(summary: Mapping, metrics: Sequence[Metric], holm: bool | None = None)
 
 
 def notes(summary: Mapping, holm: bool | None = None) -> list[str]:
-    """What made the numbers: statistics, seeds, decision rules, models' own notes, unconverged units."""
+    """The caption of a cell table (main, safety, ablation layouts): what made the numbers (statistics,
+    seeds, decision rules, models' own notes, unconverged units) and what its marks mean."""
     stats = summary.get("stats", {})
     seeds = summary.get("seeds", [])
     if stats.get("procedure") == "paper":
         spread = f"± std over {stats.get('resamples')} rounds of 80% of the test patients (the LEADER paper's procedure; its t-test is not valid)"
-        test = f"{'paired' if stats.get('paired', True) else 'unpaired'} t-test over the rounds"
     else:
         spread = f"± half-width of the 95% interval over test patients ({stats.get('resamples')} bootstrap resamples)" + (
             f" and {len(seeds)} training seeds" if len(seeds) > 1 else "; one training seed, so seed variance is not included")
-        test = "paired bootstrap of the difference" + (" with seed variance (Welch t)" if len(seeds) > 1 else "")
-    correction = ", Holm-corrected across the row" if _holm(summary, holm) else ""
-    lines = [
-        f"{summary.get('dataset', '')}, protocol {summary.get('protocol', '?')}, seeds {','.join(map(str, seeds))}: mean {spread}.",
-        f"Best in bold, second underlined; * p < {ALPHA} against the column's best baseline ({test}{correction}); - the model cannot serve the group.",
-    ]
-    rules = {}
+    lines = [f"{source_line(summary)}: mean {spread}.", marks_note(summary, holm), decision_note(summary)]
     for entry in summary.get("entries", []):
-        decisions = {d["rule"] + (f" {d['threshold']:g}" if d.get("threshold") is not None else "") for d in entry.get("decision", {}).values()}
-        rules[entry["label"]] = "; ".join(sorted(decisions))
         if entry.get("note"):
             lines.append(f"{entry['label']}: {entry['note']}")
         unconverged = [seed for seed, ok in entry.get("converged", {}).items() if ok is False]
         if unconverged:
             lines.append(f"{entry['label']}: not converged at seed(s) {', '.join(map(str, unconverged))} (best validation epoch was the last)")
-    lines.insert(2, "Decision rules: " + "; ".join(f"{label}: {rule}" for label, rule in rules.items()) + ".")
     return lines
 
 
@@ -164,6 +155,50 @@ def layout_notes(summary: Mapping, holm: bool | None = None) -> list[str]:
     if later:
         lines.append("Beyond the paper's comparison: " + "; ".join(later) + ".")
     return lines
+
+
+def source_line(summary: Mapping) -> str:
+    return f"{summary.get('dataset', '')}, protocol {summary.get('protocol', '?')}, seeds {','.join(map(str, summary.get('seeds', [])))}"
+
+
+def test_note(summary: Mapping) -> str:
+    """The test behind a p-value of the summary."""
+    stats = summary.get("stats", {})
+    if stats.get("procedure") == "paper":
+        return f"{'paired' if stats.get('paired', True) else 'unpaired'} t-test over the rounds"
+    return "paired bootstrap of the difference" + (" with seed variance (Welch t)" if len(summary.get("seeds", [])) > 1 else "")
+
+
+def marks_note(summary: Mapping, holm: bool | None = None) -> str:
+    """What bold, underline and stars mean: stars compare each proposed row with the column's best other
+    row, which in an ablation (a run with a full model) is its best variant, not a baseline."""
+    correction = ", Holm-corrected across the row" if _holm(summary, holm) else ""
+    tested = sorted(label for label, groups in summary.get("significance", {}).items() if groups)
+    marks = "Best in bold, second underlined"
+    if tested:
+        others = "the column's best ablated variant" if summary.get("versus_full") else "the column's best baseline"
+        marks += f"; * p < {ALPHA}: {', '.join(tested)} against {others} ({test_note(summary)}{correction})"
+    return marks + "; - the model cannot serve the group."
+
+
+def decision_note(summary: Mapping) -> str:
+    rules = {}
+    for entry in summary.get("entries", []):
+        decisions = {d["rule"] + (f" {d['threshold']:g}" if d.get("threshold") is not None else "") for d in entry.get("decision", {}).values()}
+        rules[entry["label"]] = "; ".join(sorted(decisions))
+    return "Decision rules: " + "; ".join(f"{label}: {rule}" for label, rule in rules.items()) + "."
+
+
+def versus_full_notes(summary: Mapping, full_label: str | None) -> list[str]:
+    """The caption of ``bench ablate``/``bench sweep``'s PRAUC table: validation PRAUC (which chooses), test
+    PRAUC with its interval by group and, in an ablation, the full model's lead over each entry with its p-value."""
+    stats = summary.get("stats", {})
+    spread = "± std over the paper procedure's rounds" if stats.get("procedure") == "paper" else "± half-width of the 95% interval over test patients" + (
+        " and training seeds" if len(summary.get("seeds", [])) > 1 else "")
+    lines = [f"{source_line(summary)}: validation PRAUC (point estimate; what a choice is made on), test PRAUC mean {spread}."]
+    if full_label and summary.get("versus_full"):
+        lines.append(f"Last column: {full_label}'s overall test PRAUC minus the entry's, and the p-value of the difference ({test_note(summary)}).")
+    return [*lines, decision_note(summary)]
 
 
 def _ranks(means: Mapping[str, float], direction: int) -> dict[str, int]:
@@ -362,7 +397,7 @@ def retention_notes(summary: Mapping) -> list[str]:
             "test patients and the training seeds' variance of each (delta method).")
     if summary.get("stats", {}).get("procedure") == "paper":
         line = "Retention: the student's mean as a percentage of the teacher's, ± the std of the ratio over the paper procedure's rounds."
-    return [line, *notes(summary)[:1], *notes(summary)[2:3]]
+    return [line, f"{source_line(summary)}.", decision_note(summary)]
 
 
 def _retention_text(interval: Mapping | None, percent: str = "%") -> str:

@@ -151,7 +151,7 @@ def load_rxcui_to_atc(path: str | Path) -> pd.DataFrame:
     atc = table[atc_column].str.strip().str.upper()
     bad = atc.dropna()[~atc.dropna().str.fullmatch(ATC_CODE)]
     if len(bad):
-        raise DataError(f"{path}: column {atc_column} holds values that are not ATC codes, e.g. {bad.iloc[0]!r}")
+        raise DataError(f"{path}: column {atc_column} holds {len(bad):,} values that are not ATC codes (the first on line {int(bad.index[0]) + 2})")
     return pd.DataFrame({"ndc11": normalise_ndc(table["ndc"]), "rxcui": table["rxcui"].str.strip(), "atc3": atc.str[:4]})
 
 
@@ -211,7 +211,7 @@ def load_atc3_smiles(path: str | Path) -> dict[str, list[str]]:
     table = read_table(path, ["atc3", "smiles"]).dropna().drop_duplicates()
     bad = table.loc[~table["atc3"].str.fullmatch(r"[A-Z]\d\d[A-Z]"), "atc3"]
     if len(bad):
-        raise DataError(f"{path}: column atc3 holds values that are not ATC level-3 codes, e.g. {bad.iloc[0]!r}")
+        raise DataError(f"{path}: column atc3 holds {len(bad):,} values that are not ATC level-3 codes (the first on line {int(bad.index[0]) + 2})")
     return table.groupby("atc3", sort=False)["smiles"].agg(list).to_dict()
 
 
@@ -231,7 +231,7 @@ def load_stitch_to_atc3(path: str | Path) -> pd.DataFrame:
                 continue
             stitch, atcs = fields[0].strip(), [a.strip() for a in fields[1:] if a.strip()]
             if not stitch.startswith("CID") or not atcs or not all(ATC_CODE.fullmatch(a) for a in atcs):
-                raise DataError(f"{path}: line {line_number} is not 'CID...,ATC,...' (got {','.join(fields)[:80]!r})")
+                raise DataError(f"{path}: line {line_number} is not 'CID...,ATC,...' (a STITCH id, then ATC codes; {len(fields)} fields)")
             rows += [(stitch, atc[:4]) for atc in atcs]
     return pd.DataFrame(rows, columns=["stitch", "atc3"]).drop_duplicates()
 

@@ -80,7 +80,7 @@ from data_prep.pipeline import (
 )
 from data_prep.sources import DatasetSource, Located
 from data_prep.atomic import write_atomic
-from data_prep.tables import NO_TIME, DataError, EncodedColumn
+from data_prep.tables import NO_TIME, DataError, EncodedColumn, describe_read_error
 
 SPLIT_NAMES = {"train": "train", "tuning": "val", "held_out": "test"}
 PROFILE_COLUMNS = {"insurance": "insurance", "marital_status": "marital_status", "race": "ethnicity"}  # event column -> profile field
@@ -239,7 +239,7 @@ def _columns(inputs: MedsInputs) -> set[str]:
             schema = pq.read_schema(shard)
             DataSchema.validate(schema)
         except Exception as exc:  # the meds package raises its own SchemaValidationError
-            raise DataError(f"{shard}: not a MEDS data shard ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+            raise DataError(f"{shard}: not a MEDS data shard ({describe_read_error(exc)})") from None
         names |= set(schema.names)
     return names
 
@@ -251,7 +251,7 @@ def _read_events(inputs: MedsInputs, wanted: dict[str, int], extra: list[str]) -
     try:
         table = pads.dataset([str(p) for p in inputs.shards], format="parquet").to_table(columns=columns, filter=pads.field("code").isin(list(wanted)))
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{inputs.root / 'data'}: unreadable MEDS shards ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise DataError(f"{inputs.root / 'data'}: unreadable MEDS shards ({describe_read_error(exc)})") from None
     encoded = EncodedColumn()
     encoded.add(table.column("code"))
     code_ids, code_values = encoded.finish()

@@ -39,7 +39,7 @@ from data_prep.pipeline import (
     unique_ints,
 )
 from data_prep.sources import DatasetSource, Located
-from data_prep.tables import DataError, EncodedTable, find_table, read_encoded, read_table
+from data_prep.tables import DataError, EncodedTable, find_table, first_line, read_encoded, read_table
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,9 @@ def _read_admissions(path: Path, layout: Layout) -> pd.DataFrame:
     table = read_table(path, columns).rename(columns={layout.ethnicity_column: "ethnicity"})
     table = table.dropna(subset=["subject_id", "hadm_id"])
     if table["hadm_id"].duplicated().any():
-        raise DataError(f"{path}: hadm_id {table.loc[table['hadm_id'].duplicated(), 'hadm_id'].iloc[0]} appears twice")
+        twice = table["hadm_id"].duplicated()
+        raise DataError(f"{path}: {int(twice.sum()):,} hadm_id(s) appear on more than one row (the first repeat on line {int(twice.idxmax()) + 2}); "
+                        "an admissions table holds one row per admission")
     table["admittime"] = _parse_times(table["admittime"], path, "admittime")
     return table.dropna(subset=["admittime"]).reset_index(drop=True)
 
@@ -128,7 +130,7 @@ def _parse_times(values: pd.Series, path: Path, column: str) -> pd.Series:
     parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
     bad = values.notna() & parsed.isna()
     if bad.any():
-        raise DataError(f"{path}: column {column} holds values that are not date-times, e.g. {values[bad].iloc[0]!r}")
+        raise DataError(f"{path}: column {column} holds {int(bad.sum()):,} values that are not date-times (the first on line {int(bad.idxmax()) + 2})")
     return parsed
 
 
@@ -158,7 +160,7 @@ def _read_codes(path: Path, layout: Layout, position: dict[str, int], kind: str,
         bad = np.array([v not in ("9", "10") for v in versions] + [False])
         wrong = valid & bad[version_ids]
         if wrong.any():
-            raise DataError(f"{path}: column icd_version must be 9 or 10, found {versions[version_ids[np.argmax(wrong)]]!r}")
+            raise DataError(f"{path}: column icd_version must be 9 or 10, but {int(wrong.sum()):,} rows hold another value (the first on line {first_line(wrong)})")
         key = code_ids.astype(np.int64) * len(versions) + version_ids
         used, inverse = unique_ints(key[valid], return_inverse=True)
         texts = [f"ICD{versions[k % len(versions)]}:{bare[k // len(versions)]}" for k in used.tolist()]
@@ -183,8 +185,7 @@ def _read_medications(inputs: MimicInputs, admissions: pd.DataFrame, position: d
     if options.prescription_window != "all":
         bad = [row for row in sorted(table.bad_times[start_column]) if mapped[row]]
         if bad:
-            text = table.bad_times[start_column][bad[0]]
-            raise DataError(f"{path}: column {start_column} holds values that are not date-times, e.g. {text!r}")
+            raise DataError(f"{path}: column {start_column} holds {len(bad):,} values that are not date-times in rows the run uses (the first on line {bad[0] + 2})")
     with_ndc = np.array([v.strip() not in ("", "0") for v in table.values["ndc"]] + [False])[table.ids["ndc"]]
     pairs, meta = medication_pairs(visit, table.times[start_column], with_ndc, mapped, row_code, codes, admissions, inputs.aux, options)
     return pairs, {"mapping_coverage": coverage, **meta}, join_rate
@@ -219,7 +220,7 @@ def _versioned(code: pd.Series, version: pd.Series, path: Path) -> pd.Series:
     version = version.str.strip()
     bad = ~version.isin(["9", "10"])
     if bad.any():
-        raise DataError(f"{path}: column icd_version must be 9 or 10, found {version[bad].iloc[0]!r}")
+        raise DataError(f"{path}: column icd_version must be 9 or 10, but {int(bad.sum()):,} rows hold another value (the first on line {int(bad.idxmax()) + 2})")
     return "ICD" + version + ":" + code
 
 

@@ -69,29 +69,35 @@ def read_table(path: str | Path, columns: Iterable[str], *, code_columns: Iterab
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except READ_ERRORS as exc:
-        raise DataError(f"{path}: unreadable or truncated file ({type(exc).__name__}: {exc})") from None
+        raise unreadable(path, exc) from None
     frame.columns = [c.strip().lower() for c in frame.columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (the header has: {', '.join(read_header(path))})")
     for column in code_columns:
-        counts = frame[column].dropna().astype(str).value_counts(sort=False)  # in order of first appearance
-        check_codes_are_strings(list(counts.index), counts.to_numpy(), path, column)
+        row_ids, values = pd.factorize(frame[column])
+        check_codes_are_strings(list(values), row_ids, path, column)
     return frame[columns]
 
 
-def check_codes_are_strings(values: list, counts: np.ndarray, path: str | Path, column: str) -> None:
+def check_codes_are_strings(values: list, row_ids: np.ndarray, path: str | Path, column: str) -> None:
     """Fail on codes that a spreadsheet or a float conversion mangled (``4019.0``; leading zeros lost).
 
-    ``values`` are a column's distinct values in order of first appearance, ``counts`` their rows."""
+    ``values`` are a column's distinct values, ``row_ids`` each data row's index into them (-1: empty).
+    The message gives rows and a line number, never a value of the file."""
     numeric = [i for i, v in enumerate(values) if isinstance(v, str) and NUMERIC_CODE.fullmatch(v)]
     if numeric:
-        examples = ", ".join(repr(values[i]) for i in numeric[:3])
+        rows = np.flatnonzero(np.isin(row_ids, numeric))
         raise DataError(
-            f"{path}: column {column} holds codes written as numbers ({examples}, {int(counts[numeric].sum())} rows); "
-            "codes must be text exactly as the source writes them (no decimal point, leading zeros kept) - "
+            f"{path}: column {column} holds codes written as numbers (digits, a decimal point, digits: {len(rows):,} rows, the first "
+            f"on line {int(rows[0]) + 2}); codes must be text exactly as the source writes them (no decimal point, leading zeros kept) - "
             "re-export the table without converting codes to numbers"
         )
+
+
+def first_line(rows: np.ndarray) -> int:
+    """The file line of the first ``True`` data row (line 1 is the header)."""
+    return int(np.argmax(rows)) + 2
 
 
 class EncodedColumn:
@@ -180,13 +186,13 @@ def read_encoded(
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except READ_ERRORS as exc:
-        raise DataError(f"{path}: unreadable or truncated file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise unreadable(path, exc) from None
     ids, values = {}, {}
     for name, column in encoded.items():
         ids[name], values[name] = column.finish()
     table = EncodedTable(path, ids, values, {n: np.concatenate(t) if t else np.zeros(0, np.int64) for n, t in times.items()}, bad)
     for name in code_columns:
-        check_codes_are_strings(values[name], table.counts(name), path, name)
+        check_codes_are_strings(values[name], ids[name], path, name)
     return table
 
 
@@ -214,4 +220,46 @@ def _raw_header(path: str | Path) -> list[str]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except READ_ERRORS as exc:
-        raise DataError(f"{path}: unreadable or truncated file ({type(exc).__name__}: {exc})") from None
+        raise unreadable(path, exc) from None
+
+
+def unreadable(path: Path, error: BaseException) -> DataError:
+    """One line for a file that does not parse, naming the file and, for a row with the wrong number of
+    fields, its line and column counts; never a value of the file (pyarrow's parse error quotes the whole
+    row: ids of credentialed data)."""
+    if isinstance(error, pa.ArrowException):
+        bad = _first_bad_row(path) if "Expected" in str(error) else None
+        if bad is not None:
+            expected, actual, line = bad
+            where = f"line {line}" if line is not None else "a row"
+            return DataError(f"{path}: {where} has {actual} columns where the header has {expected}: a truncated or malformed file; "
+                             "download or export it again")
+    return DataError(f"{path}: unreadable or truncated file ({describe_read_error(error)})")
+
+
+def describe_read_error(error: BaseException) -> str:
+    """The error's type and what it says, less any data it quotes: of a pyarrow error only its category
+    ("CSV parse error", "Empty CSV file": the text before the first colon, which quotes rows after it);
+    decompression, encoding and pandas' tokenizer errors name positions and counts, not values."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, pa.ArrowException):
+        text = text.split(":")[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _first_bad_row(path: Path) -> tuple[int, int, int | None] | None:
+    """(columns expected, columns found, line) of the first row whose field count differs from the header's:
+    read again in one thread, the only way pyarrow numbers rows (on the error path only)."""
+    found: list[tuple[int, int, int | None]] = []
+
+    def record(row) -> str:
+        found.append((row.expected_columns, row.actual_columns, row.number))
+        return "error"
+
+    try:
+        for _ in pacsv.open_csv(path, read_options=pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES),
+                                parse_options=pacsv.ParseOptions(invalid_row_handler=record)):
+            pass
+    except READ_ERRORS:
+        pass
+    return found[0] if found else None

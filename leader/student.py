@@ -422,13 +422,18 @@ class LeaderStudent(TorchModel):
 
     @property
     def teacher_seed(self) -> int:
-        return self.seed if self.config.teacher_seed is None else self.config.teacher_seed
+        return self.teacher_training_seed(self.config, self.seed)
+
+    @classmethod
+    def teacher_training_seed(cls, config: StudentConfig, seed: int) -> int:
+        return seed if config.teacher_seed is None else config.teacher_seed
 
     @classmethod
     def teacher_entries(cls, config: StudentConfig) -> dict[str, dict]:
-        """name -> teacher options of each teacher a student with ``config`` distils from (``bench ablate
-        --with-teacher`` adds one teacher entry per distinct teacher)."""
-        return dict(config.teacher_specs())
+        """name -> teacher options of each teacher a student with ``config`` distils from, its preset
+        included (``bench ablate --with-teacher`` adds one teacher entry per distinct teacher; a run plans
+        each one's fine-tuning as a unit before the students)."""
+        return {name: {"preset": config.teacher_preset, **options} for name, options in config.teacher_specs()}
 
     def _teacher_weights(self, val_losses: Sequence[float | None]) -> list[float]:
         config = self.config

@@ -119,9 +119,9 @@ def test_with_teacher_adds_one_entry_per_distinct_teacher_of_the_students():
                                           {"teacher_overrides": {"max_steps": 3}}, with_teacher=True, preset="quick")
     teachers = [(e.label, e.overrides) for e in entries if e.model == "leader_t"]
     assert teachers == [  # "minilm" is the default teacher: the multi-teacher student shares its fine-tuning
-        ("LEADER(T)", {"max_steps": 3}),
-        ("LEADER(T) smollm2", {"max_steps": 3, "teacher_path": "smollm2"}),
-        ("LEADER(T) quantization=int8", {"max_steps": 3, "quantization": "int8"}),
+        ("LEADER(T)", {"preset": "quick", "max_steps": 3}),
+        ("LEADER(T) smollm2", {"preset": "quick", "max_steps": 3, "teacher_path": "smollm2"}),
+        ("LEADER(T) quantization=int8", {"preset": "quick", "max_steps": 3, "quantization": "int8"}),
     ]
     int8 = next(e for e in entries if e.label == "int8 teacher")
     assert int8.overrides["teacher_overrides"] == {"max_steps": 3, "quantization": "int8"}  # merged, not replaced
@@ -140,3 +140,59 @@ def test_the_retention_table_renders_from_an_ablation_with_its_teacher(tiny_cli,
     for fmt in ("markdown", "terminal"):
         shown = invoke(tiny_cli, ["table", "--run", str(tmp_path / "retention"), "--table", "retention", "--format", fmt]).output
         assert "curriculum" in shown and "LEADER(T)" in shown and "%" in shown
+
+
+def ablation_spec(with_teacher: bool, settings: dict | None = None):
+    from conftest import make_spec
+
+    entries = family_cli.ablation_entries(LEADER, ["kd", "align"], [], settings or {}, with_teacher=with_teacher, preset="quick")
+    return make_spec(entries, preset="quick", resamples=30, proposed=("LEADER(S)",), full_model="LEADER(S)")
+
+
+def test_an_ablation_plans_its_students_teacher_as_a_unit_before_them(tiny_dataset, tmp_path):
+    """No teacher entry: the teacher the students share is one unit of its own, first, and every student waits for it."""
+    from bench.plan import plan_run
+    from bench.results import RunFolder
+
+    plan = plan_run(ablation_spec(False), tiny_dataset, RunFolder(tmp_path / "run"))
+    first = plan.pending[0]
+    assert (first.label, first.model, first.prerequisite) == ("LEADER(T) (for the students)", "leader_t", True)
+    assert first.config.max_steps == registry_teacher_config("quick").max_steps  # the students' preset, not the paper's 3,000 steps
+    assert [u.label for u in plan.pending[1:]] == ["LEADER(S)", "w/o KD", "w/o align"] and len(plan.prerequisites) == 1
+    assert all(0 in plan.after[i] for i, unit in enumerate(plan.pending) if unit.model == "leader_s")
+    assert [u.label for u in plan.units] == ["LEADER(S)", "w/o KD", "w/o align"]  # no results row of its own
+    with_teacher = plan_run(ablation_spec(True), tiny_dataset, RunFolder(tmp_path / "other"))
+    assert not with_teacher.prerequisites and with_teacher.pending[0].label == "LEADER(T)"  # the entry is the students' teacher
+
+
+def registry_teacher_config(preset: str):
+    from bench import registry
+
+    return registry.get("leader_t").config_class.preset(preset)
+
+
+@pytest.mark.slow
+def test_an_ablation_shows_the_teachers_fine_tuning_before_the_students_train(tiny_dataset, teacher_settings, tmp_path):
+    """The progress log: the teacher's steps come first, as their own unit; the students load it (one fine-tuning), and a rerun reuses everything."""
+    import io
+
+    from rich.console import Console
+
+    from bench.runner import run
+
+    settings = json.loads(teacher_settings[-1].split("=", 1)[1]) | {"max_steps": 3}  # a teacher no other test fine-tuned
+    spec = ablation_spec(False, {"epochs": 2, "batch_size": 8, "teacher_overrides": settings})
+    teachers = cache_root() / "teachers"
+    stored = lambda: {p for p in teachers.iterdir() if p.is_dir()} if teachers.exists() else set()  # noqa: E731
+    before, log = stored(), io.StringIO()
+    summary = run(tiny_dataset, spec, tmp_path / "run", Console(file=log, width=200))
+    lines = log.getvalue().splitlines()
+    teacher_lines = [i for i, line in enumerate(lines) if "LEADER(T) (for the students) (seed 0):" in line]
+    student_lines = [i for i, line in enumerate(lines) if "LEADER(S) (seed 0): 0/1 training" in line or "w/o align (seed 0): 0/1 training" in line]
+    assert "fine-tune once, before its students" in log.getvalue()
+    assert teacher_lines and student_lines and max(teacher_lines) < min(student_lines)
+    assert any("/3 " in lines[i] for i in teacher_lines)  # its steps, not one opaque step
+    assert len(stored() - before) == 1 and list(summary["models"]) == ["LEADER(S)", "w/o KD", "w/o align"]
+    log = io.StringIO()
+    run(tiny_dataset, spec, tmp_path / "run", Console(file=log, width=200))
+    assert "plan: 0 of 4 units to train" in log.getvalue()

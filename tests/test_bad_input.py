@@ -61,8 +61,60 @@ def test_truncated_gzip_table(folders):
 
 def test_codes_written_as_numbers(folders):
     path = folders[0] / "DIAGNOSES_ICD.csv"
-    replace(path, "row_id,subject_id,hadm_id,seq_num,icd9_code\n1,10006,142345,1,4019.0\n2,10006,142345,2,389.0\n")
-    expect_error(folders, r"DIAGNOSES_ICD.csv: column icd9_code holds codes written as numbers \('4019.0', '389.0'")
+    replace(path, "row_id,subject_id,hadm_id,seq_num,icd9_code\n1,10006,142345,1,V290\n2,10006,142345,2,4019.0\n3,10006,142345,3,389.0\n")
+    expect_error(folders, r"DIAGNOSES_ICD.csv: column icd9_code holds codes written as numbers \(digits, a decimal point, digits: 2 rows, the first on line 3\)")
+
+
+# Each breaks one table the way a truncated download or a bad export does; the message may name the file,
+# a line, a column and counts, never a value of a row (ids and dates of credentialed data).
+ROW_VALUES = ("126853", "43746", "167181", "142345", "10006", "4019.0", "2199-13-45", "ICD11")
+
+
+def break_table(folders, name: str, edit) -> Path:
+    path = folders[0] / name
+    lines = (DEMO / name).read_text().splitlines()
+    replace(path, "\n".join(edit(lines)) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, edit, message",
+    [
+        # cut off mid-row: pyarrow's parse error would quote the row
+        ("PRESCRIPTIONS.csv", lambda lines: lines[:5] + ["126853,43746,167181,2199-13-45 00:00:00,4019.0"],
+         r"PRESCRIPTIONS.csv: line 6 has 5 columns where the header has 19: a truncated or malformed file"),
+        ("ADMISSIONS.csv", lambda lines: lines + [lines[1]], r"ADMISSIONS.csv: 1 hadm_id\(s\) appear on more than one row \(the first repeat on line \d+\)"),
+        ("ADMISSIONS.csv", lambda lines: lines[:3] + [",".join(f[:3] + ["2199-13-45"] + f[4:]) for f in [lines[3].split(",")]] + lines[4:],
+         r"ADMISSIONS.csv: column admittime holds 1 values that are not date-times \(the first on line 4\)"),
+    ],
+)
+def test_malformed_rows_are_named_by_line_never_by_their_values(folders, name, edit, message):
+    break_table(folders, name, edit)
+    root, aux, cache = folders
+    with pytest.raises(DataError, match=message) as caught:
+        load_dataset("mimic3", paths={"root": root, "aux": aux}, cache_dir=cache)
+    assert not [value for value in ROW_VALUES if value in str(caught.value)]
+
+
+def test_a_pyarrow_error_keeps_its_category_and_drops_the_row_it_quotes():
+    import pyarrow as pa
+
+    from data_prep.tables import describe_read_error
+
+    error = pa.ArrowInvalid("CSV parse error: Expected 19 columns, got 14: 126853,43746,167181")
+    assert describe_read_error(error) == "ArrowInvalid: CSV parse error"
+
+
+def test_icd_versions_other_than_9_and_10_are_counted_not_quoted(tmp_path):
+    from data_prep.mimic import _versioned
+    from data_prep.tables import read_table
+
+    path = tmp_path / "diagnoses_icd.csv"
+    path.write_text("subject_id,hadm_id,icd_code,icd_version\n10006,142345,4019,9\n10006,142345,A01,ICD11\n")
+    table = read_table(path, ["icd_code", "icd_version"])
+    with pytest.raises(DataError, match=r"column icd_version must be 9 or 10, but 1 rows hold another value \(the first on line 3\)") as caught:
+        _versioned(table["icd_code"], table["icd_version"], path)
+    assert "ICD11" not in str(caught.value)
 
 
 def test_aux_file_in_the_wrong_format(folders):
@@ -81,8 +133,9 @@ def test_drug_atc_lines_are_checked(tmp_path):
     from data_prep.aux_maps import load_stitch_to_atc3
 
     (tmp_path / "drug-atc.csv").write_text("CID1,A01AA01\nnot-a-cid,hello\n")
-    with pytest.raises(DataError, match=r"drug-atc.csv: line 2 is not 'CID...,ATC,...'"):
+    with pytest.raises(DataError, match=r"drug-atc.csv: line 2 is not 'CID...,ATC,...'") as caught:
         load_stitch_to_atc3(tmp_path / "drug-atc.csv")
+    assert "hello" not in str(caught.value) and "not-a-cid" not in str(caught.value)
 
 
 def test_cli_turns_bad_input_into_one_line_and_a_nonzero_exit(folders):

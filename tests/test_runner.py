@@ -16,7 +16,7 @@ from bench import registry
 from bench.execute import IncompleteRunError
 from bench.cli import main
 from bench.contract import Capabilities
-from bench.profiler import ProfileSettings, add_ratios, measure_model
+from bench.profiler import ProfileSettings, add_ratios, measure_model, rich_profile
 from bench.results import RunFolder
 from bench.spec import Entry
 from conftest import run_spec
@@ -239,12 +239,39 @@ def test_profiler_measures_saved_weights(tiny_dataset, tmp_path):
     mlp = measure_model(tiny_dataset, ENTRIES[1], str(folder.model_path("MLP h8", 1)), ProfileSettings(repeats=3), 1)
     assert mlp["params_trainable"] == mlp["params_total"] == (18 * 8 + 8) + (8 * 8 + 8)
     assert mlp["latency_ms_per_patient"] > 0 and mlp["latency_ms_batch1"] > 0
-    assert mlp["peak_memory_mb"] >= 0 and mlp["memory_kind"] == "rss above baseline"
+    assert mlp["inference_peak_mb"] >= 0 and mlp["memory_kind"] == "rss above the loaded model"
+    assert mlp["weights_mb"] == pytest.approx(4 * ((18 * 8 + 8) + (8 * 8 + 8)) / 2**20)  # float32 weights, counted on every device alike
     freq = measure_model(tiny_dataset, ENTRIES[0], str(folder.model_path("freq", 1)), ProfileSettings(repeats=3, latency=False), 1)
     assert (freq["params_trainable"], freq["params_total"]) == (0, tiny_dataset.n_medications) and "latency_ms_batch1" not in freq
     rows = [mlp, freq | {"latency_ms_per_patient": 2 * mlp["latency_ms_per_patient"]}]
     add_ratios(rows, "MLP h8")
     assert rows[0]["latency_ratio"] == 1.0 and rows[1]["latency_ratio"] == pytest.approx(2.0) and rows[1]["params_ratio"] == pytest.approx(8 / 224)
+    assert rows[1]["weights_ratio"] == pytest.approx(freq["weights_mb"] / mlp["weights_mb"])
+    assert "Weights MB" in [c.header for c in rich_profile({"dataset": "d", "device": "cpu", "threads": 1, "reference": "MLP h8", "rows": rows}).columns]
+
+
+def test_profile_without_a_run_trains_the_quick_preset_on_a_cpu_and_says_how_to_avoid_it(cli, tiny_dataset, tmp_path, monkeypatch):
+    """Never the paper preset's teacher unasked: the plan is the quick preset, with an estimate from earlier trainings and a pointer to --run."""
+    from bench.results import TimingHistory
+
+    seen = []
+    monkeypatch.setattr(cli_run, "dataset_from_options", lambda **values: tiny_dataset)
+    monkeypatch.setattr(cli_run, "profile_entries", lambda dataset, entries, settings, run_dir: seen.append((settings, run_dir)) or {
+        "dataset": "tiny", "device": "cpu", "threads": 1, "reference": None, "rows": []})
+    config = registry.get("mlp").config_class.preset("quick").to_dict()
+    TimingHistory().record(TimingHistory.key("mlp", config, tiny_dataset.fingerprint, "last-visit"), 12.0)
+    paper_run = tmp_path / "results" / "old"
+    paper_run.mkdir(parents=True)
+    (paper_run / "config.json").write_text(json.dumps({"dataset_fingerprint": tiny_dataset.fingerprint, "preset": "paper"}))
+    args = ["profile", "--models", "leader_t,mlp", "--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "p.json")]
+    result = cli.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert seen[0][0].preset == "quick" and seen[0][1] is None
+    assert "at the quick preset" in text and "about 12 s by earlier trainings" in text and "leader_t never trained here" in text
+    assert "--run" in text and "--preset" in text
+    assert "3000 steps" not in text  # the paper teacher's budget is not what it trains
+    assert cli.invoke(main, [*args, "--preset", "harness"]).exit_code == 0 and seen[1][0].preset == "harness"  # asked for
 
 
 def test_an_experiment_file_equals_its_flags_and_is_recorded(cli, tmp_path):

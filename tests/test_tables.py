@@ -18,7 +18,7 @@ from pylatexenc.latexwalker import (
     LatexWalkerParseError,
 )
 
-from bench.tables import latex_escape, notes, render, rich_table
+from bench.tables import latex_escape, notes, render, retention_notes, rich_table, versus_full_notes
 
 
 def cell(values):
@@ -345,3 +345,18 @@ def test_retention_renders_each_student_as_a_percentage_of_each_teacher_with_int
     assert [c.header for c in table.columns][:3] == ["Student", "Teacher", "Overall\nPRAUC"] and table.row_count == 2
     with pytest.raises(ValueError, match="no teacher entry"):
         render(known_summary(), "markdown", "retention")
+
+
+def test_each_caption_describes_its_own_table():
+    """Stars name what they compare with; the ablate/sweep PRAUC table (no marks, a full-model column) says so; retention cells are percentages."""
+    main = "\n".join(notes(known_summary()))
+    assert "leader_s against the column's best baseline" in main
+    ablation = known_summary() | {"versus_full": {"freq": {}}}
+    assert "against the column's best ablated variant" in "\n".join(notes(ablation))
+    assert "*" not in "\n".join(notes(known_summary() | {"significance": {}}))
+    prauc = "\n".join(versus_full_notes(ablation, "leader_s"))
+    assert "leader_s's overall test PRAUC minus the entry's" in prauc
+    assert not any(word in prauc for word in ("bold", "underlined", "best baseline"))
+    assert "minus" not in "\n".join(versus_full_notes(known_summary() | {"versus_full": {}}, None))  # a sweep compares nothing
+    summary = known_summary() | {"retention_intervals": {"freq": {"leader_s": {}}}}
+    assert not any(word in "\n".join(retention_notes(summary)) for word in ("bold", "half-width", "best baseline"))

@@ -24,6 +24,7 @@ from bench.cli import main
 from bench.cli.options import dataset_options, evaluation_options, executor_options, parse_settings, preset_option, run_spec
 from bench.cli.run import execute_spec
 from bench.contract import ModelFamily
+from bench.plan import teacher_label
 from bench.results import RunFolder, write_json
 from bench.spec import Entry
 from data_prep.atomic import write_atomic
@@ -68,7 +69,7 @@ def run_options(command):
 def prauc_table(summary: dict, title: str, full_label: str | None = None) -> Table:
     """Validation PRAUC, test PRAUC by group; in an ablation also the full model's lead over each variant and its p-value."""
     versus = summary.get("versus_full", {})
-    table = Table(title=title, caption="\n".join(tables.notes(summary)), caption_justify="left")
+    table = Table(title=title, caption="\n".join(tables.versus_full_notes(summary, full_label)), caption_justify="left")
     table.add_column("entry")
     table.add_column("val PRAUC", justify="right")
     for group in GROUPS:
@@ -138,9 +139,7 @@ def ablation_entries(family: ModelFamily, drops: Sequence[str], alternatives: Se
     for student in students:
         for name, options in model_class.teacher_entries(model_class.config_class.preset(preset, **student.overrides)).items():
             identity = stable_hash(teacher_config.preset(preset, **options).to_dict())
-            extras = [f"{k}={v}" for k, v in sorted(options.items()) if k != "teacher_path" and base.get(k) != v]
-            label = " ".join([family.teacher_label, *([name] if name else []), *extras])
-            teachers.setdefault(identity, Entry(label, family.teacher, options))
+            teachers.setdefault(identity, Entry(teacher_label(family.teacher_label, name, options, base, preset), family.teacher, options))
     return [*(teachers.values() or [Entry(family.teacher_label, family.teacher, dict(base))]), *students]
 
 

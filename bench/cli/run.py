@@ -31,7 +31,8 @@ from bench.cli.options import (
 )
 from bench.execute import IncompleteRunError
 from bench.profiler import ProfileSettings, profile_entries, rich_profile
-from bench.results import RunFolder, read_json, write_json, write_text
+from bench.contract import PRESETS
+from bench.results import RunFolder, TimingHistory, read_json, write_json, write_text
 from bench.runner import run
 from data_prep.cache import stable_hash
 from data_prep.protocol import PROTOCOLS
@@ -122,6 +123,40 @@ def latest_run(results_dir: Path, fingerprint: str, labels: Sequence[str], seed:
     return max(candidates)[1] if candidates else None
 
 
+def training_preset(results_dir: Path, fingerprint: str, device: str) -> str:
+    """The preset ``bench profile`` trains at when no run gives the weights and none is named: on a CPU the
+    quick one (the paper preset's teacher is 3,000 steps of 2,048-token prompts), elsewhere the latest run's
+    on this data, else the paper's."""
+    if device == "cpu":
+        return "quick"
+    runs = []
+    for config_path in Path(results_dir).glob("*/config.json"):
+        try:
+            config = read_json(config_path)
+        except ValueError:
+            continue
+        if config.get("dataset_fingerprint") == fingerprint and config.get("preset") in PRESETS:
+            runs.append((config_path.stat().st_mtime, config["preset"]))
+    return max(runs)[1] if runs else "paper"
+
+
+def training_notice(results_dir: Path, names: Sequence[str], seed: int, entries, preset: str, protocol: str, fingerprint: str) -> str:
+    """What ``bench profile`` is about to train, at which preset, how long that took here before, and how to avoid it."""
+    history, known, unknown, budgets = TimingHistory(), 0.0, [], []
+    for entry in entries:
+        model_class = registry.get(entry.model)
+        config = model_class.config_class.preset(preset, **entry.overrides)
+        seconds = history.get(TimingHistory.key(entry.model, config.to_dict(), fingerprint, protocol))
+        budgets.append(f"{entry.label} {model_class.training_budget(config)}" + ("" if seconds is None else f" (~{seconds:.0f} s)"))
+        known += seconds or 0.0
+        if seconds is None:
+            unknown.append(entry.label)
+    estimate = f"about {known:.0f} s by earlier trainings on this machine" + (f", plus {', '.join(unknown)} never trained here" if unknown else "")
+    return (f"no finished run under {results_dir} trained {', '.join(names)} at seed {seed} on this data: training them now at the {preset} "
+            f"preset (--preset to choose), {estimate}: " + "; ".join(budgets)
+            + f". To measure trained models instead: --run {results_dir}/<run-id> (a run of bench run/ablate that trained them).")
+
+
 @main.command("share")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A finished run folder.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The shareable copy (a new folder).")
@@ -141,8 +176,9 @@ def share_command(run_dir, out):
 @models_option
 @dataset_options
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure inference latency.")
-@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak inference memory.")
-@preset_option()
+@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure the weights' memory and the inference peak above them.")
+@click.option("--preset", type=click.Choice(PRESETS), help="When no run gives the weights: the preset to train them at [quick on a CPU; "
+              "else the latest run's on this data, or paper].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed (of the run folder's units, with --run).")
 @click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="last-visit", show_default=True)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Reuse this run folder's trained weights instead of training.")
@@ -150,7 +186,7 @@ def share_command(run_dir, out):
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True, help="Batch-size-1 calls timed per model.")
 @model_options
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Where to look for a finished run when --run is not given.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Where to look for a finished run when --run is not given, and where profile-<id>.json goes then.")
 @click.option("--out", type=click.Path(path_type=Path), help="JSON output [<run>/profile.json, or results/profile-<id>.json].")
 def profile_command(models_spec, latency, memory, preset, seed, protocol, run_dir, reference, repeats, teacher_path, gguf_file, settings, device, results_dir, out, **data_values):
     """Parameters, training time, latency per patient and peak memory, each model in a fresh process.
@@ -170,9 +206,11 @@ def profile_command(models_spec, latency, memory, preset, seed, protocol, run_di
     console = _console()
     if run_dir is None:
         run_dir = latest_run(results_dir, dataset.fingerprint, names, seed)
-        console.print(f"using the trained models of {run_dir}" if run_dir else
-                      f"no finished run under {results_dir} trained {', '.join(names)} at seed {seed} on this data: training them now ({preset} preset): "
-                      + ", ".join(f"{e.label} {registry.get(e.model).training_budget(registry.get(e.model).config_class.preset(preset))}" for e in entries))
+        if run_dir is not None:
+            console.print(f"using the trained models of {run_dir}")
+        else:
+            preset = preset or training_preset(results_dir, dataset.fingerprint, device)
+            console.print(training_notice(results_dir, names, seed, entries, preset, protocol, dataset.fingerprint))
     if run_dir is not None:
         previous = read_json(RunFolder(run_dir).config_path)
         if previous.get("dataset_fingerprint") != dataset.fingerprint:
@@ -187,6 +225,6 @@ def profile_command(models_spec, latency, memory, preset, seed, protocol, run_di
         except (FileNotFoundError, ValueError) as error:
             raise click.ClickException(str(error)) from None
     console.print(rich_profile(profile))
-    target = out or (run_dir / "profile.json" if run_dir is not None else Path("results") / f"profile-{dataset.name}-{stable_hash([dataclasses.astuple(e) for e in entries], preset, seed, protocol)[:10]}.json")
+    target = out or (run_dir / "profile.json" if run_dir is not None else results_dir / f"profile-{dataset.name}-{stable_hash([dataclasses.astuple(e) for e in entries], preset, seed, protocol)[:10]}.json")
     write_json(target, profile)
     console.print(f"wrote {target}")
