@@ -76,12 +76,19 @@ class CodeSetEmbedding(nn.Module):
         self.reduce = reduce
 
     def forward(self, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``codes``/``mask`` ``[..., L]`` -> ``[..., dim]``; an empty set embeds to zeros."""
-        weights = mask.unsqueeze(-1).to(self.embedding.weight.dtype)
-        total = (self.dropout(self.embedding(codes)) * weights).sum(-2)
+        """``codes``/``mask`` ``[..., L]`` -> ``[..., dim]``; an empty set embeds to zeros.
+
+        Only the real codes are embedded (and dropped out), then summed into their sets: padded batches of
+        visits are mostly padding (short visits beside the longest, absent visits beside the longest record).
+        """
+        sets, length = mask.shape[:-1], mask.shape[-1]
+        flat_mask = mask.reshape(-1, length)
+        rows, columns = flat_mask.nonzero(as_tuple=True)
+        vectors = self.dropout(self.embedding(codes.reshape(-1, length)[rows, columns]))
+        total = vectors.new_zeros(flat_mask.shape[0], vectors.shape[-1]).index_add_(0, rows, vectors)
         if self.reduce == "mean":
-            total = total / weights.sum(-2).clamp(min=1.0)
-        return total
+            total = total / flat_mask.sum(-1, keepdim=True).clamp(min=1).to(total.dtype)
+        return total.view(*sets, -1)
 
 
 def normalized_adjacency(adj: np.ndarray, mode: Normalisation = "row") -> np.ndarray:

@@ -31,7 +31,8 @@ epochs of each pre-training task (35), at most 60 fine-tuning epochs (397), stop
 without a better validation score (``epoch - best_epoch > 10`` with ``--early_stop 10``, 26 and 442),
 margin weight 0.005 (48), DDI weight 0.1 (49), threshold 0.5 (109). ``--preset harness``: batches of 32
 and lr 5e-4 (below), fine-tuning stopped by the harness's validation patience 10 on PRAUC. ``--preset
-quick``: dim 128, 2 layers, feed-forward 512, 5 pre-training epochs of each task, patience 5.
+quick``: dim 128, 2 layers, feed-forward 512, 5 pre-training epochs of each task, patience 5, batches of 64
+visits at AdamW lr 7e-4 (below).
 
 Deliberate differences from the published code:
 
@@ -58,7 +59,10 @@ Deliberate differences from the published code:
   further. On the synthetic cohort (2,000 patients, quick, seed 0) fine-tuning peaks at validation PRAUC
   0.652 at epoch 30 of 35 (stopped by patience) after 5 + 5 pre-training epochs (SMP loss 0.70 -> 0.60,
   SR loss -> 0.15). Padded batches with key-padding masks; the reference encodes one visit at a time. The
-  weight decay stays 0.1.
+  weight decay stays 0.1. ``quick`` on the default cohort (12,000 training visits): batches of 64 at lr 7e-4
+  (the rate scaled by the square root of the batch); seed 0 fine-tuned to validation PRAUC 0.651 at epoch 23
+  of 28 (stopped by patience) after 5 + 5 pre-training epochs (SMP loss 0.70 -> 0.54, SR 0.10 -> 0.02),
+  669 s on one thread (SMP 252 s, SR 120 s, fine-tuning 295 s).
 - Dead code is not built (the unused ``patient_seperate`` encoder, adapters, ``PositionalEncoding``).
 """
 
@@ -149,7 +153,7 @@ class RAREMed(TorchModel):
         matching_loss: str = "bce"  # "published": cross-entropy across the batch's pairs
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 5e-4}
-        QUICK: ClassVar[dict] = {"dim": 128, "layers": 2, "ffn_dim": 512, "pretrain_epochs": 5, "patience": 5}
+        QUICK: ClassVar[dict] = {"dim": 128, "layers": 2, "ffn_dim": 512, "pretrain_epochs": 5, "patience": 5, "batch_size": 64, "lr": 7e-4}
 
         def __post_init__(self) -> None:
             if self.relevance not in RELEVANCE:

@@ -37,7 +37,8 @@ kp 0.05 (34), 20 basic-model epochs (177) and 15 graph-model epochs (431), bucke
 60/150/150 (38-41), threshold 0.5 (98); early stopping by validation PRAUC (patience 10, the harness's
 policy; the script runs every epoch and saves the last, below). ``--preset harness``/``quick``: batches
 of 32 at lr 2e-3 with SafeDrug's batched DDI-loss scale (``baselines.safedrug``, the same policy and
-reasons); ``quick`` sizes the budget for 2 CPU cores.
+reasons); ``quick`` sizes the budget for 2 CPU cores: batches of 64 at lr 3e-3 (the rate scaled by about
+the square root of the batch), at most 40 epochs of each model, patience 5.
 
 Deliberate differences from the published code:
 
@@ -279,7 +280,7 @@ class StratMed(TorchModel):
         stage: str = "full"  # "basic": the basic model alone (the reference's pre-training model)
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3, "ddi_loss_scale": None}
-        QUICK: ClassVar[dict] = {"epochs": 40, "pretrain_epochs": 40, "patience": 5}
+        QUICK: ClassVar[dict] = {"epochs": 40, "pretrain_epochs": 40, "patience": 5, "batch_size": 64, "lr": 3e-3}  # module docstring
 
         def __post_init__(self) -> None:
             if self.stage not in STAGES:

@@ -36,7 +36,8 @@ dropout 0.3 on embeddings and 0.2 in the transformer layers (33, 47, 51, 61), th
 feed-forward PyTorch's 2048 (51); early stopping by validation PRAUC with patience 10, the harness's policy
 (the reference saves every epoch and its test loads one chosen by hand, line 33). ``--preset harness``:
 batches of 16 target visits (the script's own ``--batch_size``, COGNet's batch here). ``--preset quick``:
-COGNet's quick settings (at most 40 epochs, patience 5, encoder feed-forward 512).
+COGNet's quick settings (at most 60 epochs, patience 5, encoder feed-forward 512, batches of 32 at lr
+1.5e-3, greedy decoding of the validation set that selects the epoch: ``validation_beam_size=1``).
 
 Deliberate differences from the published code:
 
@@ -235,6 +236,7 @@ class VITA(COGNet):
         gcn_dropout: float = 0.3
         beam_size: int = 4
         max_decode_length: int = 45
+        validation_beam_size: int | None = None  # the decoding that selects the epoch; None: beam_size (COGNet's option)
         gumbel_temperature: float = 0.6
         attention_temperature: float = 20.0
         test_selection: str = "threshold"  # "gumbel": the reference's noisy selection at prediction (seeded)
@@ -242,11 +244,13 @@ class VITA(COGNet):
         score_single_visit: ClassVar[bool] = False  # read by COGNet's code: VITA serves samples with history only
 
         HARNESS: ClassVar[dict] = {"batch_size": 16}
-        QUICK: ClassVar[dict] = {"epochs": 40, "patience": 5, "encoder_feedforward": 512}
+        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5, "encoder_feedforward": 512, "validation_beam_size": 1, "batch_size": 32, "lr": 1.5e-3}
 
         def __post_init__(self) -> None:
             if self.beam_size < 1 or self.max_decode_length < 1:
                 raise ValueError(f"vita beam_size and max_decode_length must be at least 1, got {self.beam_size}, {self.max_decode_length}")
+            if self.validation_beam_size is not None and self.validation_beam_size < 1:
+                raise ValueError(f"vita validation_beam_size must be at least 1 or None, got {self.validation_beam_size}")
             if self.test_selection not in TEST_SELECTIONS:
                 raise ValueError(f"vita test_selection must be one of {TEST_SELECTIONS}, got {self.test_selection!r}")
             if self.copy_alignment not in COPY_ALIGNMENTS:

@@ -169,3 +169,19 @@ def test_fit_learns_and_is_deterministic(tiny_dataset):
     again = COGNet(tiny_dataset, config, seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
     test = multi_visit(tiny_dataset.samples("test"))
     np.testing.assert_array_equal(first.predict_proba(test), again.predict_proba(test))
+
+
+def test_validation_beam_size_decodes_the_selection_only(tiny_dataset):
+    """``validation_beam_size`` is the beam of the decoding that scores validation epochs while fitting;
+    every prediction afterwards, validation or test, decodes with ``beam_size``."""
+    model = untrained(tiny_dataset, validation_beam_size=1, beam_size=3)
+    samples = multi_visit(tiny_dataset.samples("val"))
+    model.selecting = True
+    np.testing.assert_array_equal(model.predict_proba(samples), model.decode(samples, beam_size=1)[1])
+    model.selecting = False
+    np.testing.assert_array_equal(model.predict_proba(samples), model.decode(samples, beam_size=3)[1])
+    config = COGNet.Config(**SMALL, epochs=1, patience=1, validation_beam_size=1)
+    fitted = COGNet(tiny_dataset, config, seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    assert fitted.fit_report["validation_beam_size"] == 1 and not fitted.selecting
+    with pytest.raises(ValueError, match="validation_beam_size"):
+        COGNet.Config(validation_beam_size=0)

@@ -128,3 +128,21 @@ def test_ddi_target_is_three_quarters_of_the_training_ground_truth_unless_given(
     assert ddi_target(None, train, adj) == pytest.approx(0.75 * 0.25)
     assert ddi_target(0.06, train, adj) == 0.06  # an absolute target (the papers') is kept as given
     assert ddi_target(None, train[1:], adj) == 0.0
+
+
+def test_code_set_embedding_reads_real_codes_only():
+    """Padding positions may hold any code: neither the output nor the gradients depend on them, in any shape."""
+    torch.manual_seed(0)
+    codes = torch.randint(0, 6, (2, 3, 4))
+    mask = torch.rand(2, 3, 4) < 0.5
+    embedding = CodeSetEmbedding(6, 5, reduce="mean")
+    out = embedding(codes, mask)
+    reference = (embedding.embedding(codes) * mask.unsqueeze(-1)).sum(-2) / mask.sum(-1, keepdim=True).clamp(min=1)
+    torch.testing.assert_close(out, reference)
+    noisy = torch.where(mask, codes, torch.randint(0, 6, codes.shape))
+    torch.testing.assert_close(embedding(noisy, mask), out)
+    out.sum().backward()
+    used = torch.zeros(6, dtype=torch.bool)
+    used[codes[mask]] = True
+    assert (embedding.embedding.weight.grad[~used] == 0).all() and (embedding.embedding.weight.grad[used] != 0).any()
+    assert embedding(codes[0, 0], mask[0, 0]).shape == (5,)
