@@ -47,6 +47,9 @@ class Schedule:
     ``max_steps`` optimizer steps, an evaluation every ``eval_every`` steps and after the last one; ``epochs``
     still caps the passes over the data, and the report says when that cap, not the step budget, ended it.
     ``whole_batches`` drops each epoch's incomplete last batch (every step then sees ``batch_size`` samples).
+    ``min_delta``: an evaluation counts as better only when it beats the best score by more than this (Keras's
+    ``EarlyStopping(min_delta=...)``), so a score creeping up by less per evaluation is a plateau: patience runs
+    out and the weights of the last real improvement are kept. 0 = any improvement counts.
     """
 
     batch_size: int
@@ -55,10 +58,13 @@ class Schedule:
     max_steps: int | None = None
     eval_every: int | None = None
     whole_batches: bool = False
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_steps is not None and not self.eval_every:
             raise ValueError("a step-based schedule needs eval_every")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must not be negative, got {self.min_delta}")
 
 
 def run_training(
@@ -111,7 +117,7 @@ def run_training(
             score = evaluate()
         losses.clear()
         history.append({"epoch": state["epoch"], "step": state["step"], "loss": loss, "val_score": score})
-        if score > best["score"]:
+        if score > best["score"] + schedule.min_delta:
             best.update(score=score, epoch=state["epoch"], step=state["step"], state=snapshot())
             state["stale"] = 0
         else:
@@ -301,8 +307,8 @@ class TorchModel(MedRecModel):
 
 
 def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Sample]) -> dict:
-    """The model's optimizer over shuffled mini-batches of ``train``, one evaluation per epoch (:func:`run_training`);
-    the report records what it trained on (``training_samples``: the samples its batches were drawn from)."""
+    """The model's optimizer over shuffled mini-batches of ``train``, one evaluation per epoch (:func:`run_training`;
+    a config with a ``min_delta`` field sets the schedule's); the report records what it trained on (``training_samples``: the samples its batches were drawn from)."""
     config = model.config
     if not train:
         raise ValueError(f"{model.name}: no training sample")
@@ -326,7 +332,7 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
         model.network.eval()
 
     report = run_training(
-        Schedule(batch_size=config.batch_size, epochs=config.epochs, patience=config.patience),
+        Schedule(batch_size=config.batch_size, epochs=config.epochs, patience=config.patience, min_delta=getattr(config, "min_delta", 0.0)),
         len(train),
         model.seed,
         train_step,

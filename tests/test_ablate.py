@@ -85,7 +85,7 @@ def test_sweep_writes_results_plot_and_data(tiny_cli, teacher_settings, tmp_path
     assert written["values"] == [0.1, 0.0]
     best_on_validation = max(summary["validation"], key=lambda label: summary["validation"][label]["overall"]["prauc"])
     assert written["chosen_on_validation"] == best_on_validation
-    assert {r["chosen"] for r in rows if r["value"] == ("0.1" if best_on_validation == "beta=0.1" else "0.0")} == {"True"}
+    assert {r["chosen"] for r in rows if float(r["value"]) == (0.1 if best_on_validation == "beta=0.1" else 0.0)} == {"True"}
     assert (folder / "sweep_beta.png").read_bytes()[:4] == b"\x89PNG"
 
 

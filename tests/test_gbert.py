@@ -189,3 +189,16 @@ def test_paper_preset_is_run_alternative_sh():
     assert GBert.training_budget(paper) == "16 x (pre-training 5 epochs (fixed), 64 visits per step; fine-tuning 5 epochs (fixed), 1 sample per step)"
     assert GBert.training_budget(GBert.Config(pretrain_epochs=0)) == "16 x (fine-tuning 5 epochs (fixed), 1 sample per step)"
     assert (harness.rounds, harness.batch_size, harness.lr, harness.patience) == (1, 32, 2e-3, 10)
+    assert (paper.pretrain_selection, paper.pretrain_min_delta, harness.pretrain_selection) == ("rx2rx", 0.0, "rx2rx")
+
+
+def test_pretraining_keeps_the_epoch_of_the_chosen_head(tiny_dataset):
+    """Pre-training validation scores the ``pretrain_selection`` head (dx->rx: medications from diagnoses)."""
+    train, val = tiny_dataset.samples("train"), tiny_dataset.samples("val")
+    model = GBert(tiny_dataset, GBert.Config(**{**FAST, "pretrain_selection": "dx2rx"}), seed=0)
+    model.network = model.build_network().eval()  # unmasked, no dropout
+    with model.in_stage("pretrain"):
+        batch = model.collate(pretraining_visits(val)[:4])
+        torch.testing.assert_close(model.logits(batch), model.network.pretrain_logits(batch)["dx2rx"])
+    with pytest.raises(ValueError, match="pretrain_selection"):
+        GBert.Config(pretrain_selection="dx2dx")

@@ -290,7 +290,9 @@ def test_fitting_reports_validation_loss_and_stores_the_training_states(tiny_dat
     train, val = tiny_dataset.samples("train"), tiny_dataset.samples("val")
     config = TeacherConfig(teacher_path=str(tiny_paths["decoder"]), cache_lower_layers=True, **{**TINY, **FAST})
     teacher = LeaderTeacher(tiny_dataset, config, seed=7).fit_uncached(train, val)
-    proba = torch.from_numpy(teacher.predict_proba(val)).clamp(1e-7, 1 - 1e-7)
+    kept = teacher.predict_proba(val)  # the last validation pass's, from the cached lower layers: a full pass's
+    np.testing.assert_allclose(kept, teacher._probabilities(teacher._token_ids(val)), atol=1e-5)
+    proba = torch.from_numpy(kept).clamp(1e-7, 1 - 1e-7)
     assert teacher.fit_report["val_loss"] == pytest.approx(float(torch.nn.functional.binary_cross_entropy(proba, target_tensor(val, tiny_dataset.n_medications))), rel=1e-4)
     path = teacher._hidden_states_path(train, None)
     assert path.exists()

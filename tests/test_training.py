@@ -39,6 +39,17 @@ def test_best_epoch_last_is_not_converged():
     assert report["stopped_by"] == "epochs" and report["best_epoch"] == 3 and not report["converged"]
 
 
+def test_gains_below_min_delta_are_a_plateau():
+    scores = [0.10, 0.50, 0.505, 0.509, 0.508, 0.9]
+    report, weights, *_ = run(Schedule(batch_size=10, epochs=6, patience=3, min_delta=0.01), list(scores))
+    assert report["stopped_by"] == "patience" and report["epochs_run"] == 5  # 0.505, 0.509, 0.508: no real gain
+    assert report["best_epoch"] == 2 and weights == 2 and report["converged"]
+    report, *_ = run(Schedule(batch_size=10, epochs=6, patience=3), list(scores))  # without: every gain counts
+    assert report["best_epoch"] == 6 and report["stopped_by"] == "epochs"
+    with pytest.raises(ValueError, match="min_delta"):
+        Schedule(batch_size=3, epochs=1, patience=1, min_delta=-0.1)
+
+
 def test_steps_evaluate_every_few_steps_and_after_the_last():
     report, _, seen, progress = run(Schedule(batch_size=4, epochs=50, patience=9, max_steps=7, eval_every=3, whole_batches=True), [0.1, 0.3, 0.2])
     assert [h["step"] for h in report["history"]] == [3, 6, 7] and report["best_step"] == 6 and report["converged"]
