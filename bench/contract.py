@@ -201,6 +201,9 @@ class MedRecModel(ABC):
     # model that every result must beat; floors come first, by this rank) or, for a published model, its paper
     floor: ClassVar[int | None] = None
     publication: ClassVar[Publication | None] = None
+    # seconds one fit took on the default synthetic cohort under --preset quick on one CPU thread (measured; an order
+    # of magnitude): how bench.plan orders units longest first on a machine that has not timed this model yet
+    typical_seconds: ClassVar[float | None] = None
 
     def __init__(self, dataset: PreparedDataset, config: ModelConfig | None = None, seed: int = 0, device: str = "cpu"):
         self.dataset = dataset

@@ -10,8 +10,9 @@ is planned as a unit of its own (``prerequisite``): fine-tuned once into its mod
 progress, before the students, which then load it; it has no row in the results. Pending units are
 ordered teachers first, then their students (each after its teacher's units), then the rest longest first
 by the seconds each took on this machine before (:class:`bench.results.TimingHistory`: the same unit's,
-else the model's latest under any config or data; a model never timed here counts as longest, in the
-entries' order), so the entries' (display) order does not decide how long a run takes.
+else the model's latest under any config or data, else the model's declared ``typical_seconds``; a model
+with none of these counts as longest, in the entries' order), so the entries' (display) order does not
+decide how long a run takes, not even on a first run.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def plan_run(spec: RunSpec, dataset: PreparedDataset, folder: RunFolder) -> Plan
 
     def turn(unit: Unit) -> tuple[int, float]:
         took = history.estimate(TimingHistory.key(unit.model, unit.config.to_dict(), dataset.fingerprint, spec.protocol), unit.model)
+        took = registry.get(unit.model).typical_seconds if took is None else took
         return 0 if unit.model in teachers else 1 if unit.model in teacher_of else 2, -math.inf if took is None else -took
 
     needs = teacher_units(spec, dataset, folder, units, families)

@@ -387,6 +387,23 @@ def test_tables_order_is_not_run_order_teacher_first_then_longest_first(tiny_dat
     assert plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r")).spec.labels == [e.label for e in entries]  # shown as given
 
 
+def test_a_first_run_starts_the_models_declared_longest_first(tiny_dataset, tmp_path, monkeypatch):
+    """With no timing on this machine, the plan orders by each model's declared typical_seconds (a model that
+    declares none counts as longest), so the display order does not decide a first run's length."""
+    from bench.plan import plan_run
+    from bench.results import TimingHistory
+    from conftest import make_spec
+
+    monkeypatch.setenv("MEDREC_BENCH_CACHE", str(tmp_path / "cache"))
+    for name, seconds in (("freq", None), ("mlp", 9.0), ("retain", 60.0)):
+        monkeypatch.setattr(registry.get(name), "typical_seconds", seconds)
+    spec = make_spec([Entry("mlp", "mlp"), Entry("retain", "retain"), Entry("freq", "freq")], preset="quick")
+    assert [unit.label for unit in plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r")).pending] == ["freq", "retain", "mlp"]
+    unit = plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r")).units_of("mlp")[0]
+    TimingHistory().record(TimingHistory.key("mlp", unit.config.to_dict(), tiny_dataset.fingerprint, spec.protocol), 120.0)
+    assert [unit.label for unit in plan_run(spec, tiny_dataset, RunFolder(tmp_path / "r")).pending] == ["freq", "mlp", "retain"]  # this machine's time wins
+
+
 def test_the_summary_places_each_entry_and_tests_it_against_each_columns_best(tiny_dataset, tmp_path):
     summary = run(tiny_dataset, tmp_path / "r")
     assert [(e["label"], e["section"]) for e in summary["entries"]] == [("freq", "floors"), ("MLP h8", "floors")]
