@@ -141,6 +141,19 @@ def test_the_most_recent_visits_are_kept_and_medications_come_from_history_only(
     assert batch["last_slots"].tolist() == [1]
 
 
+def test_encoding_rows_in_length_groups_equals_encoding_them_all_padded(tiny_dataset, splits):
+    model = untrained(tiny_dataset)
+    encoder = model.network.diagnosis_encoder
+    sets = [s.diagnoses for s in splits[0][:13]] + [()]  # lengths differ; one empty set
+    codes, mask = student_module.pad_sequences(sets)
+    values = encoder.embedding(codes)
+    with torch.no_grad():
+        whole = student_module.encode_pooled(encoder.transformer, values, mask, groups=1)
+        grouped = student_module.encode_pooled(encoder.transformer, values, mask, groups=3)
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+    assert whole[-1].abs().max() == 0  # the empty set pools to zero either way
+
+
 def test_split_visit_encoders_add_exactly_two_visit_transformers(tiny_dataset):
     shared = untrained(tiny_dataset).network
     split = untrained(tiny_dataset, shared_visit_encoder=False).network
