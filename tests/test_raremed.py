@@ -82,3 +82,42 @@ def test_both_matching_losses_train(tiny_dataset, matching_loss):
     report = RAREMed(tiny_dataset, config, seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val")).fit_report
     assert set(report["stages"]) == {"matching", "reconstruction", "finetune"}
     assert np.isfinite([h["loss"] for h in report["stages"]["matching"]["history"]]).all()
+
+
+def published_layout_encoding(network, diagnoses, procedures, positions: bool) -> torch.Tensor:
+    """One visit as the module encoded it before packing: ``[CLS] dx.. [SEP] px..`` from the two halves'
+    tables, relevance by position within the half, the full encoder, its [CLS] row."""
+    halves = []
+    for special, table, relevance, codes, segment in ((0, network.diagnoses, network.diagnosis_relevance, diagnoses, 0),
+                                                      (1, network.procedures, network.procedure_relevance, procedures, 1)):
+        n = 1 + len(codes)
+        index = torch.arange(n) if positions else torch.zeros(n, dtype=torch.long)
+        segments = torch.full((n,), segment).index_fill(0, torch.tensor([0]), 0)
+        halves.append(torch.cat([network.special.weight[special : special + 1], table(torch.tensor(codes))]) + relevance(index) + network.segment(segments))
+    return network.encoder(torch.cat(halves)[None])[0, 0]
+
+
+@pytest.mark.parametrize("relevance", ["position", "published"])
+def test_packed_chunked_encoding_equals_the_full_encoder_per_visit(tiny_dataset, relevance):
+    model = RAREMed(tiny_dataset, RAREMed.Config(**{**SMALL, "layers": 2, "relevance": relevance}), seed=0)
+    torch.manual_seed(0)
+    model.network = model.build_network().eval()
+    samples = tiny_dataset.samples("train")
+    assert len(samples) > raremed.CHUNK_ROWS  # several chunks
+    with torch.no_grad():
+        batched = model.network(model.visit_batch([s.diagnoses for s in samples], [s.procedures for s in samples]))
+        alone = torch.stack([published_layout_encoding(model.network, s.diagnoses, s.procedures, relevance == "position") for s in samples])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_pretraining_with_patience_stops_on_validation_visits_only(tiny_dataset, monkeypatch):
+    seen = []
+    real = RAREMed.held_out_score
+    monkeypatch.setattr(RAREMed, "held_out_score", lambda self, task, held_out: seen.append(list(held_out)) or real(self, task, held_out))
+    config = RAREMed.Config(**{**SMALL, "pretrain_epochs": 6, "pretrain_patience": 1, "pretrain_min_delta": 10.0})
+    report = RAREMed(tiny_dataset, config, seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val")).fit_report
+    val_visits = sum(len(p.visits) for p in tiny_dataset.patients_in("val"))
+    assert seen and all(len(visits) == val_visits for visits in seen)
+    for task in ("matching", "reconstruction"):  # no score beats the first by 10: stopped after epoch 2, epoch 1's weights kept
+        stage = report["stages"][task]
+        assert (stage["best_epoch"], stage["epochs_run"], stage["stopped_by"], stage["converged"]) == (1, 2, "patience", True)
