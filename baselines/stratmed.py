@@ -178,9 +178,18 @@ class LevelConv(nn.Module):
         self.level_weight = nn.Parameter(initial_top * torch.arange(levels, dtype=torch.float32).unsqueeze(1).expand(levels, width) / levels)
 
     def forward(self, sources: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sources`` [V, S, d], ``weights`` [V, N, S, 1 or d] (0 where no edge) -> the N targets' outputs
-        [V, N, d] and what any other node receives (the bias) [V, d]; ``scale`` [V, 1] is 1 / n_medications."""
-        messages = (weights * self.linear(sources).unsqueeze(1)).sum(2)
+        """``sources`` [V, S, d] and ``weights`` (0 where no edge) -> the N targets' outputs [V, N, d] and what any
+        other node receives (the bias) [V, d]; ``scale`` [V, 1] is 1 / n_medications. ``weights`` is either the
+        scalar weight of every edge j -> i [V, N, S], or the level of every edge one-hot [V, N, S, levels] for
+        vector weights: ``sum_j w[level(i, j)] * y_j`` is then ``sum_l w[l] * (sum_j [level(i, j) = l] y_j)``,
+        a batched product over the few levels instead of a [V, N, S, d] tensor of weights."""
+        projected = self.linear(sources)
+        if weights.dim() == 3:
+            messages = weights @ projected
+        else:
+            v, n, s, levels = weights.shape
+            per_level = (weights.transpose(2, 3).reshape(v, n * levels, s) @ projected).view(v, n, levels, -1)
+            messages = (per_level * self.level_weight).sum(2)
         return F.relu((messages + self.bias) * scale.unsqueeze(1)), F.relu(self.bias * scale)
 
 
@@ -219,15 +228,15 @@ class StratMedNetwork(nn.Module):
         pairs = med_mask.unsqueeze(2) & med_mask.unsqueeze(1) & ~torch.eye(med.shape[1], dtype=torch.bool, device=med.device)
         source, target = med.unsqueeze(1), med.unsqueeze(2)  # [V, 1, S], [V, N, 1]: weight of edge j -> i
         weights = self.medication_conv.level_weight[self.medication_levels[target, source]].squeeze(-1) - self.ddi_weight * self.ddi[target, source]
-        h1_med, h1_other = self.medication_conv(x_med, (weights * pairs).unsqueeze(-1), scale)
+        h1_med, h1_other = self.medication_conv(x_med, weights * pairs, scale)
         first = has_meds.unsqueeze(1)
         h1_dx = torch.where(first, h1_other.unsqueeze(1), F.relu(self.first_visit(x_dx)))
         h1_px = torch.where(first, h1_other.unsqueeze(1), F.relu(self.first_visit(x_px)))
 
         # (b) medication -> diagnosis and medication -> procedure, over (a)'s medication outputs
         def bipartite(conv: LevelConv, levels: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            weights = conv.level_weight[levels[source, codes.unsqueeze(2)]] * med_mask.view(med.shape[0], 1, -1, 1)
-            targets, other = conv(h1_med, weights, scale)
+            edge_levels = F.one_hot(levels[source, codes.unsqueeze(2)], conv.level_weight.shape[0])  # [V, N, S, levels]
+            targets, other = conv(h1_med, edge_levels.to(h1_med.dtype) * med_mask.view(med.shape[0], 1, -1, 1), scale)
             edges = (has_meds & mask.any(1, keepdim=True)).to(targets.dtype)  # no edge: nothing, not even the bias
             return targets * edges.unsqueeze(1), other * edges
 
