@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.stratmed import BasicNetwork, Relevance, StratMed, StratMedNetwork, stratify
+from baselines.stratmed import BasicNetwork, LevelConv, Relevance, StratMed, StratMedNetwork, stratify
 from data_prep.dataset import Visit
 
 SMALL = dict(dim=16, batch_size=8, lr=2e-3, epochs=2, pretrain_epochs=2, patience=2, medication_top=2, diagnosis_top=2, procedure_top=2)
@@ -29,6 +29,21 @@ def test_stratify_needs_no_count_of_exactly_five():
 def test_stratify_without_any_frequent_pair_has_one_level():
     levels, n_levels = stratify(np.ones((3, 3), dtype=int), top=60, growth=2)
     assert n_levels == 1 and not levels.any()
+
+
+def test_level_conv_by_one_hot_levels_equals_a_weight_per_edge():
+    torch.manual_seed(0)
+    conv = LevelConv(dim=8, levels=4, width=8, initial_top=0.8)
+    with torch.no_grad():
+        conv.level_weight.copy_(torch.randn(4, 8))
+        conv.bias.copy_(torch.randn(8))
+    sources, scale = torch.randn(3, 5, 8), torch.rand(3, 1)
+    levels, mask = torch.randint(0, 4, (3, 6, 5)), (torch.rand(3, 1, 5, 1) > 0.3).float()
+    explicit = (conv.level_weight[levels] * mask * conv.linear(sources).unsqueeze(1)).sum(2)  # [V, N, S, d] summed over S
+    expected = torch.relu((explicit + conv.bias) * scale.unsqueeze(1))
+    got, other = conv(sources, torch.nn.functional.one_hot(levels, 4).float() * mask, scale)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(other, torch.relu(conv.bias * scale))
 
 
 def test_relevance_counts_every_visit_of_the_training_records_once(tiny_dataset):
