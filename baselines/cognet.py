@@ -209,7 +209,20 @@ class MedicationDecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, context: VisitContext) -> torch.Tensor:
         causal = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device), diagonal=1)
         attended = self.self_attention(x, x, x, attn_mask=causal, need_weights=False)[0]
-        x = self.norms[0](x + self.dropouts[0](attended))
+        return self.read_context(self.norms[0](x + self.dropouts[0](attended)), context)
+
+    def last_position(self, x: torch.Tensor, context: VisitContext) -> torch.Tensor:
+        """``forward``'s output at the last position only: ``x`` [N * k, S, d] holds k prefixes per context
+        row (row n's are n * k .. n * k + k - 1) -> [N, k, d]. The causal mask lets the last position see
+        the whole prefix, and the later blocks act per position: the beam search's step without recomputing
+        the prefix or copying the context per beam."""
+        last = x[:, -1:]
+        attended = self.self_attention(last, x, x, need_weights=False)[0]
+        last = self.norms[0](last + self.dropouts[0](attended))
+        return self.read_context(last.view(len(context.has_copy), -1, x.shape[-1]), context)
+
+    def read_context(self, x: torch.Tensor, context: VisitContext) -> torch.Tensor:
+        """Cross-attentions and feed-forward on [R, S, d], each position independently."""
         diagnoses = self.diagnosis_attention(x, context.diagnoses, context.diagnoses, key_padding_mask=~context.diagnosis_mask, need_weights=False)[0]
         procedures = self.procedure_attention(x, context.procedures, context.procedures, key_padding_mask=~context.procedure_mask, need_weights=False)[0]
         x = self.norms[1](x + self.dropouts[1](diagnoses) + self.dropouts[2](procedures))
@@ -299,8 +312,19 @@ class COGNetNetwork(nn.Module):
 
     def forward(self, tokens: torch.Tensor, context: VisitContext) -> torch.Tensor:
         """Log-probabilities [R, S, |M| + 2] of the next token after each prefix of ``tokens`` [R, S]."""
-        x = self.medication_encoder.embed(tokens) + context.drug_memory[tokens]  # one medication table, as the reference
-        hidden = self.decoder(x, context)
+        return self.output(self.decoder(self.embed_tokens(tokens, context), context), context)
+
+    def next_token(self, tokens: torch.Tensor, context: VisitContext) -> torch.Tensor:
+        """``forward(tokens, context.select(arange(N * k) // k))[:, -1]`` for k prefixes ``tokens`` [N * k, S]
+        per context row: log-probabilities [N * k, |M| + 2] of the next token, the last position computed only."""
+        hidden = self.decoder.last_position(self.embed_tokens(tokens, context), context)  # [N, k, d]
+        return self.output(hidden, context).flatten(0, 1)
+
+    def embed_tokens(self, tokens: torch.Tensor, context: VisitContext) -> torch.Tensor:
+        return self.medication_encoder.embed(tokens) + context.drug_memory[tokens]  # one medication table, as the reference
+
+    def output(self, hidden: torch.Tensor, context: VisitContext) -> torch.Tensor:
+        """Log-probabilities [R, S, |M| + 2] from the decoder's states [R, S, d]: generate, copy and gate."""
         generated = torch.softmax(self.generate(hidden), dim=-1)
         gate = torch.sigmoid(self.gate(hidden))
         mixed = gate * generated + (1 - gate) * self.copy_distribution(hidden, context)
@@ -473,9 +497,13 @@ class COGNet(TorchModel):
         for start in range(0, len(samples), chunk_size):
             chunk = samples[start : start + chunk_size]
             context = self.target_context(self.inputs(chunk))
+            live = {"rows": torch.arange(len(chunk), device=self.device), "context": context}
 
             def step(tokens: torch.Tensor, beams: torch.Tensor) -> torch.Tensor:
-                return net(tokens, context.select(beams // k))[:, -1]
+                rows = beams[::k] // k  # the search extends every beam of its live rows
+                if not torch.equal(rows, live["rows"]):  # a row finished: narrow the context once
+                    live.update(rows=rows, context=context.select(rows))
+                return net.next_token(tokens, live["context"])
 
             result = beam_search(step, len(chunk), k, min(self.config.max_decode_length, n_meds + 1), n_meds + 2, net.sos, net.end, self.device)
             for i, (tokens, history) in enumerate(zip(result.tokens.tolist(), result.step_log_proba.cpu().numpy())):

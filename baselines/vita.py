@@ -122,6 +122,17 @@ class QueryDecoder(nn.Module):
         causal = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device), diagonal=1)
         return self.layer(x, context.query, tgt_mask=causal, memory_key_padding_mask=~context.query_mask)
 
+    def last_position(self, x: torch.Tensor, context: QueryContext) -> torch.Tensor:
+        """``forward``'s output at the last position only, for k prefixes ``x`` [N * k, S, d] per context row
+        -> [N, k, d] (``baselines.cognet.MedicationDecoderLayer.last_position``): the layer's own blocks, post-LN."""
+        layer = self.layer
+        last = x[:, -1:]
+        last = layer.norm1(last + layer.dropout1(layer.self_attn(last, x, x, need_weights=False)[0]))
+        last = last.view(len(context.has_copy), -1, x.shape[-1])
+        attended = layer.multihead_attn(last, context.query, context.query, key_padding_mask=~context.query_mask, need_weights=False)[0]
+        last = layer.norm2(last + layer.dropout2(attended))
+        return layer.norm3(last + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(last))))))
+
 
 class VITANetwork(nn.Module):
     # COGNet's pieces, the same computation: drug memory, set encoding, copy distribution, the gated mixture
@@ -129,6 +140,9 @@ class VITANetwork(nn.Module):
     encode_sets = staticmethod(COGNetNetwork.encode_sets)
     copy_distribution = COGNetNetwork.copy_distribution
     forward = COGNetNetwork.forward
+    next_token = COGNetNetwork.next_token
+    embed_tokens = COGNetNetwork.embed_tokens
+    output = COGNetNetwork.output
 
     def __init__(self, dataset: PreparedDataset, config: "VITA.Config", widths: tuple[int, int]):
         super().__init__()
