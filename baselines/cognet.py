@@ -21,7 +21,11 @@ medications uses generation alone. Loss: token-level NLL with teacher forcing (t
 of the target tokens gathered and averaged, which has a deterministic CUDA kernel where ``nll_loss``
 has none). Adam, lr 1e-3, batch 16, dim 64. Decoding: beam search (beam 4, at most 45 steps, a hypothesis never repeats a token,
 finished hypotheses keep their score and compete with the live ones, the best raw summed
-log-probability wins, no length normalisation), batched over all samples at once.
+log-probability wins, no length normalisation), batched over all samples at once. Each step computes
+the decoder at the last position of every beam's prefix only (the causal mask lets it see the whole
+prefix; every later block is per position) and reads each sample's context once for its k beams: the
+same beams as re-running the whole prefix, without its quadratic cost (on the default cohort, quick,
+one thread: COGNet's evaluation 14.5 s -> 10.8 s, VITA's 32 s -> 24 s, the same validation histories).
 
 PRAUC. The model has no per-medication score; its probabilities come from the decoding steps, as
 the reference computes them: for each medication the highest probability it had at any step that
