@@ -28,7 +28,12 @@ rewards the pairs prescribed together, so sets are not overly conservative. Thre
 Batching. Each sample is its own prefix, right-padded to the batch's longest with key-padding masks;
 the encoders are bidirectional within a prefix, so one causal pass per patient would not be the same
 model. Trend features are computed per batch in float64 with matrix products (no per-item
-regression), and the drug memory once per batch instead of once per sample.
+regression), and the drug memory once per batch instead of once per sample. The trend features are
+built over each sample's own codes only (:func:`trend_inputs`; every other code's features are zero) and
+projected by gathering those columns of the projection (:func:`project_trends`): the same sum as the
+dense 3 |D|-wide input (1,902 diagnoses on the synthetic cohort; a sample holds a few dozen). On the
+default cohort (``--preset quick``, seed 0, one thread) this took training from 136 s (24 epochs, best
+19) to 104 s (23 epochs, best 18) and evaluation from 17 s to 4 s; multi-visit test PRAUC 0.705 -> 0.706.
 
 Deliberate differences from the published code:
 
@@ -108,6 +113,33 @@ def cumulative_trends(values: torch.Tensor, times: torch.Tensor) -> torch.Tensor
     mean = prefix @ values / count.unsqueeze(-1)
     variance = (prefix @ values.pow(2) / count.unsqueeze(-1) - mean.pow(2)).clamp(min=0.0)
     return torch.stack([values, slope, variance], dim=-1)
+
+
+def trend_inputs(patients: Sequence[Sequence[Sequence[int]]], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trend features of each patient's own codes: ``[B, steps, U, 3]`` (float32, computed in float64) and
+    the codes ``[B, U]`` they belong to (``patients[b][t]``: the code set of visit t; padding: code 0, all-zero features).
+
+    U is the most distinct codes any patient's visits hold: every other code has presence, slope and
+    variance 0 at every visit, so :func:`project_trends` reads these columns only (the same sum as the
+    dense ``[B, steps, |codes|, 3]`` features, at a fraction of the width).
+    """
+    own_codes = [np.unique(np.fromiter((c for visit in visits for c in visit), dtype=np.int64)) for visits in patients]
+    width = max([1, *(len(own) for own in own_codes)])
+    values = np.zeros((len(patients), steps, width))
+    codes = np.zeros((len(patients), width), dtype=np.int64)
+    for b, (visits, own) in enumerate(zip(patients, own_codes)):
+        codes[b, : len(own)] = own
+        for t, visit in enumerate(visits):
+            values[b, t, np.searchsorted(own, np.fromiter(visit, dtype=np.int64))] = 1.0
+    times = torch.arange(steps, dtype=torch.float64).expand(len(patients), steps)
+    return cumulative_trends(torch.from_numpy(values), times).float(), torch.from_numpy(codes)
+
+
+def project_trends(projection: nn.Linear, features: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``projection`` (over the dense features flattened code-major, ``[|codes| * 3]``) of the features of
+    ``codes`` only: ``features`` [B, T, U, 3], ``codes`` [B, U] -> [B, T, out]."""
+    weight = projection.weight.t().reshape(-1, TREND_FEATURES, projection.out_features)[codes]  # [B, U, 3, out]
+    return torch.einsum("btuk,buko->bto", features, weight) + projection.bias
 
 
 def cooccurrence_weights(train: Sequence[Sample], n_medications: int) -> np.ndarray:
@@ -221,8 +253,8 @@ class REFINENetwork(nn.Module):
         lengths = batch["lengths"]
         query = (
             self.diagnosis_stream(self.diagnoses(batch["diagnoses"], batch["diagnosis_mask"]), lengths)
-            + self.diagnosis_trend_stream(self.trend_dropout(self.diagnosis_trend(batch["diagnosis_trends"])), lengths)
-            + self.medication_stream(self.trend_dropout(self.medication_trend(batch["medication_trends"])), lengths - 1)
+            + self.diagnosis_trend_stream(self.trend_dropout(project_trends(self.diagnosis_trend, batch["diagnosis_trends"], batch["diagnosis_trend_codes"])), lengths)
+            + self.medication_stream(self.trend_dropout(project_trends(self.medication_trend, batch["medication_trends"], batch["medication_trend_codes"])), lengths - 1)
         )
         memory = self.drug_memory()
         read = torch.softmax(query @ memory.T, dim=-1) @ memory
@@ -294,19 +326,16 @@ class REFINE(TorchModel):
         self.check_samples(samples)
         diagnoses, diagnosis_mask, lengths = pad_visits([[v.diagnoses for v in s.history] + [s.diagnoses] for s in samples])
         steps = diagnoses.shape[1]
-        diagnosis_values = np.zeros((len(samples), steps, self.dataset.n_diagnoses))
-        medication_values = np.zeros((len(samples), steps - 1, self.dataset.n_medications))
-        for b, sample in enumerate(samples):
-            visits = len(sample.history) + 1
-            diagnosis_values[b, :visits] = multi_hot([v.diagnoses for v in sample.history] + [sample.diagnoses], self.dataset.n_diagnoses)
-            medication_values[b, : visits - 1] = multi_hot([v.medications for v in sample.history], self.dataset.n_medications)
-        times = torch.arange(steps, dtype=torch.float64).expand(len(samples), steps)
+        diagnosis_trends, diagnosis_codes = trend_inputs([[v.diagnoses for v in s.history] + [s.diagnoses] for s in samples], steps)
+        medication_trends, medication_codes = trend_inputs([[v.medications for v in s.history] for s in samples], steps - 1)
         batch = {
             "diagnoses": diagnoses,
             "diagnosis_mask": diagnosis_mask,
             "lengths": lengths,
-            "diagnosis_trends": cumulative_trends(torch.from_numpy(diagnosis_values), times).flatten(2).float(),
-            "medication_trends": cumulative_trends(torch.from_numpy(medication_values), times[:, :-1]).flatten(2).float(),
+            "diagnosis_trends": diagnosis_trends,
+            "diagnosis_trend_codes": diagnosis_codes,
+            "medication_trends": medication_trends,
+            "medication_trend_codes": medication_codes,
             "target": target_tensor(samples, self.dataset.n_medications),
         }
         return {key: value.to(self.device) for key, value in batch.items()}

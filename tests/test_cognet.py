@@ -185,3 +185,27 @@ def test_validation_beam_size_decodes_the_selection_only(tiny_dataset):
     assert fitted.fit_report["validation_beam_size"] == 1 and not fitted.selecting
     with pytest.raises(ValueError, match="validation_beam_size"):
         COGNet.Config(validation_beam_size=0)
+
+
+def full_prefix_search(model, samples, k):
+    """The beam search as it was first written: every step re-runs the decoder over each beam's whole prefix."""
+    net, n_meds = model.network, model.dataset.n_medications
+    context = model.target_context(model.inputs(samples))
+    return beam_search(lambda tokens, beams: net(tokens, context.select(beams // k))[:, -1],
+                       len(samples), k, min(model.config.max_decode_length, n_meds + 1), n_meds + 2, net.sos, net.end, model.device)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_last_position_decoding_equals_rerunning_the_whole_prefix(tiny_dataset, k):
+    model = untrained(tiny_dataset)
+    samples = multi_visit(tiny_dataset.samples("test")) + multi_visit(tiny_dataset.samples("train"))
+    net = model.network
+    context = model.target_context(model.inputs(samples))
+    tokens = torch.randint(0, model.dataset.n_medications, (len(samples) * k, 5))
+    with torch.no_grad():
+        expected = net(tokens, context.select(torch.arange(len(samples) * k) // k))[:, -1]
+        torch.testing.assert_close(net.next_token(tokens, context), expected, rtol=1e-5, atol=1e-5)
+    reference = full_prefix_search(model, samples, k)
+    sets, proba = model.decode(samples, beam_size=k)
+    assert reference.tokens.shape[1] > 3  # several steps ran
+    assert [s.tolist() for s in sets] == [sorted(t for t in row if t < model.dataset.n_medications) for row in reference.tokens.tolist()]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.refine import REFINE, balanced_loss, cooccurrence_weights, cumulative_trends
+from baselines.refine import REFINE, balanced_loss, cooccurrence_weights, cumulative_trends, project_trends, trend_inputs
 from bench.metrics import prauc_per_sample
 from data_prep.code_sets import multi_hot
 
@@ -68,13 +68,30 @@ def test_collated_trends_are_least_squares_over_visit_presence(tiny_dataset):
     for b, sample in enumerate(samples):
         diagnoses = multi_hot([v.diagnoses for v in sample.history] + [sample.diagnoses], tiny_dataset.n_diagnoses)
         medications = multi_hot([v.medications for v in sample.history], tiny_dataset.n_medications)
-        for features, presence in ((batch["diagnosis_trends"], diagnoses), (batch["medication_trends"], medications)):
-            last = features[b, len(presence) - 1].view(-1, 3).double().numpy()
+        for kind, presence in (("diagnosis", diagnoses), ("medication", medications)):
+            last = np.zeros((presence.shape[1], 3))  # the dense features: codes absent from the patient are all zero
+            np.add.at(last, batch[f"{kind}_trend_codes"][b].numpy(), batch[f"{kind}_trends"][b, len(presence) - 1].double().numpy())
             np.testing.assert_allclose(last[:, 0], presence[-1])
             steps = np.arange(len(presence), dtype=float)
             slope = np.polyfit(steps, presence, 1)[0] if len(presence) > 1 else np.zeros(presence.shape[1])
             np.testing.assert_allclose(last[:, 1], slope, atol=1e-6)
             np.testing.assert_allclose(last[:, 2], presence.var(axis=0), atol=1e-6)
+
+
+def test_projecting_own_codes_equals_the_dense_projection():
+    """trend_inputs + project_trends compute the Linear over the dense [B, T, |codes| * 3] trend features."""
+    rng = np.random.default_rng(2)
+    n_codes, steps = 12, 4
+    patients = [[tuple(sorted(rng.choice(n_codes, rng.integers(0, 4), replace=False).tolist())) for _ in range(n)] for n in (1, 3, 4, 2)]
+    values = np.zeros((len(patients), steps, n_codes))
+    for b, visits in enumerate(patients):
+        values[b, : len(visits)] = multi_hot(visits, n_codes)
+    times = torch.arange(steps, dtype=torch.float64).expand(len(patients), steps)
+    dense = cumulative_trends(torch.from_numpy(values), times).flatten(2).float()
+    projection = torch.nn.Linear(3 * n_codes, 5)
+    features, codes = trend_inputs(patients, steps)
+    assert features.shape[2] == max(len({c for v in visits for c in v}) for visits in patients)
+    torch.testing.assert_close(project_trends(projection, features, codes), projection(dense))
 
 
 def test_no_nan_when_a_medication_has_no_interaction_partner(tiny_dataset):
