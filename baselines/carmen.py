@@ -264,6 +264,7 @@ class CarmenNetwork(nn.Module):
 
 class Carmen(TorchModel):
     name = "carmen"
+    typical_seconds = 81  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Chen et al., AAAI 2023", "2023-02")
     capabilities = Capabilities()
 

@@ -391,6 +391,7 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
 
 class COGNet(TorchModel):
     name = "cognet"
+    typical_seconds = 131  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Wu et al., WWW 2022", "2022-04")
     capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False

@@ -152,6 +152,7 @@ class GAMENetNetwork(nn.Module):
 
 class GAMENet(DDITargetMixin, TorchModel):
     name = "gamenet"
+    typical_seconds = 112  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Shang et al., AAAI 2019", "2019-01")
     capabilities = Capabilities()
 

@@ -33,6 +33,7 @@ class MLPConfig(ModelConfig):
 
 class CurrentVisitMLP(TorchModel):
     name = "mlp"
+    typical_seconds = 9  # quick, default cohort, one thread (benchmarks/first_run.py)
     floor = 2  # the current-visit floor
     config_class = MLPConfig
     capabilities = Capabilities()

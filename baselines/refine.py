@@ -263,6 +263,7 @@ class REFINENetwork(nn.Module):
 
 class REFINE(TorchModel):
     name = "refine"
+    typical_seconds = 104  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Bhoi et al., NeurIPS 2023", "2023-12")
     capabilities = Capabilities(needs_history_medications=True)
 
