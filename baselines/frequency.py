@@ -29,7 +29,6 @@ class FrequencyConfig(ModelConfig):
 
 class MostFrequent(MedRecModel):
     name = "freq"
-    typical_seconds = 0  # quick, default cohort, one thread (benchmarks/first_run.py)
     floor = 0  # the population floor: first in every table
     config_class = FrequencyConfig
     capabilities = Capabilities()

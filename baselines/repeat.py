@@ -31,7 +31,6 @@ class RepeatConfig(ModelConfig):
 
 class RepeatPrevious(MedRecModel):
     name = "repeat"
-    typical_seconds = 0  # quick, default cohort, one thread (benchmarks/first_run.py)
     floor = 1  # the history floor
     config_class = RepeatConfig
     capabilities = Capabilities(needs_history_medications=True)
