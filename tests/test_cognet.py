@@ -195,10 +195,9 @@ def full_prefix_search(model, samples, k):
                        len(samples), k, min(model.config.max_decode_length, n_meds + 1), n_meds + 2, net.sos, net.end, model.device)
 
 
-@pytest.mark.parametrize("k", [1, 4])
-def test_last_position_decoding_equals_rerunning_the_whole_prefix(tiny_dataset, k):
-    model = untrained(tiny_dataset)
-    samples = multi_visit(tiny_dataset.samples("test")) + multi_visit(tiny_dataset.samples("train"))
+def check_last_position_decoding(model, samples, k):
+    """The decoder's last-position step equals the full prefix's last row, and the beams equal the full-prefix search's
+    (COGNet's and VITA's shared beam search)."""
     net = model.network
     context = model.target_context(model.inputs(samples))
     tokens = torch.randint(0, model.dataset.n_medications, (len(samples) * k, 5))
@@ -206,6 +205,11 @@ def test_last_position_decoding_equals_rerunning_the_whole_prefix(tiny_dataset, 
         expected = net(tokens, context.select(torch.arange(len(samples) * k) // k))[:, -1]
         torch.testing.assert_close(net.next_token(tokens, context), expected, rtol=1e-5, atol=1e-5)
     reference = full_prefix_search(model, samples, k)
-    sets, proba = model.decode(samples, beam_size=k)
+    sets, _ = model.decode(samples, beam_size=k)
     assert reference.tokens.shape[1] > 3  # several steps ran
     assert [s.tolist() for s in sets] == [sorted(t for t in row if t < model.dataset.n_medications) for row in reference.tokens.tolist()]
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_last_position_decoding_equals_rerunning_the_whole_prefix(tiny_dataset, k):
+    check_last_position_decoding(untrained(tiny_dataset), multi_visit(tiny_dataset.samples("test")) + multi_visit(tiny_dataset.samples("train")), k)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines.vita import VITA
-from test_cognet import full_prefix_search
+from test_cognet import check_last_position_decoding
 from bench.contract import CapabilityError
 
 SMALL = dict(dim=16, encoder_feedforward=32, decoder_feedforward=32, batch_size=8, epochs=2, patience=2)
@@ -105,15 +105,4 @@ def test_token_widths_come_from_training_and_longer_sets_are_cut(tiny_dataset):
 
 @pytest.mark.parametrize("k", [1, 4])
 def test_last_position_decoding_equals_rerunning_the_whole_prefix(tiny_dataset, k):
-    model = untrained(tiny_dataset)
-    samples = multi_visit(tiny_dataset.samples("test")) + multi_visit(tiny_dataset.samples("train"))
-    net = model.network
-    context = model.target_context(model.inputs(samples))
-    tokens = torch.randint(0, model.dataset.n_medications, (len(samples) * k, 5))
-    with torch.no_grad():
-        expected = net(tokens, context.select(torch.arange(len(samples) * k) // k))[:, -1]
-        torch.testing.assert_close(net.next_token(tokens, context), expected, rtol=1e-5, atol=1e-5)
-    reference = full_prefix_search(model, samples, k)
-    sets, _ = model.decode(samples, beam_size=k)
-    assert reference.tokens.shape[1] > 3  # several steps ran
-    assert [s.tolist() for s in sets] == [sorted(t for t in row if t < model.dataset.n_medications) for row in reference.tokens.tolist()]
+    check_last_position_decoding(untrained(tiny_dataset), multi_visit(tiny_dataset.samples("test")) + multi_visit(tiny_dataset.samples("train")), k)
