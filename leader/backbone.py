@@ -19,6 +19,7 @@ from data_prep.cache import file_digest, stable_hash
 
 POOLINGS = ("auto", "last", "mean", "cls")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCASTS = ("none", "bf16", "auto")
 # LoRA targets of the paper (LLaMA names) and their counterparts in BERT-style encoders; peft matches a
 # target against the end of a module name, so "output.dense" covers attention and feed-forward outputs.
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -53,6 +54,22 @@ def named_teacher(name: str) -> tuple[Path, str] | None:
     """(folder, gguf_file) of a base model named by :data:`NAMED_TEACHERS`; None for a folder path."""
     locate = NAMED_TEACHERS.get(name.strip().lower())
     return None if locate is None else locate()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, or a CPU with
+    AVX512-BF16 or AMX (elsewhere torch emulates bf16, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_autocast(autocast: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the device computes bf16 natively (:func:`native_bf16`), else ``none``."""
+    if autocast == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    return autocast
 
 
 def base_model_fingerprint(path: Path, gguf_file: str = "", head_bytes: int = 1 << 24) -> str:

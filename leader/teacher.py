@@ -53,7 +53,13 @@ Deliberate differences from the published code:
   ``cache_lower_layers`` (needs both) runs the frozen lower layers once per prompt and trains the upper ones
   on their cached output, exact because those layers have no trainable weight and no dropout.
 - ``precision`` is fp32 in every preset, so the paper preset runs on a CPU too; the published script trains
-  in fp16 (``precision="fp16"`` or ``"bf16"``, CUDA only).
+  in fp16 (``precision="fp16"`` or ``"bf16"``, CUDA only). ``autocast="bf16"`` keeps the weights (base, LoRA,
+  head) and the optimizer in fp32 and runs the matrix products in bf16 (``torch.autocast``), on a CPU too;
+  ``"auto"`` (``--preset quick``) does so only where the device has bf16 in hardware (AVX512-BF16 or AMX, a
+  bf16 GPU), else stays fp32, and the fit report says which ran. Default cohort, seed 0, one thread: the
+  lower-layer cache 149 s -> 83 s, a step 0.55 s -> 0.42 s, the validation passes 51 s -> 34 s; validation
+  PRAUC at the kept step 200 0.656 -> 0.655, test PRAUC 0.651 (the same within noise). On a CPU without native
+  bf16 the quick teacher runs fp32 and its numbers differ from a bf16 CPU's by this much.
 - ``device="cuda:N"`` places the whole model on that GPU; plain ``"cuda"`` lets accelerate spread it
   (``device_map="auto"``).
 - ``batch_size`` counts samples per optimizer step (the paper's 32, reached in the published script as 4
@@ -95,6 +101,7 @@ from data_prep.atomic import write_atomic
 from data_prep.cache import stable_hash
 from data_prep.dataset import PreparedDataset, Sample
 from leader.backbone import (
+    AUTOCASTS,
     POOLINGS,
     PRECISIONS,
     LayerStack,
@@ -104,6 +111,7 @@ from leader.backbone import (
     lora_target_modules,
     named_teacher,
     peft_model,
+    resolve_autocast,
 )
 from leader.prompts import PromptParts, fit_prompt, prompt_parts
 from leader.quantization import QUANTIZATIONS, bitsandbytes_config, check_quantization, quantize_linear_layers, weight_bytes
@@ -136,6 +144,7 @@ class TeacherConfig(ModelConfig):
     lora_targets: str = "auto"  # comma-separated module-name suffixes; auto = detected per architecture
     gradient_checkpointing: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on CUDA only)
+    autocast: str = "none"  # none | bf16 (matrix products in bf16 over fp32 weights) | auto (bf16 where native)
     eval_batch_size: int = 64
     head_bias: bool = False  # True: sigmoid(W_CLS h + b), b initialised to the training log-odds (not eq. 1)
     head_lr_multiplier: float = 1.0  # head learning rate = lr x this; 1.0 = the paper's single lr
@@ -153,7 +162,7 @@ class TeacherConfig(ModelConfig):
     HARNESS: ClassVar[dict] = {"eval_every": 100, "patience": 5}  # validation every 100 steps, the best kept
     QUICK: ClassVar[dict] = {
         "max_length": 128, "batch_size": 16, "max_steps": 300, "eval_every": 50, "patience": 2, "min_delta": 0.01, "lr": 1e-3, "head_lr_multiplier": 10.0,
-        "head_bias": True, "lora_layers": 2, "backbone_dropout": False, "cache_lower_layers": True,
+        "head_bias": True, "lora_layers": 2, "backbone_dropout": False, "cache_lower_layers": True, "autocast": "auto",
     }
 
     def __post_init__(self) -> None:
@@ -165,6 +174,8 @@ class TeacherConfig(ModelConfig):
             raise ValueError(f"leader_t quantization {self.quantization!r}; expected one of {QUANTIZATIONS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"leader_t precision {self.precision!r}; expected one of {tuple(PRECISIONS)}")
+        if self.autocast not in AUTOCASTS:
+            raise ValueError(f"leader_t autocast {self.autocast!r}; expected one of {AUTOCASTS}")
         if self.head_lr_multiplier <= 0:
             raise ValueError(f"leader_t head_lr_multiplier {self.head_lr_multiplier} must be positive")
         if self.lora_layers < 0:
@@ -209,6 +220,7 @@ class LeaderTeacher(MedRecModel):
         if self.config.precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"leader_t precision {self.config.precision!r} needs a CUDA device, got {device!r}")
         check_quantization(self.config.quantization, self.device)
+        self.autocast = resolve_autocast(self.config.autocast, self.device)  # what "auto" means on this device
         self.network: TeacherNetwork | None = None
         self.tokenizer = None
         self.max_tokens = 0
@@ -349,9 +361,11 @@ class LeaderTeacher(MedRecModel):
         return input_ids, mask, states
 
     def _autocast(self):
-        if self.config.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.config.precision])
+        if self.config.precision != "fp32":
+            return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.config.precision])
+        if self.autocast == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
 
     def _batches_by_length(self, ids: Sequence[list[int]]):
         """Indices of evaluation batches of prompts sorted by length (little padding)."""
@@ -490,6 +504,7 @@ class LeaderTeacher(MedRecModel):
             seconds_per_step=(seconds - prepare_seconds - report["eval_seconds"]) / max(report["steps_run"], 1),
             max_tokens=self.max_tokens,
             quantization=config.quantization,
+            autocast=self.autocast,
             base_bytes=weight_bytes(network.backbone),
             training_samples=training_record(train),
         )
@@ -519,6 +534,8 @@ class LeaderTeacher(MedRecModel):
     def _hidden_states_path(self, samples: Sequence[Sample], layers: tuple[int, ...] | None) -> Path:
         prompt_texts = [p.render() for p in self.prompts(samples)]
         options = {"max_tokens": self.max_tokens, "pooling": self.network.pooling, "precision": self.config.precision}
+        if self.autocast != "none":
+            options["autocast"] = self.autocast
         if self.config.quantization != "none":
             options["quantization"] = self.config.quantization
         if layers is not None:
@@ -600,7 +617,8 @@ class LeaderTeacher(MedRecModel):
 
     # ----- the teacher cache --------------------------------------------------------------------
     def cache_key(self, train: Sequence[Sample], val: Sequence[Sample]) -> str:
-        return teacher_cache_key(self.dataset, self.config.to_dict(), self.seed, train, val, self.base_fingerprint)
+        config = {**self.config.to_dict(), "autocast": self.autocast}  # "auto" as resolved on this device
+        return teacher_cache_key(self.dataset, config, self.seed, train, val, self.base_fingerprint)
 
     def cache_path(self, train: Sequence[Sample], val: Sequence[Sample]) -> Path:
         return teacher_path(self.cache_key(train, val))

@@ -220,6 +220,28 @@ def test_cached_lower_layers_give_the_full_forward_and_the_same_training(tiny_da
     assert cached.fit_report["best_step"] == plain.fit_report["best_step"]
 
 
+def test_bf16_autocast_runs_the_matrix_products_in_bf16_over_fp32_weights(tiny_dataset, tiny_paths, monkeypatch):
+    """autocast="bf16" trains and predicts like fp32 up to bf16 rounding, keeps fp32 weights, names itself in the
+    report and in the caches' keys; "auto" means bf16 only where the device has it natively."""
+    import leader.backbone as backbone
+
+    train, val, test = (tiny_dataset.samples(part) for part in ("train", "val", "test"))
+    config = TeacherConfig(teacher_path=str(tiny_paths["encoder"]), **{**TINY, **FAST, "cache_lower_layers": True})
+    plain = LeaderTeacher(tiny_dataset, config, seed=3).fit_uncached(train, val)
+    mixed = LeaderTeacher(tiny_dataset, dataclasses.replace(config, autocast="bf16"), seed=3).fit_uncached(train, val)
+    assert mixed.fit_report["autocast"] == "bf16" and plain.fit_report["autocast"] == "none"
+    assert all(p.dtype == torch.float32 for p in mixed.network.parameters())
+    np.testing.assert_allclose(mixed.predict_proba(test), plain.predict_proba(test), atol=0.02)
+    assert not np.array_equal(mixed.predict_proba(test), plain.predict_proba(test))
+    assert mixed.cache_key(train, val) != plain.cache_key(train, val)
+    assert mixed._hidden_states_path(test, None) != plain._hidden_states_path(test, None)
+    for native, expected in ((True, "bf16"), (False, "none")):
+        monkeypatch.setattr(backbone, "native_bf16", lambda device, native=native: native)
+        assert LeaderTeacher(tiny_dataset, dataclasses.replace(config, autocast="auto")).autocast == expected
+    with pytest.raises(ValueError, match="autocast"):
+        TeacherConfig(autocast="fp8")
+
+
 def test_the_report_says_what_stopped_training_and_whether_it_converged(tiny_dataset, tiny_paths):
     train, val = tiny_dataset.samples("train"), tiny_dataset.samples("val")
     budget = {**TINY, "batch_size": 8, "grad_accum": 1}
