@@ -242,6 +242,16 @@ def test_bf16_autocast_runs_the_matrix_products_in_bf16_over_fp32_weights(tiny_d
         TeacherConfig(autocast="fp8")
 
 
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_eager_attention_is_the_same_function(tiny_dataset, tiny_paths, kind):
+    train, val, test = (tiny_dataset.samples(part) for part in ("train", "val", "test"))
+    config = TeacherConfig(teacher_path=str(tiny_paths[kind]), **{**TINY, **FAST, "cache_lower_layers": True})
+    default = LeaderTeacher(tiny_dataset, config, seed=4).fit_uncached(train, val)
+    eager = LeaderTeacher(tiny_dataset, dataclasses.replace(config, attention="eager"), seed=4).fit_uncached(train, val)
+    assert eager.network.backbone.config._attn_implementation == "eager"
+    np.testing.assert_allclose(eager.predict_proba(test), default.predict_proba(test), atol=1e-5)
+
+
 def test_the_report_says_what_stopped_training_and_whether_it_converged(tiny_dataset, tiny_paths):
     train, val = tiny_dataset.samples("train"), tiny_dataset.samples("val")
     budget = {**TINY, "batch_size": 8, "grad_accum": 1}
