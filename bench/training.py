@@ -11,6 +11,10 @@ converged. With torch's deterministic algorithms on, it probes its first step an
 A :class:`TorchModel` says how to build its network, collate samples into a padded batch, compute
 its loss and its logits; :func:`train_network` runs it through that loop with Adam (or the model's
 optimizer). The reference repositories train one patient at a time; here every step is a padded mini-batch.
+Two choices of speed, the same mathematics: Adam runs its fused kernel (one pass over each parameter, the
+per-tensor loop's update), and every ``nn.Dropout`` of a trained network draws its keep mask as ``rand >= p``
+(:class:`UniformDropout`: the same distribution as torch's ``bernoulli_`` mask, other draws, about twice as
+fast on a CPU, where that mask took 15-20% of a training step in several models).
 
 Curriculum learning (DistilLLM-Med's easy-to-hard schedule) is an option any :class:`TorchModel` can offer by
 adding :class:`CurriculumOptions` to its config's bases: the training samples are ranked by
@@ -242,6 +246,26 @@ def record_length(sample: Sample) -> int:
     return earlier + len(sample.diagnoses) + len(sample.procedures)
 
 
+class UniformDropout(nn.Dropout):
+    """``nn.Dropout`` whose keep mask is ``rand >= p`` (inverted dropout: kept values scaled by 1 / (1 - p))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+
+
+def use_uniform_dropout(network: nn.Module) -> nn.Module:
+    """Every ``nn.Dropout`` submodule of ``network`` replaced, in place, by a :class:`UniformDropout` of the same p."""
+    for module in list(network.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(module, name, UniformDropout(child.p))
+    return network
+
+
 class TorchModel(MedRecModel):
     """A model trained by :func:`train_network`. Subclasses implement the four abstract methods."""
 
@@ -266,7 +290,7 @@ class TorchModel(MedRecModel):
         """Hook for per-epoch schedules (e.g. a DDI-loss weight)."""
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True)
 
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
         """Samples the loop trains on: the protocol's, less those the model cannot serve (e.g. without history);
@@ -312,6 +336,7 @@ def train_network(model: TorchModel, train: Sequence[Sample], val: Sequence[Samp
     config = model.config
     if not train:
         raise ValueError(f"{model.name}: no training sample")
+    use_uniform_dropout(model.network)
     optimizer = model.make_optimizer()
     admitted, plan = None, None
     if getattr(config, "curriculum", False):

@@ -421,7 +421,7 @@ class LeaderStudent(TorchModel):
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         parameters = [*self.network.parameters(), *self.training_heads.parameters()]
-        return torch.optim.Adam(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True)
 
     def build_training_heads(self, teacher_widths: Sequence[int] = ()) -> nn.ModuleDict:
         """Modules used only by the loss (W_proj of eq. 9 per teacher, the layer-KD projectors, W_P and W_M

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from bench.training import Schedule, pad_sequences, run_training
 
@@ -138,3 +140,21 @@ def test_any_torch_model_offers_a_curriculum_through_its_config():
     easiest = sorted(lengths.values())[: int(np.ceil(0.25 * len(train)))]
     first_epoch = [sid for batch in model.batches[: int(np.ceil(len(easiest) / 4))] for sid in batch]
     assert sorted(lengths[sid] for sid in first_epoch) == easiest
+
+
+def test_uniform_dropout_keeps_one_minus_p_and_the_expectation_and_replaces_every_dropout():
+    from bench.training import UniformDropout, use_uniform_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    dropped = UniformDropout(0.3).train()(x)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(dropped[kept], torch.full_like(dropped[kept], 1 / 0.7))
+    assert abs(dropped.mean().item() - 1.0) < 0.01
+    assert UniformDropout(0.3).eval()(x) is x and not UniformDropout(1.0).train()(x).any()
+    network = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2), nn.TransformerEncoderLayer(8, 2, dropout=0.1))
+    use_uniform_dropout(network)
+    dropouts = [m for m in network.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 4 and all(type(m) is UniformDropout for m in dropouts)
+    assert [m.p for m in dropouts] == [0.2, 0.1, 0.1, 0.1]
