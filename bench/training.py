@@ -246,15 +246,20 @@ def record_length(sample: Sample) -> int:
     return earlier + len(sample.diagnoses) + len(sample.procedures)
 
 
+def uniform_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout whose keep mask is ``rand >= p`` (kept values scaled by 1 / (1 - p))."""
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return torch.zeros_like(x)
+    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+
+
 class UniformDropout(nn.Dropout):
-    """``nn.Dropout`` whose keep mask is ``rand >= p`` (inverted dropout: kept values scaled by 1 / (1 - p))."""
+    """``nn.Dropout`` through :func:`uniform_dropout`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if self.p == 1.0:
-            return torch.zeros_like(x)
-        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return uniform_dropout(x, self.p, self.training)
 
 
 def use_uniform_dropout(network: nn.Module) -> nn.Module:
