@@ -81,6 +81,18 @@ Deliberate differences from the published code:
   on a CPU budget.
 - Sequences are padded to the longest in the batch, not to 55 tokens, and never truncated. A visit
   with no code lets [CLS] attend to itself (the reference gives uniform weights over the padding).
+- Dropout masks are drawn as ``rand >= p`` (:func:`uniform_dropout`): the distribution of ``nn.Dropout``,
+  other draws, about 3x cheaper on CPU than its ``bernoulli_`` mask (~17% of a step); attention dropout
+  therefore runs through an explicit softmax (:func:`attention`). With Adam's fused kernel, quick on the
+  default cohort (seed 0, one thread, shared machine): 380 -> 294 s, pre-training 14/17 and fine-tuning
+  9/14 epochs either way, validation PRAUC 0.7079 -> 0.7080, multi-visit test PRAUC 0.7067 -> 0.7023.
+
+The quick preset keeps pre-training's length: it is what fine-tuning's quality rests on. Measured on the
+default cohort (seed 0) and rejected: ``pretrain_min_delta=0.01, pretrain_patience=2`` (with fine-tuning
+patience 3) stopped pre-training at epoch 10 (best 8, dx->rx 0.645 against 0.668) and fine-tuning's
+validation PRAUC fell 0.708 -> 0.683 (220 s). Pre-training alone at lr 4e-3 (a trial option, not
+kept) ran longer, 20 epochs (best 17, stopped by patience): 335 s, though fine-tuning's validation PRAUC rose
+0.708 -> 0.726 (one seed; a lead for tuning, not for speed).
 """
 
 from __future__ import annotations
@@ -230,6 +242,33 @@ class OntologyEmbedding(nn.Module):
         return self.gat(self.gat(self.nodes, self.stage_one), self.stage_two)[self.leaves]
 
 
+def uniform_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout whose keep mask is ``rand >= p``: the distribution of ``F.dropout``, drawn about 3x
+    faster on CPU (its ``bernoulli_`` mask was ~17% of a training step)."""
+    if not training or p == 0.0:
+        return x
+    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`uniform_dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return uniform_dropout(x, self.p, self.training)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Scaled dot-product attention of ``[N, H, L, d]`` heads over the ``keys`` [N, L] each row attends.
+
+    With attention dropout (training) the weights are computed here, dropped by :func:`uniform_dropout`;
+    otherwise ``F.scaled_dot_product_attention`` (the same function, fused)."""
+    mask = keys[:, None, None, :]
+    if dropout == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5).masked_fill_(~mask, float("-inf"))
+    return uniform_dropout(scores.softmax(-1), dropout, True) @ v
+
+
 class TransformerBlock(nn.Module):
     """Pre-LN block as the reference's: attention and feed-forward sublayers, then dropout.
 
@@ -244,8 +283,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm, self.ffn_norm = nn.LayerNorm(dim, eps=1e-12), nn.LayerNorm(dim, eps=1e-12)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.dropout = Dropout(dropout)
         self.attention_dropout = attention_dropout
 
     def split_heads(self, padded: torch.Tensor) -> torch.Tensor:
@@ -258,7 +297,7 @@ class TransformerBlock(nn.Module):
         k, v = layout.pad(F.linear(h, w_kv)).chunk(2, dim=-1)
         q = F.linear(h[layout.cls], w_q)[:, None, :] if cls_only else layout.pad(F.linear(h, w_q))
         p = self.attention_dropout if self.training else 0.0
-        context = F.scaled_dot_product_attention(self.split_heads(q), self.split_heads(k), self.split_heads(v), attn_mask=layout.keys[:, None, None, :], dropout_p=p)
+        context = attention(self.split_heads(q), self.split_heads(k), self.split_heads(v), layout.keys, p)
         context = context.transpose(1, 2).reshape(q.shape)
         return self.out(context[:, 0] if cls_only else context[layout.real])
 
@@ -398,7 +437,7 @@ def pretraining_visits(samples: Sequence[Sample]) -> list[Sample]:
 
 class GBert(TorchModel):
     name = "gbert"
-    typical_seconds = 380  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 295  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Shang et al., IJCAI 2019", "2019-08")
     capabilities = Capabilities(needs_history_medications=True, pretrains_on_training_visits=True)
 
@@ -480,6 +519,11 @@ class GBert(TorchModel):
         replacement = torch.randint(low, high, tokens.shape, generator=self.masking)
         masked = torch.where(chosen & (scaled < 0.8), torch.full_like(tokens, MASK), tokens)
         return torch.where(chosen & (scaled >= 0.8) & (scaled < 0.9), replacement, masked)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam's fused kernel: the same update in one pass over each parameter (0.85 ms a step on the default
+        cohort's quick network against 3.2 ms for the per-tensor loop)."""
+        return torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True)
 
     def collate(self, samples: Sequence[Sample]) -> dict:
         return self.collate_visits(samples) if self.stage == "pretrain" else self.collate_records(samples)

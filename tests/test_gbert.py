@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.gbert import ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, atc_chain, build_tree, icd9_chain, icd9_sections, pretraining_visits
+from torch.nn import functional as F
+
+from baselines.gbert import (
+    ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, TokenLayout, attention, atc_chain, build_tree, icd9_chain, icd9_sections, pretraining_visits, uniform_dropout,
+)
 from bench.contract import training_record
 from bench.training import target_tensor
 from data_prep.dataset import Visit
@@ -202,3 +206,28 @@ def test_pretraining_keeps_the_epoch_of_the_chosen_head(tiny_dataset):
         torch.testing.assert_close(model.logits(batch), model.network.pretrain_logits(batch)["dx2rx"])
     with pytest.raises(ValueError, match="pretrain_selection"):
         GBert.Config(pretrain_selection="dx2dx")
+
+
+def test_uniform_dropout_keeps_one_minus_p_and_the_expectation():
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    out = uniform_dropout(x, 0.4, training=True)
+    assert abs(float((out == 0).float().mean()) - 0.4) < 0.005
+    assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 1 / 0.6))
+    assert abs(float(out.mean()) - 1.0) < 0.01
+    assert uniform_dropout(x, 0.4, training=False) is x and uniform_dropout(x, 0.0, training=True) is x
+
+
+def test_attention_with_dropout_path_equals_fused_attention():
+    """The explicit path (taken with attention dropout) computes what ``F.scaled_dot_product_attention`` does:
+    at a dropout rate too small to drop anything they agree; padding keys get no weight."""
+    torch.manual_seed(0)
+    tokens = torch.tensor([[CLS, 5, 6, 7], [CLS, 8, PAD, PAD], [CLS, PAD, PAD, PAD]])
+    keys = TokenLayout.of(tokens).keys
+    q, k, v = (torch.randn(3, 2, 4, 8) for _ in range(3))
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])
+    torch.testing.assert_close(attention(q, k, v, keys, 0.0), fused)
+    torch.testing.assert_close(attention(q, k, v, keys, 1e-12), fused)
+    moved = v.clone()
+    moved[:, :, 2:] += 100.0  # the padding of the second row and the third row's codes-free padding
+    torch.testing.assert_close(attention(q, k, moved, keys, 1e-12)[1:], fused[1:])
