@@ -104,6 +104,7 @@ MAX_POSITIONS = 1000  # the reference's LearnablePositionalEncoding max_len
 RELEVANCE = ("position", "published")
 MATCHING_LOSSES = ("bce", "published")
 CLS, SEP = 0, 1
+ATTENTION_ROWS = 32  # rows per padded attention call (RAREMedNetwork.forward)
 
 
 class RAREMedNetwork(nn.Module):
@@ -128,46 +129,55 @@ class RAREMedNetwork(nn.Module):
         """[B, d]: the [CLS] output of each visit.
 
         Each row is ``[CLS] dx.. [SEP] px..`` packed to the left (:func:`visit_tokens`), so a row's padding is
-        all at its end. Only the real tokens go through the projections, the feed-forward blocks and the
-        norms, as one packed ``[tokens, d]`` matrix (:meth:`encode`); attention alone reads them padded per row.
-        The same outputs as ``self.encoder`` over the padded batch (padded keys are masked and attention does
-        not read positions) without the padded rows' work, the synthetic cohort's visits being ~16 tokens
+        all at its end. The rows are sorted by length and only their real tokens go through the projections,
+        the feed-forward blocks and the norms, as one packed ``[tokens, d]`` matrix (:meth:`encode`); attention
+        alone reads them padded, in groups of ``ATTENTION_ROWS`` rows of similar length, each cut to its longest
+        row. The same outputs as ``self.encoder`` over the padded batch (padded keys are masked and attention
+        does not read positions) without the padding's work, the synthetic cohort's visits being ~16 tokens
         against ~45 for the widest."""
         tables = torch.cat([self.special.weight, self.diagnoses.weight, self.procedures.weight])
         relevance = torch.cat([self.diagnosis_relevance.weight, self.procedure_relevance.weight])
-        real = batch["mask"]
+        order = torch.argsort(batch["mask"].sum(1), stable=True)
+        real = batch["mask"][order]
         tokens = real.reshape(-1).nonzero().squeeze(1)  # row-major: each row's tokens, [CLS] first
-        codes, relevance_ids, segments = (batch[key].reshape(-1)[tokens] for key in ("tokens", "relevance", "segments"))
+        codes, relevance_ids, segments = (batch[key][order].reshape(-1)[tokens] for key in ("tokens", "relevance", "segments"))
         x = F.embedding(codes, tables) + F.embedding(relevance_ids, relevance) + self.segment(segments)
-        return self.encode(x, tokens, real)
+        return self.encode(x, real)[torch.argsort(order)]
 
-    def encode(self, x: torch.Tensor, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Packed tokens ``[N, d]`` (``tokens``: their flat positions in the ``[B, L]`` rows whose real tokens
-        ``real`` marks) -> ``[B, d]``: ``self.encoder``'s output at [CLS], layer by layer as
-        ``nn.TransformerEncoderLayer`` (post-LN: ``norm1(x + dropout1(attention))``, then
-        ``norm2(x + feed-forward)``) with its own weights. The last layer is computed for the [CLS] query only
-        (its attention reads every token's keys and values): the other rows are never read."""
-        rows, width = real.shape
-        keys = real[:, None, None, :]  # [B, 1, 1, L]: which keys attention may read
-        cls = torch.cumsum(real.sum(1), 0) - real.sum(1)  # packed index of each row's [CLS]
+    def encode(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Packed tokens ``[N, d]`` of the rows whose real tokens ``real`` ``[B, L]`` marks (rows sorted by length)
+        -> ``[B, d]``: ``self.encoder``'s output at [CLS], layer by layer as ``nn.TransformerEncoderLayer``
+        (post-LN: ``norm1(x + dropout1(attention))``, then ``norm2(x + feed-forward)``) with its own weights.
+        The last layer is computed for the [CLS] query only (its attention reads every token's keys and
+        values): the other rows are never read."""
+        lengths = real.sum(1)
+        cls = torch.cumsum(lengths, 0) - lengths  # packed index of each row's [CLS]
+        groups = []  # per group of rows: its rows, its tokens (a packed range), their places in its grid, its key mask
+        for start in range(0, len(lengths), ATTENTION_ROWS):
+            rows = slice(start, min(start + ATTENTION_ROWS, len(lengths)))
+            grid = real[rows, : int(lengths[rows.stop - 1])]
+            groups.append((rows, slice(int(cls[start]), int(cls[rows.stop - 1] + lengths[rows.stop - 1])), grid.reshape(-1).nonzero().squeeze(1), grid))
         *layers, last = self.encoder.layers
         for layer in layers:
-            x = layer.norm1(x + layer.dropout1(packed_attention(layer.self_attn, x, x, tokens, tokens, rows, width, keys)))
+            attended = torch.cat([packed_attention(layer.self_attn, x[tokens], x[tokens], at, at, grid) for _, tokens, at, grid in groups])
+            x = layer.norm1(x + layer.dropout1(attended))
             x = layer.norm2(x + layer._ff_block(x))
-        queries = torch.arange(rows, device=x.device)  # one query per row: its [CLS]
         cls_x = x[cls]
-        cls_x = last.norm1(cls_x + last.dropout1(packed_attention(last.self_attn, cls_x, x, queries, tokens, rows, width, keys, query_width=1)))
+        attended = torch.cat([packed_attention(last.self_attn, cls_x[rows], x[tokens], torch.arange(len(grid), device=x.device), at, grid, query_width=1)
+                              for rows, tokens, at, grid in groups])
+        cls_x = last.norm1(cls_x + last.dropout1(attended))
         return last.norm2(cls_x + last._ff_block(cls_x))
 
 
 def packed_attention(attention: nn.MultiheadAttention, queries: torch.Tensor, keys: torch.Tensor, query_at: torch.Tensor,
-                     key_at: torch.Tensor, rows: int, width: int, key_mask: torch.Tensor, query_width: int | None = None) -> torch.Tensor:
+                     key_at: torch.Tensor, key_mask: torch.Tensor, query_width: int | None = None) -> torch.Tensor:
     """``attention(q, k, v)[0]`` (self-attention of ``nn.MultiheadAttention``, batch first, key padding masked,
     its dropout on the weights) for packed query and key tokens ``[Nq, d]``/``[Nk, d]``: the projections run on
-    the real tokens only, which are scattered into ``[rows, width]`` (query rows ``query_width`` wide, ``width``
-    by default) for the scaled dot product and gathered back. Query token i sits at flat position
-    ``query_at[i]`` of its row grid, key token j at ``key_at[j]``."""
+    the real tokens only, which are scattered into the grid of rows that ``key_mask`` ``[rows, width]`` marks
+    (query rows ``query_width`` wide, ``width`` by default) for the scaled dot product and gathered back. Query
+    token i sits at flat position ``query_at[i]`` of its grid, key token j at ``key_at[j]``."""
     d, heads = attention.embed_dim, attention.num_heads
+    rows, width = key_mask.shape
     query_width = width if query_width is None else query_width
     weight, bias = attention.in_proj_weight, attention.in_proj_bias
     q = F.linear(queries, weight[:d], bias[:d])
@@ -176,7 +186,7 @@ def packed_attention(attention: nn.MultiheadAttention, queries: torch.Tensor, ke
     kv = kv.new_zeros(rows * width, 2 * d).index_copy(0, key_at, kv).view(rows, width, 2, heads, -1)
     k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
     dropout = attention.dropout if attention.training else 0.0
-    mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)  # [rows, heads, query_width, d / heads]
+    mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout)  # [rows, heads, query_width, d / heads]
     mixed = mixed.transpose(1, 2).reshape(rows * query_width, d)[query_at]
     return attention.out_proj(mixed)
 
