@@ -35,7 +35,10 @@ Deliberate differences from the published code:
   mini-batch and shared by its patients; the reference encodes it again for every visit (the same
   computation at batch size 1). At evaluation it is encoded once for all batches. The DDI gate is computed
   per sample from the sample's own thresholded prediction, as the reference computes it per visit, and the
-  batch loss is the mean of the per-sample mixes.
+  batch loss is the mean of the per-sample mixes. ``A diag(w_b) S`` is summed over the fragment mask's
+  (medication, fragment) pairs only (A is zero elsewhere): the dense product's values and gradients
+  (tested) for about 8% less per training step on the default cohort (``fragmentless="uniform"``, dense
+  rows, keeps the dense product).
 - ``--preset harness``/``quick``: batches of 32 at lr 2e-3 (the policy of every baseline here) and the
   DDI-loss scale ``10 * 0.0005 * 131 / |M|`` (``ddi_loss_scale=None``) that SafeDrug's module docstring
   derives for batched per-sample DDI terms on another vocabulary size; early stopping on validation PRAUC
@@ -77,6 +80,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -205,6 +209,7 @@ class MoleRecNetwork(nn.Module):
         self.attention_key = nn.Linear(dim, dim)
         self.score = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, 1))
         self.register_buffer("fragment_mask", torch.from_numpy(mask), persistent=False)
+        self.register_buffer("mask_pairs", torch.from_numpy(np.stack(np.nonzero(mask))), persistent=False)  # [2, pairs]: (drug, fragment)
         self.register_buffer("no_fragment", torch.from_numpy(~mask.any(axis=1)).float(), persistent=False)
         self.fragmentless_bias = nn.Parameter(torch.zeros(mask.shape[0]))
         self.drugs = EvalCache()
@@ -219,6 +224,17 @@ class MoleRecNetwork(nn.Module):
             return torch.softmax(scores.masked_fill(~self.fragment_mask, -float(1 << 32)), dim=-1), fragments
         return masked_softmax(scores, self.fragment_mask), fragments
 
+    def read_fragments(self, attention: torch.Tensor, relevance: torch.Tensor, fragments: torch.Tensor) -> torch.Tensor:
+        """``A diag(w_b) S`` for every patient b: ``[B, M, dim]`` from attention ``[M, S]``, relevance ``[B, S]``
+        and fragments ``[S, dim]``. With ``fragmentless="bias"`` A is zero outside the fragment mask, so only the
+        mask's (medication, fragment) pairs are summed, a few per medication instead of all S; the reference's
+        ``"uniform"`` rows are dense."""
+        if self.fragmentless == "uniform":
+            return attention @ (relevance.unsqueeze(-1) * fragments)
+        drug, fragment = self.mask_pairs
+        weighted = (attention[drug, fragment] * relevance[:, fragment]).unsqueeze(-1) * fragments[fragment]  # [B, pairs, dim]
+        return weighted.new_zeros(relevance.shape[0], attention.shape[0], fragments.shape[1]).index_add_(1, drug, weighted)
+
     def forward(self, batch: dict) -> torch.Tensor:
         lengths = batch["lengths"]
         diagnoses, _ = self.diagnosis_gru(self.diagnoses(batch["diagnoses"], batch["diagnosis_mask"]))
@@ -227,7 +243,7 @@ class MoleRecNetwork(nn.Module):
         query = self.query(torch.cat([diagnoses, procedures, diagnoses, procedures], dim=-1))
         relevance = torch.sigmoid(self.fragment_relevance(query))  # [B, S]
         attention, fragments = self.drugs(self.encode_drugs)
-        medications = attention @ (relevance.unsqueeze(-1) * fragments)  # [B, M, dim] = A diag(w_b) S
+        medications = self.read_fragments(attention, relevance, fragments)
         logits = self.score(medications).squeeze(-1)
         if self.fragmentless == "bias":
             logits = logits + self.fragmentless_bias * self.no_fragment

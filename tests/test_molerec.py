@@ -173,3 +173,20 @@ def test_embedding_substructures_and_relative_target_fit(tiny_dataset):
     truth = ddi_rate_of_sets([s.target for s in tiny_dataset.samples("train")], tiny_dataset.ddi_adj)
     assert model.fit_report["target_ddi"] == pytest.approx(0.75 * truth)
     assert np.isfinite(model.predict_proba(tiny_dataset.samples("test"))).all()
+
+
+def test_sparse_fragment_reading_equals_the_dense_product(tiny_dataset):
+    """``A diag(w_b) S`` summed over the mask's (drug, fragment) pairs only: the dense product's values and gradients."""
+    net = network(tiny_dataset).network.train()
+    attention, fragments = net.encode_drugs()
+    relevance = torch.rand(5, fragments.shape[0], requires_grad=True)
+    sparse = net.read_fragments(attention, relevance, fragments)
+    dense = attention @ (relevance.unsqueeze(-1) * fragments)
+    torch.testing.assert_close(sparse, dense)
+    weights = [relevance, *(p for p in net.parameters() if p.requires_grad)]
+    upstream = torch.randn_like(dense)
+    for got, want in zip(torch.autograd.grad(sparse, weights, upstream, retain_graph=True, allow_unused=True),
+                         torch.autograd.grad(dense, weights, upstream, allow_unused=True)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

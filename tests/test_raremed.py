@@ -98,16 +98,40 @@ def published_layout_encoding(network, diagnoses, procedures, positions: bool) -
 
 
 @pytest.mark.parametrize("relevance", ["position", "published"])
-def test_packed_chunked_encoding_equals_the_full_encoder_per_visit(tiny_dataset, relevance):
+def test_packed_encoding_equals_the_full_encoder_per_visit(tiny_dataset, relevance, monkeypatch):
+    monkeypatch.setattr(raremed, "ATTENTION_ROWS", 4)  # several attention groups
     model = RAREMed(tiny_dataset, RAREMed.Config(**{**SMALL, "layers": 2, "relevance": relevance}), seed=0)
     torch.manual_seed(0)
     model.network = model.build_network().eval()
     samples = tiny_dataset.samples("train")
-    assert len(samples) > raremed.CHUNK_ROWS  # several chunks
+    assert len({len(s.diagnoses) + len(s.procedures) for s in samples}) > 1 and len(samples) > 8  # widths differ, 3+ groups
     with torch.no_grad():
         batched = model.network(model.visit_batch([s.diagnoses for s in samples], [s.procedures for s in samples]))
         alone = torch.stack([published_layout_encoding(model.network, s.diagnoses, s.procedures, relevance == "position") for s in samples])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_training_step_equals_the_padded_encoder(tiny_dataset, monkeypatch):
+    """In training (dropout off, so both are deterministic) the packed layers give the padded
+    ``nn.TransformerEncoder``'s [CLS] vectors and the same gradients for every weight."""
+    monkeypatch.setattr(raremed, "ATTENTION_ROWS", 4)  # several attention groups
+    model = RAREMed(tiny_dataset, RAREMed.Config(**{**SMALL, "layers": 2, "dropout": 0.0}), seed=0)
+    torch.manual_seed(0)
+    network = model.build_network().train()
+    samples = tiny_dataset.samples("train")
+    batch = model.visit_batch([s.diagnoses for s in samples], [s.procedures for s in samples])
+    tables = torch.cat([network.special.weight, network.diagnoses.weight, network.procedures.weight])
+    relevance = torch.cat([network.diagnosis_relevance.weight, network.procedure_relevance.weight])
+    padded = tables[batch["tokens"]] + relevance[batch["relevance"]] + network.segment(batch["segments"])
+    reference = network.encoder(padded, src_key_padding_mask=~batch["mask"])[:, 0]
+    weights = [p for p in network.parameters() if p.requires_grad]
+    expected = torch.autograd.grad((reference**2).sum(), weights, allow_unused=True)
+    packed = network(batch)
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
+    for got, want in zip(torch.autograd.grad((packed**2).sum(), weights, allow_unused=True), expected):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_pretraining_with_patience_stops_on_validation_visits_only(tiny_dataset, monkeypatch):
