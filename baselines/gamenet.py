@@ -126,10 +126,17 @@ class GAMENetNetwork(nn.Module):
         self.output = nn.Sequential(nn.ReLU(), nn.Linear(3 * dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dataset.n_medications))
 
     def queries(self, batch: dict) -> torch.Tensor:
-        """One query per visit [B, T, dim]; right padding leaves the (causal) GRU outputs at real visits intact."""
-        diagnoses, _ = self.diagnosis_gru(self.diagnoses(batch["diagnoses"], batch["diagnosis_mask"]))
-        procedures, _ = self.procedure_gru(self.procedures(batch["procedures"], batch["procedure_mask"]))
-        return self.query(torch.cat([diagnoses, procedures], dim=-1))
+        """One query per visit [B, T, dim], zeros after a patient's last visit. The GRUs run over the real
+        visits only (packed: most patients have 1-3 visits, the longest in a batch of 128 about 10)."""
+        lengths, steps = batch["lengths"].cpu(), batch["diagnoses"].shape[1]
+
+        def states(codes: CodeSetEmbedding, gru: nn.GRU, visits: torch.Tensor, mask: torch.Tensor) -> nn.utils.rnn.PackedSequence:
+            return gru(nn.utils.rnn.pack_padded_sequence(codes(visits, mask), lengths, batch_first=True, enforce_sorted=False))[0]
+
+        diagnoses = states(self.diagnoses, self.diagnosis_gru, batch["diagnoses"], batch["diagnosis_mask"])
+        procedures = states(self.procedures, self.procedure_gru, batch["procedures"], batch["procedure_mask"])
+        queries = diagnoses._replace(data=self.query(torch.cat([diagnoses.data, procedures.data], dim=-1)))  # same packing order
+        return nn.utils.rnn.pad_packed_sequence(queries, batch_first=True, total_length=steps)[0]
 
     def graph_memory(self) -> torch.Tensor:
         """[M, dim] medication memory: EHR co-occurrence knowledge minus weighted DDI knowledge."""
