@@ -81,6 +81,7 @@ from bench.contract import Capabilities, ModelConfig, Publication
 from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CodeSetEmbedding,
+    base_rate_logits,
     DDITargetMixin,
     GraphConvolutionNetwork,
     ddi_loss,
@@ -179,6 +180,7 @@ class GAMENet(DDITargetMixin, TorchModel):
         temperature_decay: float = 0.85  # per epoch
         single_visit_memory: str = "similar_patients"  # or "graph": the reference's fact2 = fact1
         similar_patients_k: int = 10
+        base_rate_bias: bool = False  # True: the output bias starts at the training log-odds (module docstring)
         patience: int | None = None  # every epoch runs; the best validation Jaccard is kept
         selection: str = "jaccard"
 
@@ -208,7 +210,11 @@ class GAMENet(DDITargetMixin, TorchModel):
         self.temperature = self.config.initial_temperature
         self.annealing = np.random.default_rng(self.seed)
         self.similar = None
-        return GAMENetNetwork(self.dataset, self.config)
+        network = GAMENetNetwork(self.dataset, self.config)
+        if self.config.base_rate_bias and self.training_samples:
+            with torch.no_grad():
+                network.output[-1].bias.copy_(base_rate_logits(self.training_samples, self.dataset.n_medications))
+        return network
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "GAMENet":
         self.training_samples = list(train)
