@@ -19,6 +19,14 @@ loss ``0.0005 * sum_ij p_i p_j A_ij``. ``--preset harness`` trains in mini-batch
 DDI-loss scale below) and stops by validation patience 10 on PRAUC; ``--preset quick`` is the harness
 preset with patience 15 (it must outlast the plateau) and a 100-epoch cap.
 
+Speed. The MPNN runs in every training step (its weights train), over every molecule of the vocabulary
+(5,166 atoms on the synthetic cohort), which made it most of a step. It now runs once per Weisfeiler-Lehman
+atom class (:class:`MoleculeEncoder`): the same sums in another order, about a fifth of the cost. On the
+default cohort (``--preset quick``, seed 0, one thread, the other slot busy) training went from 151 s
+(50 epochs, 3.0 s an epoch, the main job) to 71 s (42 epochs, 1.7 s an epoch); validation PRAUC 0.6335 ->
+0.6358, test 0.6348 -> 0.6355. Batches of 128 at lr 4e-3 (0.9 s an epoch) never left the frequency
+plateau in 39 epochs (stopped by patience at validation PRAUC 0.565), so the quick preset keeps 32 at 2e-3.
+
 Deliberate differences from the published code:
 
 - The MPNN is a registered submodule that runs inside every forward pass, so its weights train.
@@ -106,34 +114,72 @@ def ddi_loss_weight(ddi_rates: torch.Tensor, target: float, kp: float) -> torch.
     return ((torch.as_tensor(ddi_rates) - target) / kp).clamp(0.0, 1.0)
 
 
+def refine_classes(atom_class: torch.Tensor, target: list[int], source: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Weisfeiler-Lehman refinement: atoms whose closed neighbourhoods (the edges ``source -> target``, self
+    loops included) hold the same multiset of classes share a new class. Returns each atom's new class and the
+    ``[new classes, old classes]`` count matrix (old-class atoms in a new-class atom's neighbourhood)."""
+    old = atom_class.tolist()
+    neighbourhoods: list[list[int]] = [[] for _ in old]
+    for i, j in zip(target, source):
+        neighbourhoods[i].append(old[j])
+    signatures: dict[tuple[int, ...], int] = {}
+    new = [signatures.setdefault(tuple(sorted(classes)), len(signatures)) for classes in neighbourhoods]
+    counts = torch.zeros(len(signatures), int(atom_class.max()) + 1)
+    for signature, row in signatures.items():
+        for c in signature:
+            counts[row, c] += 1.0
+    return torch.tensor(new, dtype=torch.long), counts
+
+
 class MoleculeEncoder(nn.Module):
-    """SafeDrug's MPNN over all molecules at once: the graphs are fixed, so they are batched once here."""
+    """SafeDrug's MPNN over all molecules at once, computed once per atom class instead of once per atom.
+
+    Layer k is ``h_k = (I + A) relu(W_k h_{k-1} + b_k)``, and ``h_0`` embeds the atom's features. The graphs
+    are fixed, so atoms split into Weisfeiler-Lehman classes: two atoms with the same features share ``h_0``;
+    two atoms whose closed neighbourhoods hold the same multiset of layer-(k-1) classes share ``h_k``. Each
+    layer then runs on its classes (about 80 and 1,200 of the synthetic cohort's 5,166 atoms), aggregating
+    through a fixed count matrix (``counts[k][c, c']``: atoms of class c' in the closed neighbourhood of an atom
+    of class c), and the last aggregation, the pooling into molecules and the average over each medication's
+    molecules fold into one fixed ``[M, classes]`` matrix. The same sums as message passing over every atom
+    (the reference's), in a different order, at a fifth of the cost of a training step's forward and backward.
+    """
 
     def __init__(self, graphs: list, average_projection: np.ndarray, dim: int, layers: int, pooling: str):
         from torch_geometric.data import Batch
-        from torch_geometric.nn import SimpleConv, global_add_pool, global_mean_pool
         from torch_geometric.utils.smiles import x_map
 
         super().__init__()
-        self.pool = {"mean": global_mean_pool, "sum": global_add_pool}[pooling]
+        if layers < 1:
+            raise ValueError(f"SafeDrug needs at least one MPNN layer, got {layers}")
         batch = Batch.from_data_list(graphs)
         sizes = torch.tensor([len(values) for values in x_map.values()])
         offsets = torch.cumsum(sizes, 0) - sizes  # one table for all atom features: one lookup, one backward
-        self.register_buffer("atoms", batch.x + offsets, persistent=False)
-        self.register_buffer("edge_index", batch.edge_index, persistent=False)
-        self.register_buffer("atom_molecule", batch.batch, persistent=False)
-        self.register_buffer("projection", torch.from_numpy(average_projection), persistent=False)
+        features, atom_class = torch.unique(batch.x, dim=0, return_inverse=True)
+        self.register_buffer("atom_rows", features + offsets, persistent=False)
+        loops = torch.arange(batch.x.shape[0])
+        target = torch.cat([batch.edge_index[1], loops]).tolist()  # h_i sums the sources j -> i, and i itself
+        source = torch.cat([batch.edge_index[0], loops]).tolist()
+        for k in range(layers - 1):
+            atom_class, counts = refine_classes(atom_class, target, source)
+            self.register_buffer(f"counts{k}", counts, persistent=False)
+        molecules = torch.from_numpy(average_projection)[:, batch.batch]  # [M, atoms]: a medication's molecules' atoms
+        if pooling == "mean":
+            molecules = molecules / torch.bincount(batch.batch, minlength=average_projection.shape[1]).clamp(min=1)[batch.batch]
+        elif pooling != "sum":
+            raise ValueError(f"unknown molecule pooling {pooling!r}; expected 'mean' or 'sum'")
+        readout = torch.zeros(molecules.shape[0], int(atom_class.max()) + 1)  # = molecules @ (I + A) @ one-hot(class)
+        readout.index_add_(1, atom_class[source], molecules[:, target])
+        self.register_buffer("readout", readout, persistent=False)
         self.atom_features = nn.EmbeddingBag(int(sizes.sum()), dim, mode="sum")
         self.updates = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
-        self.add_neighbours = SimpleConv(aggr="sum", combine_root="sum")  # h + A h
 
     def forward(self) -> torch.Tensor:
         """[M, dim]: each medication's mean molecule embedding."""
-        h = self.atom_features(self.atoms)
-        for update in self.updates:
-            h = self.add_neighbours(torch.relu(update(h)), self.edge_index)
-        molecules = self.pool(h, self.atom_molecule, size=self.projection.shape[1])
-        return self.projection @ molecules
+        h = self.atom_features(self.atom_rows)
+        for k, update in enumerate(self.updates):
+            aggregate = getattr(self, f"counts{k}") if k < len(self.updates) - 1 else self.readout
+            h = aggregate @ torch.relu(update(h))
+        return h
 
 
 class MaskedLinear(nn.Module):
@@ -186,7 +232,7 @@ class SafeDrugNetwork(nn.Module):
 
 class SafeDrug(DDITargetMixin, TorchModel):
     name = "safedrug"
-    typical_seconds = 130  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 75  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Yang et al., IJCAI 2021", "2021-08")
     capabilities = Capabilities()
 

@@ -148,3 +148,19 @@ def test_under_all_visits_the_bank_holds_each_training_visit_once(tiny_dataset):
     model = GAMENet(tiny_dataset, GAMENet.Config(**FAST), seed=0).fit(train, tiny_dataset.samples("val", "all-visits"))
     visits = sum(len(p.visits) for p in tiny_dataset.patients_in("train"))
     assert model.similar.keys.shape[0] == visits < len(train) + sum(len(s.history) for s in train)
+
+
+def test_queries_over_packed_visits_equal_the_padded_gru_at_every_real_visit(fitted, tiny_dataset):
+    """The GRUs run over real visits only; each real visit's query is the one of the GRU over the padded batch."""
+    network = fitted.network.eval()
+    samples = sorted(tiny_dataset.samples("train"), key=lambda s: len(s.history))[::3][:12]
+    batch = fitted.collate(samples)
+    assert len(set(batch["lengths"].tolist())) >= 3  # patients with one and with several visits side by side
+    with torch.no_grad():
+        diagnoses, _ = network.diagnosis_gru(network.diagnoses(batch["diagnoses"], batch["diagnosis_mask"]))
+        procedures, _ = network.procedure_gru(network.procedures(batch["procedures"], batch["procedure_mask"]))
+        padded = network.query(torch.cat([diagnoses, procedures], dim=-1))
+        packed = network.queries(batch)
+    real = torch.arange(packed.shape[1]).unsqueeze(0) < batch["lengths"].unsqueeze(1)
+    torch.testing.assert_close(packed[real], padded[real], rtol=1e-5, atol=1e-6)
+    assert not packed[~real].any()

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from baselines.safedrug import SafeDrug, ddi_loss_weight
+from baselines.safedrug import MoleculeEncoder, SafeDrug, ddi_loss_weight
 from bench.metrics import ddi_rate_of_sets
 
 FAST = dict(epochs=2, dim=16, batch_size=8)
@@ -155,3 +155,35 @@ def test_each_sample_mixes_its_losses_by_its_own_ddi_rate(tiny_dataset):
         ddi = model.ddi_loss_scale * _hand_ddi_loss(proba[i : i + 1], adj)
         expected.append((1 - weight) * accuracy + weight * ddi)
     assert loss == pytest.approx(float(np.mean(expected)), rel=1e-5)
+
+
+@pytest.mark.parametrize("layers, pooling", [(1, "mean"), (2, "mean"), (2, "sum"), (3, "mean")])
+def test_molecule_encoder_by_atom_class_equals_message_passing_over_every_atom(tiny_dataset, layers, pooling):
+    """The class-compressed MPNN gives the reference's per-atom message passing (h <- (I + A) relu(W h)),
+    pooled per molecule and averaged per medication, with the same gradients."""
+    from torch_geometric.data import Batch
+    from torch_geometric.nn import SimpleConv, global_add_pool, global_mean_pool
+    from torch_geometric.utils.smiles import x_map
+
+    molecules = tiny_dataset.molecules
+    torch.manual_seed(0)
+    encoder = MoleculeEncoder(molecules.graphs, molecules.average_projection, 8, layers, pooling)
+    batch = Batch.from_data_list(molecules.graphs)
+    sizes = torch.tensor([len(values) for values in x_map.values()])
+    atoms = batch.x + torch.cumsum(sizes, 0) - sizes
+
+    def per_atom() -> torch.Tensor:
+        h = encoder.atom_features(atoms)
+        for update in encoder.updates:
+            h = SimpleConv(aggr="sum", combine_root="sum")(torch.relu(update(h)), batch.edge_index)
+        pool = global_mean_pool if pooling == "mean" else global_add_pool
+        return torch.from_numpy(molecules.average_projection) @ pool(h, batch.batch, size=len(molecules.graphs))
+
+    assert encoder.readout.shape[1] < len(atoms)  # fewer classes than atoms: the point of it
+    expected = per_atom()
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(encoder.parameters()))
+    got = encoder()
+    got_grads = torch.autograd.grad(got.square().sum(), list(encoder.parameters()))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
