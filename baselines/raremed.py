@@ -96,7 +96,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig, Publication, seed_everything, visits_record
-from bench.training import Schedule, TorchModel, pad_sequences, run_training, staged_report, target_tensor, train_network
+from bench.training import Schedule, TorchModel, pad_sequences, run_training, staged_report, target_tensor, train_network, use_uniform_dropout
 from baselines.layers import ddi_loss, margin_loss
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
@@ -362,8 +362,8 @@ class RAREMed(TorchModel):
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "RAREMed":
         seed_everything(self.seed)
         started = time.perf_counter()
-        self.network = self.build_network().to(self.device)
-        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.network = use_uniform_dropout(self.build_network().to(self.device))  # the one loop's dropout, pre-training too
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True)
         visits = record_visits(train)  # every visit of the training records, once; never a validation or test record
         held_out = record_visits(val) if self.config.pretrain_patience is not None else []  # selection only
         stages = {task: self.pretrain(task, visits, held_out) for task in ("matching", "reconstruction") if self.config.pretrain_epochs > 0}

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from baselines.gbert import (
-    ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, TokenLayout, attention, atc_chain, build_tree, icd9_chain, icd9_sections, pretraining_visits, uniform_dropout,
+    ATC_ROOT, CLS, ICD9_ROOT, MASK, N_SPECIAL, PAD, GBert, TokenLayout, attention, atc_chain, build_tree, icd9_chain, icd9_sections, pretraining_visits,
 )
 from bench.contract import training_record
 from bench.training import target_tensor
@@ -206,16 +206,6 @@ def test_pretraining_keeps_the_epoch_of_the_chosen_head(tiny_dataset):
         torch.testing.assert_close(model.logits(batch), model.network.pretrain_logits(batch)["dx2rx"])
     with pytest.raises(ValueError, match="pretrain_selection"):
         GBert.Config(pretrain_selection="dx2dx")
-
-
-def test_uniform_dropout_keeps_one_minus_p_and_the_expectation():
-    torch.manual_seed(0)
-    x = torch.ones(200_000)
-    out = uniform_dropout(x, 0.4, training=True)
-    assert abs(float((out == 0).float().mean()) - 0.4) < 0.005
-    assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 1 / 0.6))
-    assert abs(float(out.mean()) - 1.0) < 0.01
-    assert uniform_dropout(x, 0.4, training=False) is x and uniform_dropout(x, 0.0, training=True) is x
 
 
 def test_attention_with_dropout_path_equals_fused_attention():
