@@ -25,7 +25,8 @@ log-probability wins, no length normalisation), batched over all samples at once
 the decoder at the last position of every beam's prefix only (the causal mask lets it see the whole
 prefix; every later block is per position) and reads each sample's context once for its k beams: the
 same beams as re-running the whole prefix, without its quadratic cost (on the default cohort, quick,
-one thread: COGNet's evaluation 14.5 s -> 10.8 s, VITA's 32 s -> 24 s, the same validation histories).
+one thread: COGNet's evaluation takes 10.8 s where re-running the prefix took 14.5 s, VITA's 24 s where
+it took 32 s, with the same validation histories).
 
 PRAUC. The model has no per-medication score; its probabilities come from the decoding steps, as
 the reference computes them: for each medication the highest probability it had at any step that
@@ -63,7 +64,7 @@ Deliberate differences from the published code:
   instead of the reference's 16 at 1e-3. On the default cohort (4,400 multi-visit training samples, seed 0)
   it stopped by patience at epoch 15 (best 10) in 155 s on one thread, against epoch 21 (best 16) and 241 s
   in batches of 16 at 1e-3 with beam-4 validation. Quick patience 3 instead of 5: the same run (same
-  history, best epoch 10, multi-visit test PRAUC 0.742) stops at epoch 13, training 161 s -> 131 s; its
+  history, best epoch 10, multi-visit test PRAUC 0.742) stops at epoch 13 instead of 15, training 131 s; its
   longest stall before the best epoch is 2 epochs. (Tried and not taken: encoder feed-forward 128 with
   patience 3 trained 31 epochs, 258 s, test PRAUC 0.752.)
 - Training visits: the protocol's samples decide, as for every model here; the loss is on each

@@ -69,7 +69,8 @@ Deliberate differences from the published code:
   one backward pass per visit (``retain_graph=True``). A vector weight per level is applied as a batched
   product over the one-hot levels of the edges (``LevelConv``), never as a [visits, targets, sources, dim]
   tensor of per-edge weights: the same sums, regrouped (quick preset, default cohort, seed 0, one thread:
-  graph stage 7 -> ~5 s an epoch on a shared machine, 209 -> 139 s in all, test PRAUC 0.707 -> 0.708).
+  the graph stage ~5 s an epoch on a shared machine where per-edge weights took 7 s, 139 s in all where
+  they took 209 s, test PRAUC 0.708 where they gave 0.707).
   Dead modules (``lin2``, ``residual_weight_*``, the
   basic model's GRUs, ``ddi_mask_H``) are not built.
 - ``--preset harness``/``quick``: lr 2e-3 for batches of 32 and the DDI-loss scale ``10 * 0.0005 * 131 /

@@ -235,7 +235,7 @@ class VITANetwork(nn.Module):
 
 class VITA(COGNet):
     name = "vita"
-    typical_seconds = 261  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 150  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Kim et al., AAAI 2024", "2024-02")
     capabilities = Capabilities(needs_history_medications=True)
 
