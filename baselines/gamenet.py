@@ -27,14 +27,14 @@ most-frequent plateau for the first epochs, and at seed 0 that plateau lasted 4 
 than 5 in another whose only difference was the dropout draws (stopped at epoch 7-8, test PRAUC 0.561
 against 0.641).
 
-Speed and the quick preset (default cohort, seed 0, one thread, the other slot busy). The visit GRUs run
-over packed real visits and the similar-patient bank's records are collated once per fit (same math):
-106 s (53 epochs, main job) -> 82 s (44 epochs), validation PRAUC 0.6360 -> 0.6396, test 0.6387 -> 0.6386.
-``--preset quick`` then takes batches of 128 at lr 3e-3 and starts the output bias at the training
-log-odds (``base_rate_bias``, the LEADER teacher's documented initialisation; off in paper/harness), so the
-first epochs need not learn the frequency level: 44 s (best 33 / 43 epochs, converged), validation
-0.6348, test 0.6325. Measured alternatives: 128 at 3e-3 without the bias 41 s, validation 0.6297; 128 at
-5e-3 with it 48 s, 0.6289; 32 at 1e-3 with it 79 s, 0.6444 (the plateau ended at epoch 6 instead of ~8).
+Speed and the quick preset (default cohort, seed 0, one thread). The visit GRUs run over packed real
+visits and the similar-patient bank's records are collated once per fit. ``--preset quick`` takes batches
+of 128 at lr 3e-3 and starts the output bias at the training log-odds (``base_rate_bias``, the LEADER
+teacher's documented initialisation; off in paper/harness), so the first epochs need not learn the
+frequency level: 44 s (best 33 / 43 epochs, converged), validation PRAUC 0.635, test 0.633; batches of 32
+at 1e-3 without the bias (harness) take 82 s (44 epochs), validation 0.640, test 0.639. Other settings
+measured: 128 at 3e-3 without the bias 41 s, validation 0.630; 128 at 5e-3 with it 48 s, 0.629; 32 at 1e-3
+with it 79 s, 0.644 (the plateau ended at epoch 6 instead of ~8).
 
 Single-visit patients (LEADER's setting): the reference reads fact2 = fact1 when there is no
 earlier visit. LEADER substitutes a read from similar patients: after training, every visit of
@@ -87,10 +87,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig, Publication
-from bench.training import TorchModel, target_tensor
+from bench.training import TorchModel, base_rate_logits, target_tensor
 from baselines.layers import (
     CodeSetEmbedding,
-    base_rate_logits,
     DDITargetMixin,
     GraphConvolutionNetwork,
     ddi_loss,
@@ -224,7 +223,7 @@ class GAMENet(DDITargetMixin, TorchModel):
         network = GAMENetNetwork(self.dataset, self.config)
         if self.config.base_rate_bias and self.training_samples:
             with torch.no_grad():
-                network.output[-1].bias.copy_(base_rate_logits(self.training_samples, self.dataset.n_medications))
+                network.output[-1].bias.copy_(base_rate_logits(target_tensor(self.training_samples, self.dataset.n_medications)))
         return network
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "GAMENet":

@@ -83,16 +83,16 @@ Deliberate differences from the published code:
   with no code lets [CLS] attend to itself (the reference gives uniform weights over the padding).
 - Dropout masks are drawn as ``rand >= p`` (:func:`bench.training.uniform_dropout`): the distribution of ``nn.Dropout``,
   other draws, about 3x cheaper on CPU than its ``bernoulli_`` mask (~17% of a step); attention dropout
-  therefore runs through an explicit softmax (:func:`attention`). With Adam's fused kernel, quick on the
-  default cohort (seed 0, one thread, shared machine): 380 -> 294 s, pre-training 14/17 and fine-tuning
-  9/14 epochs either way, validation PRAUC 0.7079 -> 0.7080, multi-visit test PRAUC 0.7067 -> 0.7023.
+  therefore runs through an explicit softmax (:func:`attention`). Quick on the default cohort (seed 0, one
+  thread, shared machine): 294 s alone (306-382 s in the main job), pre-training 14/17 and fine-tuning 9/14
+  epochs, validation PRAUC 0.708, multi-visit test PRAUC 0.702.
 
 The quick preset keeps pre-training's length: it is what fine-tuning's quality rests on. Measured on the
 default cohort (seed 0) and rejected: ``pretrain_min_delta=0.01, pretrain_patience=2`` (with fine-tuning
 patience 3) stopped pre-training at epoch 10 (best 8, dx->rx 0.645 against 0.668) and fine-tuning's
-validation PRAUC fell 0.708 -> 0.683 (220 s). Pre-training alone at lr 4e-3 (a trial option, not
-kept) ran longer, 20 epochs (best 17, stopped by patience): 335 s, though fine-tuning's validation PRAUC rose
-0.708 -> 0.726 (one seed; a lead for tuning, not for speed).
+validation PRAUC was 0.683 against 0.708 (220 s). Pre-training alone at lr 4e-3 (a trial option, not
+kept) ran longer, 20 epochs (best 17, stopped by patience): 335 s, with fine-tuning's validation PRAUC at
+0.726 against 0.708 (one seed; a lead for tuning, not for speed).
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@
   sigmoid, from a multi-hot target), :func:`ddi_loss` (``sum_ij p_i p_j A_ij`` per sample).
 - :func:`ddi_rates` / :func:`ddi_rate_of_predictions`: DDI rate of thresholded predictions (per
   sample / pooled, the reference's ``ddi_rate_score``), which drives the DDI-loss schedules.
-- :func:`base_rate_logits`: each medication's smoothed training log-odds, for an output bias that starts at
-  the frequency predictor.
 - :func:`ddi_target`: the DDI rate those schedules steer to (the papers' absolute rate, or relative to
   the data); :class:`DDITargetMixin` resolves it on the training data for GAMENet, SafeDrug and MICRON.
 - Pair counting is :func:`data_prep.code_sets.ddi_pair_counts`, the benchmark's own, so no model
@@ -228,15 +226,6 @@ def ddi_rates(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> torch.Tensor:
 def ddi_rate_of_predictions(predicted: torch.Tensor, ddi_adj: torch.Tensor) -> float:
     """DDI rate pooled over the batch (as the benchmark pools it over a test group)."""
     return pooled_ddi_rate(predicted.to(ddi_adj.dtype), ddi_adj)
-
-
-def base_rate_logits(train: Sequence[Sample], n_medications: int) -> torch.Tensor:
-    """[M] log-odds of each medication's prevalence among the training targets, smoothed ((k + 0.5) / (n + 1))
-    so that a medication never or always prescribed gets a finite value."""
-    counts = np.zeros(n_medications, dtype=np.float64)
-    for sample in train:
-        counts[list(sample.target)] += 1.0
-    return torch.logit(torch.from_numpy((counts + 0.5) / (len(train) + 1.0))).float()
 
 
 # GAMENet and SafeDrug target a DDI rate of 0.06 on MIMIC-III, whose ground-truth rate is about 0.08.

@@ -67,20 +67,17 @@ Deliberate differences from the published code:
 - Encoding: each visit's tokens are packed to the left; only the batch's real tokens go through the
   projections, feed-forward blocks and norms (one packed matrix), attention alone reads them padded per
   row; the last layer is computed for the [CLS] query only. The same [CLS] vectors and gradients as the
-  padded ``nn.TransformerEncoder`` (tested); the earlier encoding in chunks of 16 rows of similar length
-  cost 13% more per pre-training (SMP) step (0.103 s against 0.091 s) and 16% more per fine-tuning step
-  (0.058 s against 0.050 s), default cohort, batches of 64, one thread.
+  padded ``nn.TransformerEncoder`` (tested), at 0.091 s a pre-training (SMP) step and 0.050 s a fine-tuning
+  step (default cohort, batches of 64, one thread; chunks of 16 padded rows cost 0.103 s and 0.058 s).
 - ``--preset quick`` pre-training stops by validation patience (``pretrain_patience`` 1, at most 20 epochs),
   keeping the best weights: the score is minus the log of the task's mean loss on every visit of the
   validation patients (fixed SMP negatives drawn among them), a gain counting only above 0.03
   (``pretrain_min_delta``, a 3% relative loss drop). Validation visits are read for this selection only,
   never as training input; test never. ``paper``/``harness`` keep the fixed epochs and the last weights.
   Quick's lr is 1e-3 (2e-3 is worse on validation, 0.632). Default cohort, seed 0, one thread: SMP best 4/5,
-  SR best 1/2, fine-tuning best 28/33, validation PRAUC 0.651, test PRAUC 0.650, 278 s (SMP 95 s, SR 22 s,
-  fine-tuning 159 s); fixed-epoch pre-training gives the same PRAUC at 669 s.
-  With the packed encoding (below the figures above were measured before it): SMP best 4/5, SR best 1/2,
-  fine-tuning best 28/33, validation PRAUC 0.651, test PRAUC 0.652, 216 s (SMP 76 s, SR 18 s, fine-tuning
-  121 s), default cohort, seed 0, one thread.
+  SR best 1/2, fine-tuning best 28/33, validation PRAUC 0.651, test PRAUC 0.652, 216 s (SMP 76 s, SR 18 s,
+  fine-tuning 121 s); in the main job 119-212 s over three seeds. Fixed-epoch pre-training gives the same
+  PRAUC at about 2.4 times the time.
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ DDI-loss scale below) and stops by validation patience 10 on PRAUC; ``--preset q
 preset with patience 15 (it must outlast the plateau) and a 100-epoch cap.
 
 Speed. The MPNN runs in every training step (its weights train), over every molecule of the vocabulary
-(5,166 atoms on the synthetic cohort), which made it most of a step. It now runs once per Weisfeiler-Lehman
-atom class (:class:`MoleculeEncoder`): the same sums in another order, about a fifth of the cost. On the
-default cohort (``--preset quick``, seed 0, one thread, the other slot busy) training went from 151 s
-(50 epochs, 3.0 s an epoch, the main job) to 71 s (42 epochs, 1.7 s an epoch); validation PRAUC 0.6335 ->
-0.6358, test 0.6348 -> 0.6355. Batches of 128 at lr 4e-3 (0.9 s an epoch) never left the frequency
+(5,166 atoms on the synthetic cohort), which would make it most of a step run atom by atom. It runs once
+per Weisfeiler-Lehman atom class (:class:`MoleculeEncoder`): the same sums in another order, about a fifth
+of the per-atom cost. On the default cohort (``--preset quick``, seed 0, one thread) training takes 58-71 s
+(42-43 epochs, 1.7 s an epoch), validation PRAUC 0.629-0.636; overall test PRAUC 0.630 over the main job's
+three seeds. Batches of 128 at lr 4e-3 (0.9 s an epoch) never left the frequency
 plateau in 39 epochs (stopped by patience at validation PRAUC 0.565), so the quick preset keeps 32 at 2e-3.
 
 Deliberate differences from the published code:

@@ -203,6 +203,13 @@ def target_tensor(samples: Sequence[Sample], n_medications: int) -> torch.Tensor
     return torch.from_numpy(multi_hot([s.target for s in samples], n_medications)).float()
 
 
+def base_rate_logits(targets: torch.Tensor) -> torch.Tensor:
+    """[M] log-odds of each medication's prevalence in the multi-hot ``targets`` [N, M], smoothed ((k + 0.5) /
+    (n + 1)) so that a medication never or always prescribed gets a finite value: an output bias that starts
+    the model at the frequency predictor."""
+    return torch.logit((targets.sum(dim=0) + 0.5) / (targets.shape[0] + 1.0))
+
+
 def validation_score(model: MedRecModel, samples: Sequence[Sample], proba: np.ndarray) -> float:
     """What model selection maximises (``config.selection``): mean validation PRAUC (the harness default), or
     mean validation Jaccard of the model's own sets (the SafeDrug / GAMENet scripts keep that epoch)."""

@@ -56,18 +56,19 @@ Deliberate differences from the published code:
   in fp16 (``precision="fp16"`` or ``"bf16"``, CUDA only). ``autocast="bf16"`` keeps the weights (base, LoRA,
   head) and the optimizer in fp32 and runs the matrix products in bf16 (``torch.autocast``), on a CPU too;
   ``"auto"`` (``--preset quick``) does so only where the device has bf16 in hardware (AVX512-BF16 or AMX, a
-  bf16 GPU), else stays fp32, and the fit report says which ran. Default cohort, seed 0, one thread: the
-  lower-layer cache 149 s -> 83 s, a step 0.55 s -> 0.42 s, the validation passes 51 s -> 34 s; validation
-  PRAUC at the kept step 200 0.656 -> 0.655, test PRAUC 0.651 (the same within noise). On a CPU without native
-  bf16 the quick teacher runs fp32 and its numbers differ from a bf16 CPU's by this much.
+  bf16 GPU), else stays fp32, and the fit report says which ran. Default cohort, seed 0, one thread, bf16
+  against fp32: the lower-layer cache 83 s against 149 s, a step 0.42 s against 0.55 s, the validation passes
+  34 s against 51 s; validation PRAUC at the kept step 200 0.655 against 0.656, test PRAUC 0.651 either way.
+  On a CPU without native bf16 the quick teacher runs fp32 and its numbers differ from a bf16 CPU's by this much.
 - ``attention="eager"`` (quick) asks transformers for its plain attention (matrix products and a softmax)
   instead of its default fused kernel, whose backward pass on a CPU took a quarter of a training step: the
   same function up to rounding.
 - ``lora_dropout`` is 0 in ``--preset quick`` (0.1, the published value, elsewhere): its masks, one per adapted
   projection over that projection's whole input, were another quarter of a step, and the quick budget is
   less than one pass over the training prompts (300 steps x 16 < 5,080), where dropout has nothing to
-  regularise. With both (default cohort, seed 0, one thread, bf16 autocast): a step 0.42 s -> 0.235 s, the
-  whole fine-tuning 296 s -> 250 s, validation PRAUC at the kept step 200 0.655 -> 0.657, test PRAUC 0.651 -> 0.652.
+  regularise. With both (default cohort, seed 0, one thread, bf16 autocast) a step takes 0.235 s against 0.42 s
+  without them, the whole fine-tuning 250 s against 296 s; validation PRAUC at the kept step 200 0.657 against
+  0.655, test PRAUC 0.652 against 0.651.
 - ``device="cuda:N"`` places the whole model on that GPU; plain ``"cuda"`` lets accelerate spread it
   (``device_map="auto"``).
 - ``batch_size`` counts samples per optimizer step (the paper's 32, reached in the published script as 4

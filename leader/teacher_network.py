@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bench.training import base_rate_logits
 from leader.backbone import LayerStack, pool_hidden_states
 
 
@@ -46,10 +47,8 @@ class TeacherNetwork(nn.Module):
 
     @torch.no_grad()
     def set_base_rates(self, targets: torch.Tensor) -> None:
-        """Head bias = log-odds of each medication's training prevalence, smoothed ((k + 0.5) / (n + 1)) so
-        a medication never or always prescribed gets a finite bias."""
-        prevalence = (targets.sum(dim=0) + 0.5) / (targets.shape[0] + 1.0)
-        self.head.bias.copy_(torch.logit(prevalence).to(self.head.bias.device, self.head.bias.dtype))
+        """Head bias = the training log-odds of each medication (:func:`bench.training.base_rate_logits`)."""
+        self.head.bias.copy_(base_rate_logits(targets).to(self.head.bias.device, self.head.bias.dtype))
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
         """The last layer's states [B, L, d], or (``all_layers``) every layer's, the embeddings' first."""
