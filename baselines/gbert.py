@@ -35,9 +35,9 @@ pre-training epochs (64 visits per step) and 5 fine-tuning epochs (one sample pe
 run, lr 5e-4, each stage starting from the best checkpoint of the one before, only the encoder carried
 over (the heads re-initialised each round). ``--preset harness``: one round, each stage for at most
 80 epochs with validation patience 10, fine-tuning in batches of 32 samples, lr 2e-3 for both stages.
-``--preset quick``: the harness preset with hidden and feed-forward size 128, pre-training for at most
-20 epochs (patience 3) kept by validation dx->rx PRAUC with gains under 0.003 counted as none
-(``pretrain_selection``, ``pretrain_min_delta``), fine-tuning for at most 40 (patience 5).
+``--preset quick``: the harness preset with hidden and feed-forward size 128, pre-training at lr 4e-3
+(``pretrain_lr``) for at most 20 epochs (patience 2) kept by validation dx->rx PRAUC with gains under 0.005
+counted as none (``pretrain_selection``, ``pretrain_min_delta``), fine-tuning for at most 40 (patience 3).
 ``pretrain_epochs=0`` fine-tunes without pre-training.
 
 Deliberate differences from the published code:
@@ -83,16 +83,21 @@ Deliberate differences from the published code:
   with no code lets [CLS] attend to itself (the reference gives uniform weights over the padding).
 - Dropout masks are drawn as ``rand >= p`` (:func:`bench.training.uniform_dropout`): the distribution of ``nn.Dropout``,
   other draws, about 3x cheaper on CPU than its ``bernoulli_`` mask (~17% of a step); attention dropout
-  therefore runs through an explicit softmax (:func:`attention`). Quick on the default cohort (seed 0, one
-  thread, shared machine): 294 s alone (306-382 s in the main job), pre-training 14/17 and fine-tuning 9/14
-  epochs, validation PRAUC 0.708, multi-visit test PRAUC 0.702.
+  therefore runs through an explicit softmax (:func:`attention`).
+- ``--preset quick`` pre-trains at lr 4e-3 (``pretrain_lr``; fine-tuning stays at 2e-3) and stops each stage
+  sooner: pre-training patience 2 with gains under 0.005 counted as none, fine-tuning patience 3. Per epoch
+  the higher rate gives about the same validation dx->rx PRAUC but an encoder that fine-tunes better, which
+  pays for the shorter stages. Default cohort, one thread, shared machine (2 slots busy): seed 0 278 s,
+  pre-training 12/14 epochs (178 s), fine-tuning 9/12 (100 s), validation PRAUC 0.712, multi-visit test
+  PRAUC 0.708; seed 1 260 s, pre-training 10/12 (143 s), fine-tuning 11/14 (117 s), validation 0.708, test
+  0.701. Both stages stop by patience after their best epoch.
 
-The quick preset keeps pre-training's length: it is what fine-tuning's quality rests on. Measured on the
-default cohort (seed 0) and rejected: ``pretrain_min_delta=0.01, pretrain_patience=2`` (with fine-tuning
-patience 3) stopped pre-training at epoch 10 (best 8, dx->rx 0.645 against 0.668) and fine-tuning's
-validation PRAUC was 0.683 against 0.708 (220 s). Pre-training alone at lr 4e-3 (a trial option, not
-kept) ran longer, 20 epochs (best 17, stopped by patience): 335 s, with fine-tuning's validation PRAUC at
-0.726 against 0.708 (one seed; a lead for tuning, not for speed).
+Measured on the default cohort (seed 0) and rejected: pre-training stopped sooner (lr 2e-3,
+``pretrain_min_delta=0.01, pretrain_patience=2``: best 8 of 10, validation PRAUC 0.683, 220 s; lr 4e-3 kept
+at epoch 5: 0.680): fine-tuning's quality rests on pre-training's length. Pre-training in steps of 128
+visits (lr 4e-3: the same dx->rx PRAUC per epoch, ~15% less time per epoch): validation PRAUC 0.699, test
+0.694; at lr 8e-3 dx->rx PRAUC rose more slowly per epoch. Fine-tuning at lr 4e-3 too: 258 s, best 7 of 10,
+validation PRAUC 0.695.
 """
 
 from __future__ import annotations
@@ -422,7 +427,7 @@ def pretraining_visits(samples: Sequence[Sample]) -> list[Sample]:
 
 class GBert(TorchModel):
     name = "gbert"
-    typical_seconds = 355  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 270  # quick, default cohort, one thread (benchmarks/first_run.py)
     publication = Publication("Shang et al., IJCAI 2019", "2019-08")
     capabilities = Capabilities(needs_history_medications=True, pretrains_on_training_visits=True)
 
@@ -436,6 +441,7 @@ class GBert(TorchModel):
         pretrain_epochs: int | None = None  # None: as ``epochs``; 0 skips pre-training
         pretrain_patience: int | None = None  # None: as ``patience``
         pretrain_batch_size: int = 64
+        pretrain_lr: float | None = None  # None: as ``lr``
         min_delta: float = 0.0  # validation-PRAUC gain that counts as an improvement (fine-tuning)
         pretrain_min_delta: float = 0.0  # the same for pre-training's selection score
         pretrain_selection: str = "rx2rx"  # the pre-training head whose validation PRAUC keeps the epoch: rx2rx (the reference) or dx2rx
@@ -450,8 +456,8 @@ class GBert(TorchModel):
         mask_probability: float = 0.15
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3, "rounds": 1, "epochs": 80}  # module docstring
-        QUICK: ClassVar[dict] = {"dim": 128, "ffn_dim": 128, "epochs": 40, "patience": 5, "pretrain_epochs": 20, "pretrain_patience": 3,
-                               "pretrain_selection": "dx2rx", "pretrain_min_delta": 0.003}
+        QUICK: ClassVar[dict] = {"dim": 128, "ffn_dim": 128, "epochs": 40, "patience": 3, "pretrain_epochs": 20, "pretrain_patience": 2,
+                               "pretrain_lr": 4e-3, "pretrain_selection": "dx2rx", "pretrain_min_delta": 0.005}
 
         def __post_init__(self) -> None:
             if self.rounds < 1:
@@ -581,7 +587,7 @@ class GBert(TorchModel):
         if stage == "pretrain":
             self.config = dataclasses.replace(
                 config, epochs=config.pretraining_epochs, patience=config.pretraining_patience, batch_size=config.pretrain_batch_size,
-                min_delta=config.pretrain_min_delta,
+                min_delta=config.pretrain_min_delta, lr=config.lr if config.pretrain_lr is None else config.pretrain_lr,
             )
         self.stage = stage
         try:

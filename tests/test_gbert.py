@@ -194,6 +194,7 @@ def test_paper_preset_is_run_alternative_sh():
     assert GBert.training_budget(GBert.Config(pretrain_epochs=0)) == "16 x (fine-tuning 5 epochs (fixed), 1 sample per step)"
     assert (harness.rounds, harness.batch_size, harness.lr, harness.patience) == (1, 32, 2e-3, 10)
     assert (paper.pretrain_selection, paper.pretrain_min_delta, harness.pretrain_selection) == ("rx2rx", 0.0, "rx2rx")
+    assert paper.pretrain_lr is None and harness.pretrain_lr is None  # both stages at ``lr``
 
 
 def test_pretraining_keeps_the_epoch_of_the_chosen_head(tiny_dataset):
@@ -206,6 +207,18 @@ def test_pretraining_keeps_the_epoch_of_the_chosen_head(tiny_dataset):
         torch.testing.assert_close(model.logits(batch), model.network.pretrain_logits(batch)["dx2rx"])
     with pytest.raises(ValueError, match="pretrain_selection"):
         GBert.Config(pretrain_selection="dx2dx")
+
+
+def test_pretraining_stage_takes_its_own_learning_rate(tiny_dataset):
+    """``pretrain_lr`` sets the pre-training optimizer's rate only; None keeps ``lr`` for both stages."""
+    model = GBert(tiny_dataset, GBert.Config(**{**FAST, "lr": 1e-3, "pretrain_lr": 4e-3}), seed=0)
+    model.network = model.build_network()
+    with model.in_stage("pretrain"):
+        assert model.make_optimizer().param_groups[0]["lr"] == 4e-3
+    assert model.make_optimizer().param_groups[0]["lr"] == 1e-3
+    plain = GBert(tiny_dataset, GBert.Config(**{**FAST, "lr": 1e-3}), seed=0)
+    with plain.in_stage("pretrain"):
+        assert plain.config.lr == 1e-3
 
 
 def test_attention_with_dropout_path_equals_fused_attention():
