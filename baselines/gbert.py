@@ -90,7 +90,9 @@ Deliberate differences from the published code:
   pays for the shorter stages. Default cohort, one thread, shared machine (2 slots busy): seed 0 278 s,
   pre-training 12/14 epochs (178 s), fine-tuning 9/12 (100 s), validation PRAUC 0.712, multi-visit test
   PRAUC 0.708; seed 1 260 s, pre-training 10/12 (143 s), fine-tuning 11/14 (117 s), validation 0.708, test
-  0.701. Both stages stop by patience after their best epoch.
+  0.701; seed 2 258 s, pre-training 8/10 (119 s), fine-tuning 14/17 (139 s), validation 0.701 (main job 0.706),
+  test 0.693 (0.705): the early pre-training stop costs quality at this seed. Both stages stop by patience
+  after their best epoch.
 
 Measured on the default cohort (seed 0) and rejected: pre-training stopped sooner (lr 2e-3,
 ``pretrain_min_delta=0.01, pretrain_patience=2``: best 8 of 10, validation PRAUC 0.683, 220 s; lr 4e-3 kept
