@@ -184,6 +184,16 @@ def fragment_graphs(fragments: Sequence[str]) -> list:
     return [from_smiles(smiles) for smiles in fragments]
 
 
+def fragment_slots(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each medication's fragments (the True columns of its row of ``mask`` [M, S]) in K slots, K the most any
+    medication has: the fragment indices [M, K] (0 on padding) and 1.0 where a slot holds a fragment."""
+    counts = mask.sum(axis=1)
+    filled = np.arange(max(1, int(counts.max(initial=0))))[None, :] < counts[:, None]
+    slots = np.zeros(filled.shape, dtype=np.int64)
+    slots[filled] = np.nonzero(mask)[1]  # row-major: each row's fragments in column order
+    return torch.from_numpy(slots), torch.from_numpy(filled).float()
+
+
 class MoleRecNetwork(nn.Module):
     def __init__(self, dataset: PreparedDataset, config: "MoleRec.Config"):
         super().__init__()
@@ -209,7 +219,9 @@ class MoleRecNetwork(nn.Module):
         self.attention_key = nn.Linear(dim, dim)
         self.score = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, 1))
         self.register_buffer("fragment_mask", torch.from_numpy(mask), persistent=False)
-        self.register_buffer("mask_pairs", torch.from_numpy(np.stack(np.nonzero(mask))), persistent=False)  # [2, pairs]: (drug, fragment)
+        slots, filled = fragment_slots(mask)
+        self.register_buffer("fragment_slots", slots, persistent=False)  # [M, K]: each medication's fragments, padded
+        self.register_buffer("slot_filled", filled, persistent=False)  # [M, K]: 1 on a real fragment, 0 on padding
         self.register_buffer("no_fragment", torch.from_numpy(~mask.any(axis=1)).float(), persistent=False)
         self.fragmentless_bias = nn.Parameter(torch.zeros(mask.shape[0]))
         self.drugs = EvalCache()
@@ -226,14 +238,15 @@ class MoleRecNetwork(nn.Module):
 
     def read_fragments(self, attention: torch.Tensor, relevance: torch.Tensor, fragments: torch.Tensor) -> torch.Tensor:
         """``A diag(w_b) S`` for every patient b: ``[B, M, dim]`` from attention ``[M, S]``, relevance ``[B, S]``
-        and fragments ``[S, dim]``. With ``fragmentless="bias"`` A is zero outside the fragment mask, so only the
-        mask's (medication, fragment) pairs are summed, a few per medication instead of all S; the reference's
-        ``"uniform"`` rows are dense."""
+        and fragments ``[S, dim]``. With ``fragmentless="bias"`` A is zero outside the fragment mask, so each
+        medication sums only its own K fragment slots (padding weighted 0): ``R[b, m] = sum_k w[b, s_mk] (A[m, s_mk]
+        S[s_mk])``, one batched product ``[M, B, K] @ [M, K, dim]`` whose patient-independent right side is built
+        once per step; the reference's ``"uniform"`` rows are dense."""
         if self.fragmentless == "uniform":
             return attention @ (relevance.unsqueeze(-1) * fragments)
-        drug, fragment = self.mask_pairs
-        weighted = (attention[drug, fragment] * relevance[:, fragment]).unsqueeze(-1) * fragments[fragment]  # [B, pairs, dim]
-        return weighted.new_zeros(relevance.shape[0], attention.shape[0], fragments.shape[1]).index_add_(1, drug, weighted)
+        slots = self.fragment_slots
+        weighted = (attention.gather(1, slots) * self.slot_filled).unsqueeze(-1) * fragments[slots]  # [M, K, dim]
+        return (relevance[:, slots].transpose(0, 1) @ weighted).transpose(0, 1)  # [M, B, K] @ [M, K, dim] -> [B, M, dim]
 
     def forward(self, batch: dict) -> torch.Tensor:
         lengths = batch["lengths"]
