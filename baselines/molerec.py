@@ -35,21 +35,22 @@ Deliberate differences from the published code:
   mini-batch and shared by its patients; the reference encodes it again for every visit (the same
   computation at batch size 1). At evaluation it is encoded once for all batches. The DDI gate is computed
   per sample from the sample's own thresholded prediction, as the reference computes it per visit, and the
-  batch loss is the mean of the per-sample mixes. ``A diag(w_b) S`` is summed over the fragment mask's
-  (medication, fragment) pairs only (A is zero elsewhere): the dense product's values and gradients
-  (tested) for about 8% less per training step on the default cohort (``fragmentless="uniform"``, dense
-  rows, keeps the dense product).
+  batch loss is the mean of the per-sample mixes. ``A diag(w_b) S`` is summed over each medication's own
+  fragments only (A is zero elsewhere; at most 17 of the 399 on the default cohort), as one batched product
+  over padded per-medication slots: the dense product's values and gradients (tested), about 0.13 s a
+  training step of 64 on one thread where a [batch, pairs, dim] gather took 0.15 s and the dense product
+  8% more (``fragmentless="uniform"``, dense rows, keeps the dense product).
 - ``--preset harness``/``quick``: batches of 32 at lr 2e-3 (the policy of every baseline here) and the
   DDI-loss scale ``10 * 0.0005 * 131 / |M|`` (``ddi_loss_scale=None``) that SafeDrug's module docstring
   derives for batched per-sample DDI terms on another vocabulary size; early stopping on validation PRAUC
-  (patience 10; ``quick``: patience 5 and a 60-epoch cap). ``quick`` trains in batches of 64 at lr 3e-3: on
+  (patience 10; ``quick``: patience 4 and a 60-epoch cap). ``quick`` trains in batches of 64 at lr 3e-3: on
   the default cohort (5,080 training samples, 80 batches an epoch) the drug side, encoded once per batch,
-  dominates a step, so an epoch costs about what 32 per step cost; seed 0 stopped by patience at epoch 27
-  (best 22, validation PRAUC 0.649, test 0.649) in 344 s on one thread. ``quick`` also counts a validation
-  gain below 0.002 as none (``min_delta``): the curve creeps up by a few thousandths from epoch 15 on,
-  so seed 0 now stops at epoch 20 (best 15, validation PRAUC 0.647, test 0.645) in 266 s on one thread
-  (a shared machine: about 13 s an epoch, of which the two GINs over all 5,166 molecule and 4,225 fragment
-  atoms, forward and backward, are nearly all; the patient side and the DDI loss are a few per cent).
+  dominates a step, so an epoch costs about what 32 per step cost. ``quick`` also counts a validation
+  gain below 0.002 as none (``min_delta``): the curve creeps up by a few thousandths from epoch 15 on. Patience 4 (was 5) stops one epoch sooner with the same best epoch in all four
+  histories read (main job seeds 0-2, this code's seed 0). Now (default cohort, seed 0, one thread of a shared
+  machine, about 10 s an epoch, nearly all of it the two GINs over 5,166 molecule and 4,225 fragment atoms):
+  best epoch 21 of 25, validation PRAUC 0.648, test 0.647, 246 s. Batches of 96 at lr 3.7e-3 (6.7 s an epoch)
+  were rejected: seed 1 lost 0.010 validation PRAUC (0.641); at lr 4.5e-3 training stalled (0.48 at epoch 12).
 - Fragment order: the data layer's sorted BRICS vocabulary (``data_prep.molecules``). The reference
   builds it with ``list(set(...))`` (``data/ddi_mask_H.py``), whose order depends on Python's hash seed, so
   the mask's columns, the fragment-relevance layer and a saved checkpoint change meaning from one
@@ -292,7 +293,7 @@ class MoleRec(DDITargetMixin, TorchModel):
         # validation PRAUC peaked between epochs 20 and 26 and wandered within 0.01 after; batches of 64 at lr 3e-3
         # were still rising at epoch 40 there (test PRAUC 0.608 against 0.615). The default cohort (5,080 training
         # samples) gives 80 batches of 64 an epoch, more steps than 50 of 32: best epoch 22 of 27 (module docstring).
-        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5, "batch_size": 64, "lr": 3e-3, "min_delta": 0.002}
+        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 4, "batch_size": 64, "lr": 3e-3, "min_delta": 0.002}
 
         def __post_init__(self) -> None:
             if self.substructures not in SUBSTRUCTURE_ENCODERS:
