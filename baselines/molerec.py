@@ -35,21 +35,22 @@ Deliberate differences from the published code:
   mini-batch and shared by its patients; the reference encodes it again for every visit (the same
   computation at batch size 1). At evaluation it is encoded once for all batches. The DDI gate is computed
   per sample from the sample's own thresholded prediction, as the reference computes it per visit, and the
-  batch loss is the mean of the per-sample mixes. ``A diag(w_b) S`` is summed over the fragment mask's
-  (medication, fragment) pairs only (A is zero elsewhere): the dense product's values and gradients
-  (tested) for about 8% less per training step on the default cohort (``fragmentless="uniform"``, dense
-  rows, keeps the dense product).
+  batch loss is the mean of the per-sample mixes. ``A diag(w_b) S`` is summed over each medication's own
+  fragments only (A is zero elsewhere; at most 17 of the 399 on the default cohort), as one batched product
+  over padded per-medication slots: the dense product's values and gradients (tested), about 0.13 s a
+  training step of 64 on one thread where a [batch, pairs, dim] gather took 0.15 s and the dense product
+  8% more (``fragmentless="uniform"``, dense rows, keeps the dense product).
 - ``--preset harness``/``quick``: batches of 32 at lr 2e-3 (the policy of every baseline here) and the
   DDI-loss scale ``10 * 0.0005 * 131 / |M|`` (``ddi_loss_scale=None``) that SafeDrug's module docstring
   derives for batched per-sample DDI terms on another vocabulary size; early stopping on validation PRAUC
-  (patience 10; ``quick``: patience 5 and a 60-epoch cap). ``quick`` trains in batches of 64 at lr 3e-3: on
+  (patience 10; ``quick``: patience 4 and a 60-epoch cap). ``quick`` trains in batches of 64 at lr 3e-3: on
   the default cohort (5,080 training samples, 80 batches an epoch) the drug side, encoded once per batch,
-  dominates a step, so an epoch costs about what 32 per step cost; seed 0 stopped by patience at epoch 27
-  (best 22, validation PRAUC 0.649, test 0.649) in 344 s on one thread. ``quick`` also counts a validation
-  gain below 0.002 as none (``min_delta``): the curve creeps up by a few thousandths from epoch 15 on,
-  so seed 0 now stops at epoch 20 (best 15, validation PRAUC 0.647, test 0.645) in 266 s on one thread
-  (a shared machine: about 13 s an epoch, of which the two GINs over all 5,166 molecule and 4,225 fragment
-  atoms, forward and backward, are nearly all; the patient side and the DDI loss are a few per cent).
+  dominates a step, so an epoch costs about what 32 per step cost. ``quick`` also counts a validation
+  gain below 0.002 as none (``min_delta``): the curve creeps up by a few thousandths from epoch 15 on. Patience 4 (was 5) stops one epoch sooner with the same best epoch in all four
+  histories read (main job seeds 0-2, this code's seed 0). Now (default cohort, seed 0, one thread of a shared
+  machine, about 10 s an epoch, nearly all of it the two GINs over 5,166 molecule and 4,225 fragment atoms):
+  best epoch 21 of 25, validation PRAUC 0.648, test 0.647, 246 s. Batches of 96 at lr 3.7e-3 (6.7 s an epoch)
+  were rejected: seed 1 lost 0.010 validation PRAUC (0.641); at lr 4.5e-3 training stalled (0.48 at epoch 12).
 - Fragment order: the data layer's sorted BRICS vocabulary (``data_prep.molecules``). The reference
   builds it with ``list(set(...))`` (``data/ddi_mask_H.py``), whose order depends on Python's hash seed, so
   the mask's columns, the fragment-relevance layer and a saved checkpoint change meaning from one
@@ -184,6 +185,16 @@ def fragment_graphs(fragments: Sequence[str]) -> list:
     return [from_smiles(smiles) for smiles in fragments]
 
 
+def fragment_slots(mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each medication's fragments (the True columns of its row of ``mask`` [M, S]) in K slots, K the most any
+    medication has: the fragment indices [M, K] (0 on padding) and 1.0 where a slot holds a fragment."""
+    counts = mask.sum(axis=1)
+    filled = np.arange(max(1, int(counts.max(initial=0))))[None, :] < counts[:, None]
+    slots = np.zeros(filled.shape, dtype=np.int64)
+    slots[filled] = np.nonzero(mask)[1]  # row-major: each row's fragments in column order
+    return torch.from_numpy(slots), torch.from_numpy(filled).float()
+
+
 class MoleRecNetwork(nn.Module):
     def __init__(self, dataset: PreparedDataset, config: "MoleRec.Config"):
         super().__init__()
@@ -209,7 +220,9 @@ class MoleRecNetwork(nn.Module):
         self.attention_key = nn.Linear(dim, dim)
         self.score = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, 1))
         self.register_buffer("fragment_mask", torch.from_numpy(mask), persistent=False)
-        self.register_buffer("mask_pairs", torch.from_numpy(np.stack(np.nonzero(mask))), persistent=False)  # [2, pairs]: (drug, fragment)
+        slots, filled = fragment_slots(mask)
+        self.register_buffer("fragment_slots", slots, persistent=False)  # [M, K]: each medication's fragments, padded
+        self.register_buffer("slot_filled", filled, persistent=False)  # [M, K]: 1 on a real fragment, 0 on padding
         self.register_buffer("no_fragment", torch.from_numpy(~mask.any(axis=1)).float(), persistent=False)
         self.fragmentless_bias = nn.Parameter(torch.zeros(mask.shape[0]))
         self.drugs = EvalCache()
@@ -226,14 +239,15 @@ class MoleRecNetwork(nn.Module):
 
     def read_fragments(self, attention: torch.Tensor, relevance: torch.Tensor, fragments: torch.Tensor) -> torch.Tensor:
         """``A diag(w_b) S`` for every patient b: ``[B, M, dim]`` from attention ``[M, S]``, relevance ``[B, S]``
-        and fragments ``[S, dim]``. With ``fragmentless="bias"`` A is zero outside the fragment mask, so only the
-        mask's (medication, fragment) pairs are summed, a few per medication instead of all S; the reference's
-        ``"uniform"`` rows are dense."""
+        and fragments ``[S, dim]``. With ``fragmentless="bias"`` A is zero outside the fragment mask, so each
+        medication sums only its own K fragment slots (padding weighted 0): ``R[b, m] = sum_k w[b, s_mk] (A[m, s_mk]
+        S[s_mk])``, one batched product ``[M, B, K] @ [M, K, dim]`` whose patient-independent right side is built
+        once per step; the reference's ``"uniform"`` rows are dense."""
         if self.fragmentless == "uniform":
             return attention @ (relevance.unsqueeze(-1) * fragments)
-        drug, fragment = self.mask_pairs
-        weighted = (attention[drug, fragment] * relevance[:, fragment]).unsqueeze(-1) * fragments[fragment]  # [B, pairs, dim]
-        return weighted.new_zeros(relevance.shape[0], attention.shape[0], fragments.shape[1]).index_add_(1, drug, weighted)
+        slots = self.fragment_slots
+        weighted = (attention.gather(1, slots) * self.slot_filled).unsqueeze(-1) * fragments[slots]  # [M, K, dim]
+        return (relevance[:, slots].transpose(0, 1) @ weighted).transpose(0, 1)  # [M, B, K] @ [M, K, dim] -> [B, M, dim]
 
     def forward(self, batch: dict) -> torch.Tensor:
         lengths = batch["lengths"]
@@ -279,7 +293,7 @@ class MoleRec(DDITargetMixin, TorchModel):
         # validation PRAUC peaked between epochs 20 and 26 and wandered within 0.01 after; batches of 64 at lr 3e-3
         # were still rising at epoch 40 there (test PRAUC 0.608 against 0.615). The default cohort (5,080 training
         # samples) gives 80 batches of 64 an epoch, more steps than 50 of 32: best epoch 22 of 27 (module docstring).
-        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5, "batch_size": 64, "lr": 3e-3, "min_delta": 0.002}
+        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 4, "batch_size": 64, "lr": 3e-3, "min_delta": 0.002}
 
         def __post_init__(self) -> None:
             if self.substructures not in SUBSTRUCTURE_ENCODERS:

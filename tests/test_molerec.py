@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from baselines.layers import ddi_loss
-from baselines.molerec import MoleRec, ddi_loss_weight, fragment_graphs
+from baselines.molerec import MoleRec, ddi_loss_weight, fragment_graphs, fragment_slots
 from bench.training import seed_everything
 
 FAST = dict(epochs=2, dim=16, batch_size=8, gnn_layers=2)
@@ -190,3 +190,10 @@ def test_sparse_fragment_reading_equals_the_dense_product(tiny_dataset):
         assert (got is None) == (want is None)
         if got is not None:
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_fragment_slots_list_each_medications_fragments_and_pad_the_rest():
+    mask = np.array([[0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0]], dtype=bool)  # the middle medication has no fragment
+    slots, filled = fragment_slots(mask)
+    assert slots.tolist() == [[1, 3, 0], [0, 0, 0], [0, 1, 2]]
+    assert filled.tolist() == [[1, 1, 0], [0, 0, 0], [1, 1, 1]]
