@@ -104,6 +104,7 @@ from data_prep.dataset import PreparedDataset, Sample
 from data_prep.protocol import record_visits
 
 IGNORE = -100  # target positions without a token
+DECODED_KEPT = 4  # beam-search results kept for reuse (COGNet.decode): the validation and test sets, with room
 
 
 def rare_first_rank(train: Sequence[Sample], n_medications: int) -> np.ndarray:
@@ -340,6 +341,11 @@ class COGNetNetwork(nn.Module):
         return torch.log(proba.clamp_min(torch.finfo(proba.dtype).tiny))
 
 
+def same_key(a: tuple, b: tuple) -> bool:
+    """``COGNet.decode_key`` equality: equal config and beam, the very same tensors at the same versions."""
+    return a[0] == b[0] and a[1] == b[1] and len(a[2]) == len(b[2]) and all(x is y for x, y in zip(a[2], b[2])) and a[3] == b[3]
+
+
 @dataclass
 class BeamResult:
     tokens: torch.Tensor  # [N, S] best hypothesis per row, SOS first
@@ -491,15 +497,38 @@ class COGNet(TorchModel):
         raise NotImplementedError("COGNet has no per-medication logits: it decodes (predict_proba, predict_sets)")
 
     # ----- decoding ----------------------------------------------------------------------------
-    @torch.no_grad()
+    def decode_key(self, k: int) -> tuple:
+        """What the search's result depends on besides the samples: the config, the beam, and the weights. The
+        weights are the network's tensors themselves (held, so no id is reused) and their in-place version
+        counters, which every optimizer step and ``load_state_dict`` advance."""
+        tensors = (*self.network.parameters(), *self.network.buffers())
+        return self.config, k, tensors, tuple(t._version for t in tensors)
+
     def decode(self, samples: Sequence[Sample], beam_size: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-        """Beam search on each sample's target visit -> (medication sets, step probabilities [N, |M|])."""
+        """Beam search on each sample's target visit -> (medication sets, step probabilities [N, |M|]).
+
+        ``predict_proba`` and ``predict_sets`` both need the search: the last ``DECODED_KEPT`` results are kept
+        and reused for equal samples under the same weights, config and beam, so the harness's calls
+        (probabilities of validation and test, then their sets) decode each sample set once. Copies are returned, so a caller cannot alter the kept result."""
         self.check_samples(samples)
         if self.network is None:
             raise RuntimeError(f"{self.name} is not fitted")
+        k = beam_size or self.beam_size(self.selecting)
+        key, samples = self.decode_key(k), list(samples)
+        kept = [entry for entry in getattr(self, "decoded", []) if same_key(entry[0], key)]  # results of other weights go
+        found = next((entry for entry in kept if entry[1] == samples), None)
+        if found is None:
+            found = key, samples, self.beam_decode(samples, k)
+            kept = [*kept[-(DECODED_KEPT - 1) :], found]
+        self.decoded = kept
+        sets, proba = found[2]
+        return [s.copy() for s in sets], proba.copy()
+
+    @torch.no_grad()
+    def beam_decode(self, samples: Sequence[Sample], k: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """The batched beam search of beam ``k`` behind ``decode`` (no cache)."""
         self.network.eval()
         net, n_meds = self.network, self.dataset.n_medications
-        k = beam_size or self.beam_size(self.selecting)
         sets: list[np.ndarray] = []
         proba = np.zeros((len(samples), n_meds), dtype=np.float32)
         chunk_size = 256
