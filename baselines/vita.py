@@ -114,6 +114,18 @@ class QueryContext:
         return QueryContext(**fields, drug_memory=self.drug_memory)
 
 
+@dataclass
+class RealTokens:
+    """The real codes of a batch's token matrices [B, T, W] and their visit-level reductions."""
+
+    x: torch.Tensor  # [N, d] embeddings (after dropout) of the real codes
+    b: torch.Tensor  # [N] patient of each code (ascending)
+    t: torch.Tensor  # [N] visit
+    w: torch.Tensor  # [N] token position
+    scalars: torch.Tensor  # [B, T] each visit's scalar (MLP_layer3, then MLP_layer2 over positions)
+    vectors: torch.Tensor  # [B, T, d] each visit's vector before selection (mlp_layer over positions, no bias)
+
+
 class QueryDecoder(nn.Module):
     """One post-LN decoder layer: causal self-attention over the medication tokens, cross-attention to the query."""
 
@@ -172,11 +184,29 @@ class VITANetwork(nn.Module):
         self.gate = nn.Linear(dim, 1)
         self.test_noise_seed = 0  # the model's seed: test_selection="gumbel" draws from it
 
-    def selection(self, tokens: torch.Tensor, rows: torch.Tensor, visits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def real_tokens(self, codes: torch.Tensor, code_mask: torch.Tensor) -> "RealTokens":
+        """The embeddings (dropout) of the real codes only and what the position-wise maps make of them.
+
+        The padded token matrix [B, T, W, d] is never built: padding embeds to zero, so the reference's linear
+        maps over token positions (``MLP_layer3`` then ``MLP_layer2`` to a visit scalar, ``mlp_layer`` to a
+        visit vector) are sums over the real codes plus what the zero rows contribute (biases only), and
+        dropout draws masks for real codes alone (about a third of the padded matrix on the default cohort)."""
+        batch, steps = code_mask.shape[:2]
+        b, t, w = code_mask.nonzero(as_tuple=True)  # row-major: grouped by patient
+        x = self.code_dropout(self.codes(codes[b, t, w]))  # [N, d]
+        visit = b * steps + t
+        token_scalars = F.linear(x, self.token_scalar.weight).squeeze(-1) * self.visit_scalar.weight[0, w]
+        scalars = x.new_zeros(batch * steps).index_add_(0, visit, token_scalars).view(batch, steps)
+        scalars = scalars + self.token_scalar.bias * self.visit_scalar.weight.sum() + self.visit_scalar.bias
+        vectors = x.new_zeros(batch * steps, self.dim).index_add_(0, visit, x * self.visit_vector.weight[0, w].unsqueeze(1))
+        return RealTokens(x, b, t, w, scalars, vectors.view(batch, steps, self.dim))
+
+    def selection(self, scalars: torch.Tensor, rows: torch.Tensor, visits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[R, T]: 1 for the visits kept to prescribe visit ``visits[r]`` of patient ``rows[r]`` (always that
-        visit, never a later one), 0 otherwise; straight-through Gumbel gradients while training."""
+        visit, never a later one), 0 otherwise; straight-through Gumbel gradients while training. ``scalars``
+        [B, T]: each visit reduced to a scalar (``RealTokens.scalars``)."""
         steps = torch.arange(present.shape[1], device=present.device)
-        scalars = self.visit_scalar(self.token_scalar(tokens).squeeze(-1)).squeeze(-1)[rows]  # [R, T]
+        scalars = scalars[rows]  # [R, T]
         current = scalars.gather(1, visits.unsqueeze(1)).expand_as(scalars)
         p = torch.sigmoid(self.relevance(torch.stack([scalars, current], dim=-1))).squeeze(-1)
         logits = torch.stack([p, 1 - p], dim=-1)  # the reference feeds the probabilities as logits
@@ -194,21 +224,28 @@ class VITANetwork(nn.Module):
     def context(self, batch: dict, rows: torch.Tensor, visits: torch.Tensor) -> QueryContext:
         """The decoder's input for visit ``visits[r]`` of patient ``rows[r]``."""
         codes, code_mask, lengths = batch["codes"], batch["code_mask"], batch["lengths"]
-        n_steps = codes.shape[1]
+        n_steps, width = codes.shape[1], codes.shape[2]
         steps = torch.arange(n_steps, device=lengths.device)
         present = steps.unsqueeze(0) < lengths.unsqueeze(1)
-        tokens = self.code_dropout(self.codes(codes))  # [B, T, W, d]
-        keep = self.selection(tokens, rows, visits, present)
+        tokens = self.real_tokens(codes, code_mask)
+        keep = self.selection(tokens.scalars, rows, visits, present)
 
         # target-aware attention over the kept visits; the unmasked scores weight the copy sources
-        vectors = self.visit_vector((tokens[rows] * keep[:, :, None, None]).transpose(-1, -2)).squeeze(-1)  # [R, T, d]
+        vectors = keep.unsqueeze(-1) * tokens.vectors[rows] + self.visit_vector.bias  # [R, T, d]: mlp_layer over the kept token matrices
         target = vectors.gather(1, visits.view(-1, 1, 1).expand(-1, 1, self.dim)).squeeze(1)
         scores = torch.einsum("rtd,rd->rt", vectors, self.attention_query(target)) / math.sqrt(self.dim)
         up_to_target = steps.unsqueeze(0) <= visits.unsqueeze(1)
         temperature = self.config.attention_temperature
         weights = torch.softmax(scores.masked_fill(keep == 0, float("-inf")) / temperature, dim=-1)
         visit_log_scores = torch.log_softmax(scores.masked_fill(~up_to_target, float("-inf")) / temperature, dim=-1)
-        query = torch.einsum("rt,rtwd->rwd", weights, tokens[rows])
+        # the query [R, W, d]: the weighted sum of the visits' token matrices, over each row's patient's real codes
+        per_patient = torch.bincount(tokens.b, minlength=len(lengths))
+        first = torch.cumsum(per_patient, 0) - per_patient
+        counts = per_patient[rows]
+        row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
+        token = first[rows][row] + torch.arange(len(row), device=rows.device) - (torch.cumsum(counts, 0) - counts)[row]
+        contributions = weights[row, tokens.t[token]].unsqueeze(1) * tokens.x[token]
+        query = tokens.x.new_zeros(len(rows) * width, self.dim).index_add_(0, row * width + tokens.w[token], contributions).view(len(rows), width, self.dim)
         query_mask = code_mask[rows, visits]
         query_mask[:, 0] |= ~query_mask.any(1)  # a visit without codes attends to its first position
 
