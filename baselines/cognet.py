@@ -165,7 +165,7 @@ class PackedEncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         attended = self.attention(x, x, x, key_padding_mask=~attend, need_weights=False)[0]
-        real = self.norms[0](x + self.dropouts[0](attended))[attend]
+        real = self.norms[0](x[attend] + self.dropouts[0](attended[attend]))  # per position: real tokens only
         out = torch.zeros_like(x)
         out[attend] = self.norms[1](real + self.dropouts[1](self.feedforward(real)))
         return out
@@ -185,9 +185,12 @@ class CodeSetEncoder(nn.Module):
         return self.dropout(self.embedding(codes))
 
     def forward(self, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``codes``/``mask`` [N, L] -> encodings [N, L, d] and the attention mask [N, L]."""
+        """``codes``/``mask`` [N, L] -> encodings [N, L, d] and the attention mask [N, L]. Padding embeds to
+        zero, so only the attended tokens are embedded and dropped out (no masks drawn for padding)."""
         codes, attend = with_pad(codes, mask, self.pad)
-        return self.layer(self.embed(codes), attend), attend
+        x = self.embedding.weight.new_zeros(*codes.shape, self.embedding.embedding_dim)
+        x[attend] = self.embed(codes[attend])
+        return self.layer(x, attend), attend
 
 
 class AttentionPooling(nn.Module):
