@@ -345,8 +345,8 @@ class COGNetNetwork(nn.Module):
 
 
 def same_key(a: tuple, b: tuple) -> bool:
-    """``COGNet.decode_key`` equality: equal config and beam, the very same tensors at the same versions."""
-    return a[0] == b[0] and a[1] == b[1] and len(a[2]) == len(b[2]) and all(x is y for x, y in zip(a[2], b[2])) and a[3] == b[3]
+    """``COGNet.decode_key`` equality: equal config and beam, equal weights (value by value)."""
+    return a[0] == b[0] and a[1] == b[1] and len(a[2]) == len(b[2]) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a[2], b[2]))
 
 
 @dataclass
@@ -501,11 +501,9 @@ class COGNet(TorchModel):
 
     # ----- decoding ----------------------------------------------------------------------------
     def decode_key(self, k: int) -> tuple:
-        """What the search's result depends on besides the samples: the config, the beam, and the weights. The
-        weights are the network's tensors themselves (held, so no id is reused) and their in-place version
-        counters, which every optimizer step and ``load_state_dict`` advance."""
-        tensors = (*self.network.parameters(), *self.network.buffers())
-        return self.config, k, tensors, tuple(t._version for t in tensors)
+        """What the search's result depends on besides the samples: the config, the beam and the weights (a
+        copy of every parameter and buffer, compared by value: version counters miss fused optimizer steps)."""
+        return self.config, k, [t.detach().clone() for t in (*self.network.parameters(), *self.network.buffers())]
 
     def decode(self, samples: Sequence[Sample], beam_size: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """Beam search on each sample's target visit -> (medication sets, step probabilities [N, |M|]).
