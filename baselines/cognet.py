@@ -26,7 +26,12 @@ the decoder at the last position of every beam's prefix only (the causal mask le
 prefix; every later block is per position) and reads each sample's context once for its k beams: the
 same beams as re-running the whole prefix, without its quadratic cost (on the default cohort, quick,
 one thread: COGNet's evaluation takes 10.8 s where re-running the prefix took 14.5 s, VITA's 24 s where
-it took 32 s, with the same validation histories).
+it took 32 s, with the same validation histories). ``predict_proba`` and ``predict_sets`` share one search per
+sample set: the last four results are kept with a copy of the weights, the config and the beam, and reused
+only where all are equal (the harness asks for the probabilities and then the sets of the validation and
+test samples: two searches instead of four). The set encoders embed, drop out and normalise the attended
+tokens only (padding embeds to zero and nothing reads it): the same function, no dropout masks drawn for
+padding, so a seed's numbers differ from before this change in the draws only.
 
 PRAUC. The model has no per-medication score; its probabilities come from the decoding steps, as
 the reference computes them: for each medication the highest probability it had at any step that

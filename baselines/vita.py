@@ -38,9 +38,11 @@ feed-forward PyTorch's 2048 (51); early stopping by validation PRAUC with patien
 batches of 16 target visits (the script's own ``--batch_size``, COGNet's batch here). ``--preset quick``:
 COGNet's quick settings with patience 5 (COGNet's quick has 3): at most 60 epochs, encoder feed-forward
 512, batches of 32 at lr 1.5e-3, greedy decoding of the validation set that selects the epoch
-(``validation_beam_size=1``). VITA's validation PRAUC creeps for about 30 epochs (default cohort, seed 0:
-best 34 of 39, 261 s, multi-visit test PRAUC 0.744); lr 3e-3 stopped at 12 (83 s) but at 0.731, and
-patience 3 would have stopped at 15 about 0.013 lower, so neither is taken.
+(``validation_beam_size=1``). VITA's validation PRAUC creeps for about 30 epochs (default cohort, seed 0, one
+thread: best 32 of 37, 180 s, validation PRAUC 0.745 under greedy decoding, multi-visit test PRAUC 0.742);
+lr 3e-3 stopped at 12 (83 s) but at 0.731, and any shorter stop on that history loses at least 0.006 of
+validation PRAUC (patience 4: epoch 24; patience 3: 19; ``min_delta`` 0.001 or 0.002 with patience 5: 21),
+so none is taken.
 
 Deliberate differences from the published code:
 
@@ -70,6 +72,11 @@ Deliberate differences from the published code:
   1e-9 floor on padding, 300); beam search decodes at validation too (the reference validates greedily);
   training and prediction are batched over samples and over the visits of each record (the reference runs
   a DataLoader per prefix and Python loops over visits: ``make_query`` per visit, 159-165).
+- Batched over the real codes: the padded token matrix [B, T, W, d] is never built. The position-wise maps
+  (``MLP_layer3``/``MLP_layer2``, ``mlp_layer``) and the query's weighted sum are computed over the real
+  codes, padding adding its biases only (the same function; a test checks it against the padded matrix),
+  and embedding dropout draws masks for real codes only (the reference's dropout over padding multiplies
+  zeros), so a seed's numbers differ from the padded computation in the dropout draws only.
 - Dead modules are not built (``diagnoses_encoder``, ``dec_gru``, ``diag_attn``/``proc_attn``,
   ``W_*attn``, ``Ws``, ``W_dec``/``W_stay``, ``weight``, ``gumbel_layer*``, the bipartite/``MaskLinear``
   layers, ``m2p_multihead_attn``), nor the unused dec/stay inputs.
