@@ -37,13 +37,14 @@ feed-forward PyTorch's 2048 (51); early stopping by validation PRAUC with patien
 (the reference saves every epoch and its test loads one chosen by hand, line 33). ``--preset harness``:
 batches of 16 target visits (the script's own ``--batch_size``, COGNet's batch here). ``--preset quick``:
 COGNet's quick settings with patience 5 (COGNet's quick has 3): at most 60 epochs, encoder feed-forward
-512, greedy decoding of the validation set that selects the epoch (``validation_beam_size=1``), and batches
-of 64 at lr 2.1e-3 (COGNet's 32 at 1.5e-3 with the rate scaled by the square root of the batch). Default
-cohort, seed 0, one thread: best 28 of 33 epochs, 146 s, best validation PRAUC 0.7448 under greedy decoding
-(0.7416 under the beam of 4), multi-visit test PRAUC 0.744; batches of 32 at 1.5e-3 took 180 s (best 32 of
-37, 0.7452 greedy, 0.7385 beam, test 0.742). (COGNet itself gains nothing from batches of 64: 161 s against
-164 s, 8.5 s an epoch either way.) VITA's validation PRAUC creeps for about 30 epochs;
-lr 3e-3 stopped at 12 (83 s) but at 0.731, and any shorter stop on the batch-32 history loses at least 0.006 of
+512, batches of 32 at lr 1.5e-3, greedy decoding of the validation set that selects the epoch
+(``validation_beam_size=1``). VITA's validation PRAUC creeps for about 30 epochs (default cohort, seed 0, one
+thread: best 32 of 37, 180 s, best validation PRAUC 0.7452 under greedy decoding, 0.7385 under the beam of 4,
+multi-visit test PRAUC 0.742). Batches of 64 at lr 2.1e-3 (the rate scaled by the square root of the batch)
+trained seed 0 in 146 s (best 28 of 33, 0.7448 greedy, 0.7416 beam) but stopped seed 1 at epoch 15 (best 10,
+74 s) at 0.7337 greedy and 0.7285 beam, 0.006-0.007 under the main job's batch-32 run (0.7400, 0.7355), so
+they are not taken. lr 3e-3
+stopped at 12 (83 s) but at 0.731. Every shorter stop on the batch-32 history loses at least 0.006 of
 validation PRAUC (patience 4: epoch 24; patience 3: 19; ``min_delta`` 0.001 or 0.002 with patience 5: 21),
 so none is taken.
 
@@ -309,8 +310,7 @@ class VITA(COGNet):
         score_single_visit: ClassVar[bool] = False  # read by COGNet's code: VITA serves samples with history only
 
         HARNESS: ClassVar[dict] = {"batch_size": 16}
-        # COGNet's quick settings with patience 5, batches of 64 at lr 2.1e-3 (module docstring)
-        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5, "encoder_feedforward": 512, "validation_beam_size": 1, "batch_size": 64, "lr": 2.1e-3}
+        QUICK: ClassVar[dict] = {"epochs": 60, "patience": 5, "encoder_feedforward": 512, "validation_beam_size": 1, "batch_size": 32, "lr": 1.5e-3}
 
         def __post_init__(self) -> None:
             if self.beam_size < 1 or self.max_decode_length < 1:
