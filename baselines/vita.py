@@ -43,9 +43,8 @@ thread: best 32 of 37, 180 s, best validation PRAUC 0.7452 under greedy decoding
 multi-visit test PRAUC 0.742). Batches of 64 at lr 2.1e-3 (the rate scaled by the square root of the batch)
 trained seed 0 in 146 s (best 28 of 33, 0.7448 greedy, 0.7416 beam) but stopped seed 1 at epoch 15 (best 10,
 74 s) at 0.7337 greedy and 0.7285 beam, 0.006-0.007 under the main job's batch-32 run (0.7400, 0.7355), so
-they are not taken. lr 3e-3
-stopped at 12 (83 s) but at 0.731. Every shorter stop on the batch-32 history loses at least 0.006 of
-validation PRAUC (patience 4: epoch 24; patience 3: 19; ``min_delta`` 0.001 or 0.002 with patience 5: 21),
+they are not taken. lr 3e-3 stopped at 12 (83 s) but at 0.731. Every shorter stop on the batch-32 history
+loses at least 0.006 of validation PRAUC (patience 4: epoch 24; patience 3: 19; ``min_delta`` 0.001 or 0.002 with patience 5: 21),
 so none is taken.
 
 Deliberate differences from the published code:
