@@ -38,9 +38,14 @@ feed-forward PyTorch's 2048 (51); early stopping by validation PRAUC with patien
 batches of 16 target visits (the script's own ``--batch_size``, COGNet's batch here). ``--preset quick``:
 COGNet's quick settings with patience 5 (COGNet's quick has 3): at most 60 epochs, encoder feed-forward
 512, batches of 32 at lr 1.5e-3, greedy decoding of the validation set that selects the epoch
-(``validation_beam_size=1``). VITA's validation PRAUC creeps for about 30 epochs (default cohort, seed 0:
-best 34 of 39, 261 s, multi-visit test PRAUC 0.744); lr 3e-3 stopped at 12 (83 s) but at 0.731, and
-patience 3 would have stopped at 15 about 0.013 lower, so neither is taken.
+(``validation_beam_size=1``). VITA's validation PRAUC creeps for about 30 epochs (default cohort, seed 0, one
+thread: best 32 of 37, 180 s, best validation PRAUC 0.7452 under greedy decoding, 0.7385 under the beam of 4,
+multi-visit test PRAUC 0.742). Batches of 64 at lr 2.1e-3 (the rate scaled by the square root of the batch)
+trained seed 0 in 146 s (best 28 of 33, 0.7448 greedy, 0.7416 beam) but stopped seed 1 at epoch 15 (best 10,
+74 s) at 0.7337 greedy and 0.7285 beam, 0.006-0.007 under the main job's batch-32 run (0.7400, 0.7355), so
+they are not taken. lr 3e-3 stopped at 12 (83 s) but at 0.731. Every shorter stop on the batch-32 history
+loses at least 0.006 of validation PRAUC (patience 4: epoch 24; patience 3: 19; ``min_delta`` 0.001 or 0.002 with patience 5: 21),
+so none is taken.
 
 Deliberate differences from the published code:
 
@@ -70,6 +75,11 @@ Deliberate differences from the published code:
   1e-9 floor on padding, 300); beam search decodes at validation too (the reference validates greedily);
   training and prediction are batched over samples and over the visits of each record (the reference runs
   a DataLoader per prefix and Python loops over visits: ``make_query`` per visit, 159-165).
+- Batched over the real codes: the padded token matrix [B, T, W, d] is never built. The position-wise maps
+  (``MLP_layer3``/``MLP_layer2``, ``mlp_layer``) and the query's weighted sum are computed over the real
+  codes, padding adding its biases only (the same function; a test checks it against the padded matrix),
+  and embedding dropout draws masks for real codes only (the reference's dropout over padding multiplies
+  zeros), so a seed's numbers differ from the padded computation in the dropout draws only.
 - Dead modules are not built (``diagnoses_encoder``, ``dec_gru``, ``diag_attn``/``proc_attn``,
   ``W_*attn``, ``Ws``, ``W_dec``/``W_stay``, ``weight``, ``gumbel_layer*``, the bipartite/``MaskLinear``
   layers, ``m2p_multihead_attn``), nor the unused dec/stay inputs.
@@ -112,6 +122,18 @@ class QueryContext:
     def select(self, rows: torch.Tensor) -> "QueryContext":
         fields = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__ if name != "drug_memory"}
         return QueryContext(**fields, drug_memory=self.drug_memory)
+
+
+@dataclass
+class RealTokens:
+    """The real codes of a batch's token matrices [B, T, W] and their visit-level reductions."""
+
+    x: torch.Tensor  # [N, d] embeddings (after dropout) of the real codes
+    b: torch.Tensor  # [N] patient of each code (ascending)
+    t: torch.Tensor  # [N] visit
+    w: torch.Tensor  # [N] token position
+    scalars: torch.Tensor  # [B, T] each visit's scalar (MLP_layer3, then MLP_layer2 over positions)
+    vectors: torch.Tensor  # [B, T, d] each visit's vector before selection (mlp_layer over positions, no bias)
 
 
 class QueryDecoder(nn.Module):
@@ -172,11 +194,29 @@ class VITANetwork(nn.Module):
         self.gate = nn.Linear(dim, 1)
         self.test_noise_seed = 0  # the model's seed: test_selection="gumbel" draws from it
 
-    def selection(self, tokens: torch.Tensor, rows: torch.Tensor, visits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def real_tokens(self, codes: torch.Tensor, code_mask: torch.Tensor) -> "RealTokens":
+        """The embeddings (dropout) of the real codes only and what the position-wise maps make of them.
+
+        The padded token matrix [B, T, W, d] is never built: padding embeds to zero, so the reference's linear
+        maps over token positions (``MLP_layer3`` then ``MLP_layer2`` to a visit scalar, ``mlp_layer`` to a
+        visit vector) are sums over the real codes plus what the zero rows contribute (biases only), and
+        dropout draws masks for real codes alone (about a third of the padded matrix on the default cohort)."""
+        batch, steps = code_mask.shape[:2]
+        b, t, w = code_mask.nonzero(as_tuple=True)  # row-major: grouped by patient
+        x = self.code_dropout(self.codes(codes[b, t, w]))  # [N, d]
+        visit = b * steps + t
+        token_scalars = F.linear(x, self.token_scalar.weight).squeeze(-1) * self.visit_scalar.weight[0, w]
+        scalars = x.new_zeros(batch * steps).index_add_(0, visit, token_scalars).view(batch, steps)
+        scalars = scalars + self.token_scalar.bias * self.visit_scalar.weight.sum() + self.visit_scalar.bias
+        vectors = x.new_zeros(batch * steps, self.dim).index_add_(0, visit, x * self.visit_vector.weight[0, w].unsqueeze(1))
+        return RealTokens(x, b, t, w, scalars, vectors.view(batch, steps, self.dim))
+
+    def selection(self, scalars: torch.Tensor, rows: torch.Tensor, visits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[R, T]: 1 for the visits kept to prescribe visit ``visits[r]`` of patient ``rows[r]`` (always that
-        visit, never a later one), 0 otherwise; straight-through Gumbel gradients while training."""
+        visit, never a later one), 0 otherwise; straight-through Gumbel gradients while training. ``scalars``
+        [B, T]: each visit reduced to a scalar (``RealTokens.scalars``)."""
         steps = torch.arange(present.shape[1], device=present.device)
-        scalars = self.visit_scalar(self.token_scalar(tokens).squeeze(-1)).squeeze(-1)[rows]  # [R, T]
+        scalars = scalars[rows]  # [R, T]
         current = scalars.gather(1, visits.unsqueeze(1)).expand_as(scalars)
         p = torch.sigmoid(self.relevance(torch.stack([scalars, current], dim=-1))).squeeze(-1)
         logits = torch.stack([p, 1 - p], dim=-1)  # the reference feeds the probabilities as logits
@@ -194,21 +234,28 @@ class VITANetwork(nn.Module):
     def context(self, batch: dict, rows: torch.Tensor, visits: torch.Tensor) -> QueryContext:
         """The decoder's input for visit ``visits[r]`` of patient ``rows[r]``."""
         codes, code_mask, lengths = batch["codes"], batch["code_mask"], batch["lengths"]
-        n_steps = codes.shape[1]
+        n_steps, width = codes.shape[1], codes.shape[2]
         steps = torch.arange(n_steps, device=lengths.device)
         present = steps.unsqueeze(0) < lengths.unsqueeze(1)
-        tokens = self.code_dropout(self.codes(codes))  # [B, T, W, d]
-        keep = self.selection(tokens, rows, visits, present)
+        tokens = self.real_tokens(codes, code_mask)
+        keep = self.selection(tokens.scalars, rows, visits, present)
 
         # target-aware attention over the kept visits; the unmasked scores weight the copy sources
-        vectors = self.visit_vector((tokens[rows] * keep[:, :, None, None]).transpose(-1, -2)).squeeze(-1)  # [R, T, d]
+        vectors = keep.unsqueeze(-1) * tokens.vectors[rows] + self.visit_vector.bias  # [R, T, d]: mlp_layer over the kept token matrices
         target = vectors.gather(1, visits.view(-1, 1, 1).expand(-1, 1, self.dim)).squeeze(1)
         scores = torch.einsum("rtd,rd->rt", vectors, self.attention_query(target)) / math.sqrt(self.dim)
         up_to_target = steps.unsqueeze(0) <= visits.unsqueeze(1)
         temperature = self.config.attention_temperature
         weights = torch.softmax(scores.masked_fill(keep == 0, float("-inf")) / temperature, dim=-1)
         visit_log_scores = torch.log_softmax(scores.masked_fill(~up_to_target, float("-inf")) / temperature, dim=-1)
-        query = torch.einsum("rt,rtwd->rwd", weights, tokens[rows])
+        # the query [R, W, d]: the weighted sum of the visits' token matrices, over each row's patient's real codes
+        per_patient = torch.bincount(tokens.b, minlength=len(lengths))
+        first = torch.cumsum(per_patient, 0) - per_patient
+        counts = per_patient[rows]
+        row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
+        token = first[rows][row] + torch.arange(len(row), device=rows.device) - (torch.cumsum(counts, 0) - counts)[row]
+        contributions = weights[row, tokens.t[token]].unsqueeze(1) * tokens.x[token]
+        query = tokens.x.new_zeros(len(rows) * width, self.dim).index_add_(0, row * width + tokens.w[token], contributions).view(len(rows), width, self.dim)
         query_mask = code_mask[rows, visits]
         query_mask[:, 0] |= ~query_mask.any(1)  # a visit without codes attends to its first position
 

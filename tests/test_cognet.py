@@ -213,3 +213,37 @@ def check_last_position_decoding(model, samples, k):
 @pytest.mark.parametrize("k", [1, 4])
 def test_last_position_decoding_equals_rerunning_the_whole_prefix(tiny_dataset, k):
     check_last_position_decoding(untrained(tiny_dataset), multi_visit(tiny_dataset.samples("test")) + multi_visit(tiny_dataset.samples("train")), k)
+
+
+def test_decoding_is_reused_for_the_same_samples_and_weights_only(tiny_dataset, monkeypatch):
+    """``predict_proba`` and ``predict_sets`` share one beam search per sample set; any change of the weights
+    (an optimizer step, a loaded state), the beam or the samples decodes again, never a stale result."""
+    model = untrained(tiny_dataset)
+    searches = []
+    search = model.beam_decode
+    monkeypatch.setattr(model, "beam_decode", lambda samples, k: searches.append(len(samples)) or search(samples, k))
+    val, test = multi_visit(tiny_dataset.samples("val")), multi_visit(tiny_dataset.samples("test"))
+    val_proba, test_proba = model.predict_proba(val), model.predict_proba(test)
+    val_sets, test_sets = model.predict_sets(list(val)), model.predict_sets(test)  # the harness's order
+    assert searches == [len(val), len(test)]
+    assert [s.tolist() for s in test_sets] == [s.tolist() for s in search(test, model.config.beam_size)[0]]
+    test_proba[:] = 0  # callers get copies
+    np.testing.assert_array_equal(model.predict_proba(test), search(test, model.config.beam_size)[1])
+    model.decode(val, beam_size=1)
+    model.predict_proba(test[:-1])
+    assert searches == [len(val), len(test), len(val), len(test) - 1]
+
+    optimizer = model.make_optimizer()  # the fused Adam of training, whose steps leave version counters alone
+    model.network.train()
+    batch = model.collate(test)
+    model.loss(batch, 0).backward()
+    optimizer.step()
+    after_step = model.predict_proba(test)
+    assert searches[-1] == len(test) and not np.array_equal(after_step, test_proba)
+    np.testing.assert_array_equal(after_step, search(test, model.config.beam_size)[1])
+
+    state = {k: v.clone() for k, v in untrained(tiny_dataset).network.state_dict().items()}
+    model.network.load_state_dict(state)
+    before = len(searches)
+    np.testing.assert_array_equal(model.predict_proba(test), untrained(tiny_dataset).decode(test)[1])
+    assert len(searches) == before + 1

@@ -29,9 +29,45 @@ def selection(model, samples):
     batch = model.inputs(samples)
     rows = torch.arange(len(samples))
     with torch.no_grad():
-        tokens = model.network.codes(batch["codes"])
+        scalars = model.network.real_tokens(batch["codes"], batch["code_mask"]).scalars
         present = torch.arange(batch["codes"].shape[1]).unsqueeze(0) < batch["lengths"].unsqueeze(1)
-        return model.network.selection(tokens, rows, batch["lengths"] - 1, present), batch["lengths"]
+        return model.network.selection(scalars, rows, batch["lengths"] - 1, present), batch["lengths"]
+
+
+def dense_context_parts(net, batch, rows, visits, keep):
+    """The reference's computation on the padded token matrix [B, T, W, d] (no dropout): visit scalars, the
+    kept visits' vectors and the query for ``keep``."""
+    tokens = net.codes(batch["codes"])
+    scalars = net.visit_scalar(net.token_scalar(tokens).squeeze(-1)).squeeze(-1)
+    vectors = net.visit_vector((tokens[rows] * keep[:, :, None, None]).transpose(-1, -2)).squeeze(-1)
+    return scalars, vectors, tokens[rows]
+
+
+def test_real_code_reductions_equal_the_padded_token_matrix(tiny_dataset):
+    """Visit scalars, visit vectors and the query computed over the real codes only equal the reference's
+    maps over the whole padded token matrix (padding embeds to zero, its rows contribute biases only)."""
+    model = untrained(tiny_dataset)
+    net = model.network
+    samples = multi_visit(tiny_dataset.samples("train"))
+    batch = model.inputs(samples)
+    rows = torch.tensor([2, 0, 0, 5, 1])  # any rows, repeats allowed
+    visits = batch["lengths"][rows] - 1
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():  # biases away from zero, so padding's contribution shows
+            if name != "codes.weight":  # the PAD row stays zero, as training keeps it
+                parameter.add_(0.05)
+        tokens = net.real_tokens(batch["codes"], batch["code_mask"])
+        present = torch.arange(batch["codes"].shape[1]).unsqueeze(0) < batch["lengths"].unsqueeze(1)
+        keep = net.selection(tokens.scalars, rows, visits, present)
+        assert 0 < float(keep.sum()) < float(present[rows].sum())  # some earlier visits dropped
+        scalars, vectors, token_matrix = dense_context_parts(net, batch, rows, visits, keep)
+        torch.testing.assert_close(tokens.scalars, scalars, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(keep.unsqueeze(-1) * tokens.vectors[rows] + net.visit_vector.bias, vectors, rtol=1e-5, atol=1e-5)
+        context = net.context(batch, rows, visits)
+        target = vectors.gather(1, visits.view(-1, 1, 1).expand(-1, 1, net.dim)).squeeze(1)
+        scores = torch.einsum("rtd,rd->rt", vectors, net.attention_query(target)) / net.dim ** 0.5
+        weights = torch.softmax(scores.masked_fill(keep == 0, float("-inf")) / net.config.attention_temperature, dim=-1)
+        torch.testing.assert_close(context.query, torch.einsum("rt,rtwd->rwd", weights, token_matrix), rtol=1e-5, atol=1e-5)
 
 
 def test_selection_keeps_the_target_never_a_later_visit_and_is_deterministic_at_evaluation(tiny_dataset):
