@@ -65,6 +65,11 @@ Deliberate differences from the published code:
 - Medications without molecules (no SMILES that RDKit parses): E_mol is zero, so they are represented by
   their DDI embedding alone, and the unit vector is taken with an epsilon. The reference cannot build such
   a medication (``buildMPNN_main`` unpacks an empty list) and divides by a zero norm when E is zero.
+- Computation, the same math: the atom messages are one sparse (CSR) adjacency product whose values are the
+  dropped-out edge weights (drawn in edge order), instead of PyG's gather and scatter of per-edge messages;
+  the DDI encoder's neighbourhood softmax adds a fixed 0/-inf bias to the scores (every node has its
+  self-loop) instead of masking three times per layer. The same forward values, gradients equal up to
+  float summation order (tested); the drug side costs 18 ms a step instead of 21 (one thread).
 - Unused modules of the reference are left out: ``FALayer.gate`` (its tanh gate is commented out, every
   edge weight is ``d_i^-1/2 d_j^-1/2``), ``Fagcn_main.t0``/``t1``, ``main_model.MPNN_output`` and its
   siblings.
@@ -104,7 +109,6 @@ from baselines.layers import (
     ddi_target,
     last_step,
     margin_loss,
-    masked_softmax,
     pad_visits,
 )
 from baselines.safedrug import ddi_loss_weight
@@ -148,7 +152,6 @@ class ContextAwareMolecules(nn.Module):
 
     def __init__(self, dataset: PreparedDataset, dim: int, layers: int, eps: float, edge_dropout: float):
         from torch_geometric.data import Batch
-        from torch_geometric.nn import SimpleConv
         from torch_geometric.utils import degree
         from torch_geometric.utils.smiles import x_map
 
@@ -158,7 +161,10 @@ class ContextAwareMolecules(nn.Module):
         source, target = batch.edge_index
         scale = degree(target, batch.num_nodes).clamp(min=1).pow(-0.5)
         self.n_molecules, self.eps = len(molecules.graphs), eps
-        self.register_buffer("edge_index", batch.edge_index, persistent=False)
+        by_target = torch.argsort(target * batch.num_nodes + source)  # CSR order: rows = targets, columns = sources
+        self.register_buffer("by_target", by_target, persistent=False)
+        self.register_buffer("crow_indices", torch.ops.aten._convert_indices_from_coo_to_csr(target[by_target], batch.num_nodes), persistent=False)
+        self.register_buffer("col_indices", source[by_target], persistent=False)
         self.register_buffer("edge_weight", scale[source] * scale[target], persistent=False)
         self.register_buffer("atom_molecule", batch.batch, persistent=False)
         self.register_buffer("atom_medication", torch.from_numpy(molecules.molecule_medication)[batch.batch], persistent=False)
@@ -168,7 +174,7 @@ class ContextAwareMolecules(nn.Module):
         self.context_gate = nn.Linear(dim, dim)  # shared by the layers, as Fagcn_main.context_attn
         nn.init.xavier_normal_(self.context_gate.weight, gain=1.414)
         self.edge_dropout = nn.Dropout(edge_dropout)
-        self.neighbours = SimpleConv(aggr="sum")
+        self.n_atoms = batch.num_nodes
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         """``context`` [M, dim] -> [M, dim]: a medication's atoms summed over its molecules, divided by their number."""
@@ -177,7 +183,9 @@ class ContextAwareMolecules(nn.Module):
         h = self.atoms()
         gate = torch.tanh(self.context_gate(context))[self.atom_medication]
         for update in self.updates:
-            messages = self.neighbours(update(h), self.edge_index, self.edge_dropout(self.edge_weight))
+            weights = self.edge_dropout(self.edge_weight)[self.by_target]  # the masks drawn in edge order, as before
+            adjacency = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, weights, (self.n_atoms, self.n_atoms), check_invariants=False)
+            messages = adjacency @ update(h)  # sum_j w_ij (W h_j) over the atom's incoming edges
             h = F.relu(self.eps * h + gate * messages)
         return self.projection @ global_add_pool(h, self.atom_molecule, size=self.n_molecules)
 
@@ -193,7 +201,9 @@ class DDIGraphEncoder(nn.Module):
             raise ValueError(f"Carmen's DDI encoder needs at least 2 layers, got {layers}")
         n = ddi_adj.shape[0]
         with_loops = torch.as_tensor(ddi_adj, dtype=torch.bool) | torch.eye(n, dtype=torch.bool)
-        self.register_buffer("neighbours", with_loops, persistent=False)
+        # 0 on the graph's edges and self-loops, -inf elsewhere: every row has its self-loop, so the softmax of
+        # ``scores + this`` is the masked softmax over each node's neighbours (the same numbers, fewer operations)
+        self.register_buffer("non_neighbours", torch.zeros(n, n).masked_fill_(~with_loops, float("-inf")), persistent=False)
         self.register_buffer("degree", with_loops.sum(1, keepdim=True).float(), persistent=False)
         self.heads, self.dim = heads, dim
         self.nodes = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n if node_features == "learned" else 1, dim)))
@@ -209,7 +219,7 @@ class DDIGraphEncoder(nn.Module):
         for layer, (transform, attention, bias) in enumerate(zip(self.transforms, self.attention, self.biases)):
             h = transform(x).view(self.n_nodes, self.heads, self.dim).transpose(0, 1)  # [H, M, dim]
             scores = F.leaky_relu((h * attention.unsqueeze(1)).sum(-1), 0.2)  # [H, M]: depends on j only
-            alpha = masked_softmax(scores.unsqueeze(1).expand(-1, self.n_nodes, -1), self.neighbours)  # [H, i, j]
+            alpha = torch.softmax(scores.unsqueeze(1) + self.non_neighbours, dim=-1)  # [H, i, j]
             x = (self.degree * h - alpha @ h).mean(0) + bias
             if layer != last:
                 x = F.relu(x)

@@ -137,3 +137,31 @@ def test_presets_follow_the_official_command():
     assert (paper.dim, paper.max_visits, paper.ddi_encoding, paper.ddi_layers, paper.ddi_heads, paper.ddi_loss) == (64, 2, True, 10, 2, False)
     assert (paper.mpnn_layers, paper.mpnn_eps, paper.mpnn_dropout, paper.dropout, paper.threshold) == (2, 0.3, 0.5, 0.5, 0.5)
     assert (harness.selection, harness.patience) == ("prauc", 10)
+
+
+def test_sparse_atom_messages_and_additive_ddi_mask_match_the_gather_scatter_and_masked_softmax(tiny_dataset):
+    """The CSR adjacency product equals PyG's SimpleConv sum of weighted messages (with the same dropped-out
+    edge weights), and the DDI encoder's -inf bias gives masked_softmax's weights."""
+    from torch_geometric.data import Batch
+    from torch_geometric.nn import SimpleConv
+
+    from baselines.layers import masked_softmax
+
+    molecules = model_with_network(tiny_dataset).network.molecules.train()
+    edge_index = Batch.from_data_list(tiny_dataset.molecules.graphs).edge_index
+    h = torch.randn(molecules.n_atoms, FAST["dim"], requires_grad=True)
+    torch.manual_seed(3)
+    weights = molecules.edge_dropout(molecules.edge_weight)
+    expected = SimpleConv(aggr="sum")(h, edge_index, weights)
+    adjacency = torch.sparse_csr_tensor(molecules.crow_indices, molecules.col_indices, weights[molecules.by_target],
+                                        (molecules.n_atoms, molecules.n_atoms), check_invariants=False)
+    torch.testing.assert_close(adjacency @ h, expected)
+    (grad_expected,) = torch.autograd.grad(expected.pow(2).sum(), h)
+    (grad,) = torch.autograd.grad((adjacency @ h).pow(2).sum(), h)
+    torch.testing.assert_close(grad, grad_expected)
+
+    encoder = model_with_network(tiny_dataset).network.ddi_encoder
+    scores = torch.randn(2, 1, encoder.n_nodes).expand(-1, encoder.n_nodes, -1)
+    neighbours = encoder.non_neighbours == 0
+    assert neighbours.diagonal().all()
+    torch.testing.assert_close(torch.softmax(scores + encoder.non_neighbours, -1), masked_softmax(scores, neighbours))
