@@ -30,7 +30,7 @@ Deliberate differences from the published code:
   50 steps, patience 2, and a gain below ``min_delta`` = 0.01, the width of a test interval, counts as none,
   so the creeping last steps of the linear decay end by patience; the weights of the last real gain are kept).
 - ``max_length`` is capped at the model's position limit (MiniLM: 512); prompts over it drop their oldest
-  visits first (:func:`leader.prompts.fit_prompt`), where the published code cuts tokens off the end, i.e.
+  visits first (:func:`leader.prompts.fit_prompts`), where the published code cuts tokens off the end, i.e.
   the current visit and the closing instruction (``a_ids[: max_source_length - 1]``). Prompts are tokenised
   the same way for training and inference; the published training collator appends an eos token (so the
   pooled token is eos) that its evaluation collator does not.
@@ -122,7 +122,7 @@ from leader.backbone import (
     peft_model,
     resolve_autocast,
 )
-from leader.prompts import PromptParts, fit_prompt, prompt_parts
+from leader.prompts import PromptParts, fit_prompts, prompt_parts
 from leader.quantization import QUANTIZATIONS, bitsandbytes_config, check_quantization, quantize_linear_layers, weight_bytes
 from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, teacher_cache_key, teacher_path
 from leader.teacher_network import TeacherNetwork
@@ -348,18 +348,12 @@ class LeaderTeacher(MedRecModel):
         return [prompt_parts(s, self.dataset, self.config.include_profile) for s in samples]
 
     def _token_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
-        """Tokenise once: the full prompts in one batch call; only those over the budget are re-fitted."""
-        parts = self.prompts(samples)
+        """Each prompt's tokens within the budget; the renderings measured are tokenised in batch calls."""
 
-        def encode(texts):  # verbose=False: over-long prompts are expected here, fitted just below
+        def encode(texts):  # verbose=False: over-long renderings are expected while fitting
             return self.tokenizer(texts, verbose=False)["input_ids"]
 
-        ids = encode([p.render() for p in parts])
-        for i, row in enumerate(ids):
-            if len(row) > self.max_tokens:
-                text = fit_prompt(parts[i], lambda t: len(encode(t)), self.max_tokens, samples[i].sample_id)
-                ids[i] = encode(text)
-        return ids
+        return fit_prompts(self.prompts(samples), encode, self.max_tokens, [s.sample_id for s in samples])
 
     def _batch(self, ids: Sequence[list[int]], lower: Sequence[torch.Tensor] | None = None) -> Batch:
         """Dynamic padding to the longest prompt of the batch, on the tokenizer's padding side; the prompts'
