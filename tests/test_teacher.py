@@ -342,3 +342,32 @@ def test_fitting_reports_validation_loss_and_stores_the_training_states(tiny_dat
     stored = np.load(path)
     path.unlink()
     np.testing.assert_allclose(stored, teacher.hidden_states(train), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_inference_with_merged_lora_is_the_same_function(tiny_dataset, tiny_paths, kind):
+    """Passes without a backward run W + delta W as one product: the adapters' function up to rounding, the
+    frozen weights put back untouched and the adapters trainable again after."""
+    from leader.backbone import merged_lora
+
+    train, val, test = (tiny_dataset.samples(part) for part in ("train", "val", "test"))
+    config = TeacherConfig(teacher_path=str(tiny_paths[kind]), **{**TINY, **FAST, "lora_layers": 1})
+    teacher = LeaderTeacher(tiny_dataset, config, seed=5).fit_uncached(train, val)
+    ids = teacher._token_ids(test)
+    before = {name: p.detach().clone() for name, p in teacher.network.named_parameters()}
+    merged = teacher._probabilities(ids)  # through merged_lora
+    teacher.network.eval()
+    with torch.no_grad():
+        adapters = torch.sigmoid(teacher.network(*teacher._batch(ids))).numpy()  # the adapters' own products
+    np.testing.assert_allclose(merged, adapters, atol=1e-5)
+    from peft.tuners.lora import Linear as LoraLinear
+
+    adapted = next(m for m in teacher.network.modules() if isinstance(m, LoraLinear)).get_base_layer()
+    frozen = adapted.weight
+    with merged_lora(teacher.network.backbone):
+        assert adapted.weight is not frozen and not torch.equal(adapted.weight, frozen)  # W + delta W
+        assert not any(p.requires_grad for n, p in teacher.network.named_parameters() if "lora_" in n)
+    assert adapted.weight is frozen
+    after = dict(teacher.network.named_parameters())
+    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
+    assert all(p.requires_grad for n, p in after.items() if "lora_" in n)
