@@ -139,6 +139,32 @@ def peft_model(base: nn.Module, lora) -> nn.Module:
         return get_peft_model(base, lora)
 
 
+@contextmanager
+def merged_lora(model: nn.Module):
+    """Run ``model`` (a peft model) with each LoRA-adapted linear layer as one matrix product over a merged
+    copy of its weight, W + delta W, and the adapters switched off; the frozen W is put back untouched after.
+    The same function up to rounding, without the adapters' two extra products and additions per layer
+    (a quarter of a pass over MiniLM's adapted layers on a CPU). Quantised base layers are left unmerged."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    adapted = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    if not adapted or not all(type(m.get_base_layer()) is nn.Linear for m in adapted):
+        yield
+        return
+    swapped = []
+    try:
+        for layer in adapted:
+            base = layer.get_base_layer()
+            delta = sum(layer.get_delta_weight(name).float() for name in layer.active_adapters if name in layer.lora_A)
+            swapped.append((base, base.weight))
+            base.weight = nn.Parameter((base.weight.float() + delta).to(base.weight.dtype), requires_grad=False)
+        with model.disable_adapter():
+            yield
+    finally:
+        for base, weight in swapped:
+            base.weight = weight
+
+
 def is_decoder_only(model_type: str) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 

@@ -28,7 +28,7 @@ Deliberate differences from the published notebook (data/mimic3/construction.ipy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 from data_prep.dataset import PreparedDataset, Sample
 
@@ -95,38 +95,62 @@ def build_prompt(sample: Sample, dataset: PreparedDataset, include_profile: bool
     return prompt_parts(sample, dataset, include_profile).render()
 
 
-def _smallest(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
-    """Smallest k in [lo, hi] with fits(k), for fits monotone (False ... False True ... True); None if none."""
-    if not fits(hi):
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+def _longest_fitting(parts: PromptParts, max_tokens: int, sample_id: str) -> Generator[str, list[int], list[int]]:
+    """One prompt's search for its longest rendering within ``max_tokens``, as a generator: it yields the
+    renderings it must measure, is sent their token ids, and returns the ids of the rendering it keeps. Drop
+    the oldest earlier visits first; if the current visit alone is still too long, drop its names from the
+    end (procedures, then diagnoses), keeping the header and the closing instruction. Binary searches over
+    a monotone "fits" (False ... False True ... True), so a long record costs O(log n) tokenisations, and
+    the shortest renderings are measured first: most prompts never need their whole history tokenised."""
 
-
-def fit_prompt(parts: PromptParts, count_tokens: Callable[[str], int], max_tokens: int, sample_id: str = "") -> str:
-    """The longest rendering within ``max_tokens``: drop the oldest earlier visits first; if the current
-    visit alone is still too long, drop its names from the end (procedures, then diagnoses), keeping the
-    header and the closing instruction. Binary searches, so a long record costs O(log n) tokenisations."""
-    def fits_dropping(k: int) -> bool:
-        return count_tokens(parts.render(drop_oldest=k)) <= max_tokens
+    def smallest(lo: int, hi: int, render: Callable[[int], str]):
+        """(smallest k in [lo, hi] whose rendering fits, its ids), or (None, the ids of render(hi))."""
+        ids = yield render(hi)
+        if len(ids) > max_tokens:
+            return None, ids
+        kept = ids
+        while lo < hi:
+            mid = (lo + hi) // 2
+            ids = yield render(mid)
+            if len(ids) <= max_tokens:
+                hi, kept = mid, ids
+            else:
+                lo = mid + 1
+        return hi, kept
 
     n_history = len(parts.history)
-    dropped = _smallest(0, n_history, fits_dropping)
+    dropped, ids = yield from smallest(0, n_history, lambda k: parts.render(drop_oldest=k))
     if dropped is not None:
-        return parts.render(drop_oldest=dropped)
+        return ids
     # keeping n names fits <=> dropping (total - n) fits; search over the number dropped
     total = parts.n_current_names
-    names_dropped = _smallest(
-        0, total, lambda d: count_tokens(parts.render(drop_oldest=n_history, keep_current_names=total - d)) <= max_tokens
+    names_dropped, ids = yield from smallest(
+        0, total, lambda d: parts.render(drop_oldest=n_history, keep_current_names=total - d)
     )
     if names_dropped is None:
         raise ValueError(
             f"max_length {max_tokens} leaves no room for the header and closing instruction of sample {sample_id!r} "
-            f"({count_tokens(parts.render(drop_oldest=n_history, keep_current_names=0))} tokens); raise max_length"
+            f"({len(ids)} tokens); raise max_length"
         )
-    return parts.render(drop_oldest=n_history, keep_current_names=total - names_dropped)
+    return ids
+
+
+def fit_prompts(
+    parts: Sequence[PromptParts], encode: Callable[[list[str]], list[list]], max_tokens: int, sample_ids: Sequence[str] = ()
+) -> list[list]:
+    """Each prompt's tokens, its longest rendering within ``max_tokens`` tokens (see :func:`_longest_fitting`).
+    ``encode`` tokenises a list of texts; the prompts' searches run in lockstep, one ``encode`` call per
+    round over every prompt still searching (a fast tokenizer's batch call, not one call per rendering)."""
+    searches = [_longest_fitting(p, max_tokens, sample_ids[i] if sample_ids else "") for i, p in enumerate(parts)]
+    fitted: list[list] = [[] for _ in parts]
+    pending = {i: next(search) for i, search in enumerate(searches)}
+    while pending:
+        order = list(pending)
+        measured = encode([pending[i] for i in order])
+        pending = {}
+        for i, ids in zip(order, measured):
+            try:
+                pending[i] = searches[i].send(ids)
+            except StopIteration as done:
+                fitted[i] = done.value
+    return fitted

@@ -27,10 +27,11 @@ Deliberate differences from the published code:
 - Model selection: ``--preset paper`` evaluates once, after step 3,000, and keeps those weights, as the
   published code keeps its step-3,000 checkpoint; ``--preset harness`` evaluates validation PRAUC every 100
   steps, keeps the best LoRA + head weights and stops after 5 evaluations without improvement (quick: every
-  50 steps, patience 2, and a gain below ``min_delta`` = 0.01, the width of a test interval, counts as none,
-  so the creeping last steps of the linear decay end by patience; the weights of the last real gain are kept).
+  100 steps, patience 1, and a gain below ``min_delta`` = 0.01, the width of a test interval, counts as none,
+  so the creeping last steps of the linear decay end by patience; the weights of the last real gain are kept.
+  Every 50 steps with patience 2 kept the same step 200 at seeds 0, 1 and 2, with twice the validation passes).
 - ``max_length`` is capped at the model's position limit (MiniLM: 512); prompts over it drop their oldest
-  visits first (:func:`leader.prompts.fit_prompt`), where the published code cuts tokens off the end, i.e.
+  visits first (:func:`leader.prompts.fit_prompts`), where the published code cuts tokens off the end, i.e.
   the current visit and the closing instruction (``a_ids[: max_source_length - 1]``). Prompts are tokenised
   the same way for training and inference; the published training collator appends an eos token (so the
   pooled token is eos) that its evaluation collator does not.
@@ -53,8 +54,10 @@ Deliberate differences from the published code:
   ``cache_lower_layers`` (needs both) runs the frozen lower layers once per prompt and trains the upper ones
   on their cached output, exact because those layers have no trainable weight and no dropout.
 - ``precision`` is fp32 in every preset, so the paper preset runs on a CPU too; the published script trains
-  in fp16 (``precision="fp16"`` or ``"bf16"``, CUDA only). ``autocast="bf16"`` keeps the weights (base, LoRA,
-  head) and the optimizer in fp32 and runs the matrix products in bf16 (``torch.autocast``), on a CPU too;
+  in fp16 (``precision="fp16"`` or ``"bf16"``, CUDA only). ``autocast="bf16"`` keeps the trainable weights
+  (LoRA, head), the norms, the embeddings and the optimizer in fp32 and runs the matrix products in bf16
+  (``torch.autocast``), on a CPU too; the frozen linear weights are stored in bf16, as autocast would cast
+  them on every call (the same numbers, half their memory);
   ``"auto"`` (``--preset quick``) does so only where the device has bf16 in hardware (AVX512-BF16 or AMX, a
   bf16 GPU), else stays fp32, and the fit report says which ran. Default cohort, seed 0, one thread, bf16
   against fp32: the lower-layer cache 83 s against 149 s, a step 0.42 s against 0.55 s, the validation passes
@@ -62,7 +65,8 @@ Deliberate differences from the published code:
   On a CPU without native bf16 the quick teacher runs fp32 and its numbers differ from a bf16 CPU's by this much.
 - ``attention="eager"`` (quick) asks transformers for its plain attention (matrix products and a softmax)
   instead of its default fused kernel, whose backward pass on a CPU took a quarter of a training step: the
-  same function up to rounding.
+  same function up to rounding. Passes without a backward (the lower-layer cache, validation, the student's
+  states, predictions) use ``inference_attention`` (quick: the fused ``"sdpa"``, ~15% faster there).
 - ``lora_dropout`` is 0 in ``--preset quick`` (0.1, the published value, elsewhere): its masks, one per adapted
   projection over that projection's whole input, were another quarter of a step, and the quick budget is
   less than one pass over the training prompts (300 steps x 16 < 5,080), where dropout has nothing to
@@ -93,7 +97,7 @@ import hashlib
 import importlib.util
 import inspect
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -118,11 +122,12 @@ from leader.backbone import (
     disable_dropout,
     is_decoder_only,
     lora_target_modules,
+    merged_lora,
     named_teacher,
     peft_model,
     resolve_autocast,
 )
-from leader.prompts import PromptParts, fit_prompt, prompt_parts
+from leader.prompts import PromptParts, fit_prompts, prompt_parts
 from leader.quantization import QUANTIZATIONS, bitsandbytes_config, check_quantization, quantize_linear_layers, weight_bytes
 from leader.teacher_cache import TEACHER_FILE, hidden_states_path, save_array, teacher_cache_key, teacher_path
 from leader.teacher_network import TeacherNetwork
@@ -154,6 +159,7 @@ class TeacherConfig(ModelConfig):
     gradient_checkpointing: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (the last two on CUDA only)
     attention: str = ""  # transformers' attn_implementation: "" = its default (sdpa), "eager" (faster backward on a CPU)
+    inference_attention: str = ""  # the same for passes without a backward (evaluation, cached states); "" = attention
     autocast: str = "none"  # none | bf16 (matrix products in bf16 over fp32 weights) | auto (bf16 where native)
     eval_batch_size: int = 64
     head_bias: bool = False  # True: sigmoid(W_CLS h + b), b initialised to the training log-odds (not eq. 1)
@@ -164,7 +170,7 @@ class TeacherConfig(ModelConfig):
     quantization: str = "none"  # none | int8 (bitsandbytes on CUDA, torch dynamic int8 on CPU) | nf4 (CUDA only)
 
     # 2-core CPU (README, "LEADER on a CPU"): 16 prompts of at most 128 tokens per step, at most 300 steps (stopped by
-    # patience 2 on validation gains above 0.01, the schedule's linear decay over those 300), few steps hence
+    # patience 1 on validation gains above 0.01 every 100 steps, the schedule's linear decay over those 300), few steps hence
     # lr 1e-3 and a 10x faster head; LoRA on MiniLM's top 2 of 6 layers, the lower 4 run once per prompt (cached),
     # the base model's own dropout off. Synthetic cohort (2,000 patients, seed 0, one thread): test PRAUC 0.639 in
     # 182 CPU-seconds (300 steps: 0.639 in 272); every layer adapted with dropout, 300 steps: 0.638 in 734 (its
@@ -172,9 +178,9 @@ class TeacherConfig(ModelConfig):
     # Then bf16 matrix products where the CPU has them, plain attention and no LoRA dropout (module docstring).
     HARNESS: ClassVar[dict] = {"eval_every": 100, "patience": 5}  # validation every 100 steps, the best kept
     QUICK: ClassVar[dict] = {
-        "max_length": 128, "batch_size": 16, "max_steps": 300, "eval_every": 50, "patience": 2, "min_delta": 0.01, "lr": 1e-3, "head_lr_multiplier": 10.0,
+        "max_length": 128, "batch_size": 16, "max_steps": 300, "eval_every": 100, "patience": 1, "min_delta": 0.01, "lr": 1e-3, "head_lr_multiplier": 10.0,
         "head_bias": True, "lora_layers": 2, "backbone_dropout": False, "cache_lower_layers": True, "autocast": "auto",
-        "attention": "eager", "lora_dropout": 0.0,
+        "attention": "eager", "inference_attention": "sdpa", "lora_dropout": 0.0,
     }
 
     def __post_init__(self) -> None:
@@ -294,6 +300,8 @@ class LeaderTeacher(MedRecModel):
         quantized = {} if quantization_config is None else {"quantization_config": quantization_config}
         attention = {"attn_implementation": config.attention} if config.attention else {}
         base = AutoModel.from_pretrained(self.base_path, dtype=PRECISIONS[config.precision], **load, **quantized, **placement, **attention)
+        self._attention = {"train": base.config._attn_implementation, "infer": config.inference_attention or base.config._attn_implementation}
+        self._attention_owner = base
         if not placement:
             base = base.to(self.device)
         if quantization_config is not None:  # bitsandbytes (CUDA): norms in fp32, inputs that carry gradients
@@ -335,6 +343,10 @@ class LeaderTeacher(MedRecModel):
         network.head.to(self.device)
         if config.quantization == "int8" and self.device.type == "cpu":
             quantize_linear_layers(network.backbone)
+        if self.autocast == "bf16":  # stored as autocast casts them (the same numbers), not re-cast on every call
+            for module in network.backbone.modules():
+                if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                    module.to(torch.bfloat16)
         limits = [config.max_length, getattr(text_config, "max_position_embeddings", None), tokenizer.model_max_length]
         self.max_tokens = min(int(limit) for limit in limits if limit)
         self.network, self.tokenizer = network, tokenizer
@@ -348,18 +360,12 @@ class LeaderTeacher(MedRecModel):
         return [prompt_parts(s, self.dataset, self.config.include_profile) for s in samples]
 
     def _token_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
-        """Tokenise once: the full prompts in one batch call; only those over the budget are re-fitted."""
-        parts = self.prompts(samples)
+        """Each prompt's tokens within the budget; the renderings measured are tokenised in batch calls."""
 
-        def encode(texts):  # verbose=False: over-long prompts are expected here, fitted just below
+        def encode(texts):  # verbose=False: over-long renderings are expected while fitting
             return self.tokenizer(texts, verbose=False)["input_ids"]
 
-        ids = encode([p.render() for p in parts])
-        for i, row in enumerate(ids):
-            if len(row) > self.max_tokens:
-                text = fit_prompt(parts[i], lambda t: len(encode(t)), self.max_tokens, samples[i].sample_id)
-                ids[i] = encode(text)
-        return ids
+        return fit_prompts(self.prompts(samples), encode, self.max_tokens, [s.sample_id for s in samples])
 
     def _batch(self, ids: Sequence[list[int]], lower: Sequence[torch.Tensor] | None = None) -> Batch:
         """Dynamic padding to the longest prompt of the batch, on the tokenizer's padding side; the prompts'
@@ -380,6 +386,20 @@ class LeaderTeacher(MedRecModel):
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    @contextmanager
+    def _inference(self):
+        """Passes without a backward: the inference attention implementation, LoRA merged into copies of the
+        adapted weights (:func:`leader.backbone.merged_lora`); the training setup restored after."""
+        switch = self._attention["infer"] != self._attention["train"]
+        if switch:
+            self._attention_owner.set_attn_implementation(self._attention["infer"])
+        try:
+            with merged_lora(self.network.backbone):
+                yield
+        finally:
+            if switch:
+                self._attention_owner.set_attn_implementation(self._attention["train"])
+
     def _batches_by_length(self, ids: Sequence[list[int]]):
         """Indices of evaluation batches of prompts sorted by length (little padding)."""
         order = np.argsort([-len(row) for row in ids], kind="stable")
@@ -391,13 +411,14 @@ class LeaderTeacher(MedRecModel):
         """``compute(input_ids, mask, lower_states)`` over batches sorted by length, rows back in input order."""
         self.network.eval()
         out = None
-        for index in self._batches_by_length(ids):
-            with self._autocast():
-                batch = self._batch([ids[i] for i in index], None if lower is None else [lower[i] for i in index])
-                values = compute(*batch).float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(ids), values.shape[1]), dtype=np.float32)
-            out[index] = values
+        with self._inference():
+            for index in self._batches_by_length(ids):
+                with self._autocast():
+                    batch = self._batch([ids[i] for i in index], None if lower is None else [lower[i] for i in index])
+                    values = compute(*batch).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(ids), values.shape[1]), dtype=np.float32)
+                out[index] = values
         return out
 
     @torch.no_grad()
@@ -406,12 +427,13 @@ class LeaderTeacher(MedRecModel):
         tensors: the upper layers train on them)."""
         self.network.eval()
         states: list[torch.Tensor | None] = [None] * len(ids)
-        for index in self._batches_by_length(ids):
-            input_ids, mask, _ = self._batch([ids[i] for i in index])
-            with self._autocast():
-                hidden = self.network.lower_states(input_ids, mask)
-            for row, i in enumerate(index):
-                states[i] = hidden[row][mask[row].bool()].clone()
+        with self._inference():
+            for index in self._batches_by_length(ids):
+                input_ids, mask, _ = self._batch([ids[i] for i in index])
+                with self._autocast():
+                    hidden = self.network.lower_states(input_ids, mask)
+                for row, i in enumerate(index):
+                    states[i] = hidden[row][mask[row].bool()].clone()
         return states
 
     def _probabilities(self, ids: Sequence[list[int]], lower: Sequence[torch.Tensor] | None = None) -> np.ndarray:
@@ -549,6 +571,9 @@ class LeaderTeacher(MedRecModel):
         options = {"max_tokens": self.max_tokens, "pooling": self.network.pooling, "precision": self.config.precision}
         if self.autocast != "none":
             options["autocast"] = self.autocast
+        if self.config.attention or self.config.inference_attention:
+            options["attention"] = self._attention["infer"]
+        options["lora"] = "merged"  # states of the merged weights (merged_lora), not of the adapters' extra products
         if self.config.quantization != "none":
             options["quantization"] = self.config.quantization
         if layers is not None:

@@ -221,7 +221,7 @@ def test_cached_lower_layers_give_the_full_forward_and_the_same_training(tiny_da
 
 
 def test_bf16_autocast_runs_the_matrix_products_in_bf16_over_fp32_weights(tiny_dataset, tiny_paths, monkeypatch):
-    """autocast="bf16" trains and predicts like fp32 up to bf16 rounding, keeps fp32 weights, names itself in the
+    """autocast="bf16" trains and predicts like fp32 up to bf16 rounding, keeps fp32 trainable weights, names itself in the
     report and in the caches' keys; "auto" means bf16 only where the device has it natively."""
     import leader.backbone as backbone
 
@@ -230,7 +230,14 @@ def test_bf16_autocast_runs_the_matrix_products_in_bf16_over_fp32_weights(tiny_d
     plain = LeaderTeacher(tiny_dataset, config, seed=3).fit_uncached(train, val)
     mixed = LeaderTeacher(tiny_dataset, dataclasses.replace(config, autocast="bf16"), seed=3).fit_uncached(train, val)
     assert mixed.fit_report["autocast"] == "bf16" and plain.fit_report["autocast"] == "none"
-    assert all(p.dtype == torch.float32 for p in mixed.network.parameters())
+    assert all(p.dtype == torch.float32 for p in mixed.network.parameters() if p.requires_grad)
+    frozen = [m for m in mixed.network.backbone.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+    assert frozen and all(m.weight.dtype == torch.bfloat16 for m in frozen)  # stored as autocast would cast them
+    same = LeaderTeacher(tiny_dataset, dataclasses.replace(config, autocast="bf16"), seed=3).fit_uncached(train, val)
+    for module in same.network.backbone.modules():  # fp32 frozen weights under autocast: the very same numbers
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+            module.float()
+    np.testing.assert_array_equal(same.predict_proba(test), mixed.predict_proba(test))
     np.testing.assert_allclose(mixed.predict_proba(test), plain.predict_proba(test), atol=0.02)
     assert not np.array_equal(mixed.predict_proba(test), plain.predict_proba(test))
     assert mixed.cache_key(train, val) != plain.cache_key(train, val)
@@ -250,6 +257,10 @@ def test_eager_attention_is_the_same_function(tiny_dataset, tiny_paths, kind):
     eager = LeaderTeacher(tiny_dataset, dataclasses.replace(config, attention="eager"), seed=4).fit_uncached(train, val)
     assert eager.network.backbone.config._attn_implementation == "eager"
     np.testing.assert_allclose(eager.predict_proba(test), default.predict_proba(test), atol=1e-5)
+    mixed = LeaderTeacher(tiny_dataset, dataclasses.replace(config, attention="eager", inference_attention="sdpa"), seed=4).fit_uncached(train, val)
+    np.testing.assert_allclose(mixed.predict_proba(test), default.predict_proba(test), atol=1e-5)
+    assert mixed.network.backbone.config._attn_implementation == "eager"  # restored for training after each pass
+    assert mixed._hidden_states_path(test, None) != eager._hidden_states_path(test, None)
 
 
 def test_the_report_says_what_stopped_training_and_whether_it_converged(tiny_dataset, tiny_paths):
@@ -331,3 +342,32 @@ def test_fitting_reports_validation_loss_and_stores_the_training_states(tiny_dat
     stored = np.load(path)
     path.unlink()
     np.testing.assert_allclose(stored, teacher.hidden_states(train), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_inference_with_merged_lora_is_the_same_function(tiny_dataset, tiny_paths, kind):
+    """Passes without a backward run W + delta W as one product: the adapters' function up to rounding, the
+    frozen weights put back untouched and the adapters trainable again after."""
+    from leader.backbone import merged_lora
+
+    train, val, test = (tiny_dataset.samples(part) for part in ("train", "val", "test"))
+    config = TeacherConfig(teacher_path=str(tiny_paths[kind]), **{**TINY, **FAST, "lora_layers": 1})
+    teacher = LeaderTeacher(tiny_dataset, config, seed=5).fit_uncached(train, val)
+    ids = teacher._token_ids(test)
+    before = {name: p.detach().clone() for name, p in teacher.network.named_parameters()}
+    merged = teacher._probabilities(ids)  # through merged_lora
+    teacher.network.eval()
+    with torch.no_grad():
+        adapters = torch.sigmoid(teacher.network(*teacher._batch(ids))).numpy()  # the adapters' own products
+    np.testing.assert_allclose(merged, adapters, atol=1e-5)
+    from peft.tuners.lora import Linear as LoraLinear
+
+    adapted = next(m for m in teacher.network.modules() if isinstance(m, LoraLinear)).get_base_layer()
+    frozen = adapted.weight
+    with merged_lora(teacher.network.backbone):
+        assert adapted.weight is not frozen and not torch.equal(adapted.weight, frozen)  # W + delta W
+        assert not any(p.requires_grad for n, p in teacher.network.named_parameters() if "lora_" in n)
+    assert adapted.weight is frozen
+    after = dict(teacher.network.named_parameters())
+    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
+    assert all(p.requires_grad for n, p in after.items() if "lora_" in n)
