@@ -69,7 +69,7 @@ Deliberate differences from the published code:
   dropped-out edge weights (drawn in edge order), instead of PyG's gather and scatter of per-edge messages;
   the DDI encoder's neighbourhood softmax adds a fixed 0/-inf bias to the scores (every node has its
   self-loop) instead of masking three times per layer. The same forward values, gradients equal up to
-  float summation order (tested); the drug side costs 18 ms a step instead of 21 (one thread).
+  float summation order (tested); the drug side costs 18 ms a step (one thread).
 - Unused modules of the reference are left out: ``FALayer.gate`` (its tanh gate is commented out, every
   edge weight is ``d_i^-1/2 d_j^-1/2``), ``Fagcn_main.t0``/``t1``, ``main_model.MPNN_output`` and its
   siblings.
@@ -183,7 +183,7 @@ class ContextAwareMolecules(nn.Module):
         h = self.atoms()
         gate = torch.tanh(self.context_gate(context))[self.atom_medication]
         for update in self.updates:
-            weights = self.edge_dropout(self.edge_weight)[self.by_target]  # the masks drawn in edge order, as before
+            weights = self.edge_dropout(self.edge_weight)[self.by_target]  # the masks drawn in edge order
             adjacency = torch.sparse_csr_tensor(self.crow_indices, self.col_indices, weights, (self.n_atoms, self.n_atoms), check_invariants=False)
             messages = adjacency @ update(h)  # sum_j w_ij (W h_j) over the atom's incoming edges
             h = F.relu(self.eps * h + gate * messages)
@@ -277,7 +277,7 @@ class CarmenNetwork(nn.Module):
 
 class Carmen(TorchModel):
     name = "carmen"
-    typical_seconds = 110  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 113  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Chen et al., AAAI 2023", "2023-02")
     capabilities = Capabilities()
 

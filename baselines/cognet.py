@@ -31,7 +31,7 @@ sample set: the last four results are kept with a copy of the weights, the confi
 only where all are equal (the harness asks for the probabilities and then the sets of the validation and
 test samples: two searches instead of four). The set encoders embed, drop out and normalise the attended
 tokens only (padding embeds to zero and nothing reads it): the same function, no dropout masks drawn for
-padding, so a seed's numbers differ from before this change in the draws only.
+padding, so a seed's numbers differ from a padded computation's in the dropout draws only.
 
 PRAUC. The model has no per-medication score; its probabilities come from the decoding steps, as
 the reference computes them: for each medication the highest probability it had at any step that
@@ -406,7 +406,7 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
 
 class COGNet(TorchModel):
     name = "cognet"
-    typical_seconds = 131  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 192  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Wu et al., WWW 2022", "2022-04")
     capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False

@@ -33,7 +33,7 @@ class MLPConfig(ModelConfig):
 
 class CurrentVisitMLP(TorchModel):
     name = "mlp"
-    typical_seconds = 9  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 7  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     floor = 2  # the current-visit floor
     config_class = MLPConfig
     capabilities = Capabilities()

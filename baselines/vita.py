@@ -282,7 +282,7 @@ class VITANetwork(nn.Module):
 
 class VITA(COGNet):
     name = "vita"
-    typical_seconds = 150  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 244  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Kim et al., AAAI 2024", "2024-02")
     capabilities = Capabilities(needs_history_medications=True)
 

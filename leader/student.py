@@ -314,7 +314,7 @@ class StudentNetwork(nn.Module):
 
 class LeaderStudent(TorchModel):
     name = "leader_s"
-    typical_seconds = 125  # quick, default cohort, one thread (benchmarks/first_run.py)
+    typical_seconds = 122  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Liu et al., arXiv 2402.02803, 2024", "2024-02")
     config_class = StudentConfig
     capabilities = Capabilities(uses_profile=True)
