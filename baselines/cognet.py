@@ -157,9 +157,12 @@ class VisitContext:
 
 
 class PackedEncoderLayer(nn.Module):
-    """``nn.TransformerEncoderLayer``'s computation (post-LN, ReLU) with the feed-forward run on real
-    tokens only: its 2048-wide hidden layer dominates the cost, and code sets are padded to about twice
-    their mean length. Padded positions come out as zeros (nothing reads them)."""
+    """``nn.TransformerEncoderLayer``'s computation (post-LN, ReLU) with every per-position map run on real
+    tokens only: code sets are padded to about twice their mean length, and the attention's input and output
+    projections and the 2048-wide feed-forward dominate the cost. Only the attention core (scores, softmax,
+    dropout, weighted sum) sees the padded [N, L] layout, as ``nn.MultiheadAttention`` computes it (the same
+    ``scaled_dot_product_attention`` call on the same shapes, so its dropout draws are the same). Padded
+    positions come out as zeros (nothing reads them)."""
 
     def __init__(self, dim: int, heads: int, feedforward: int, dropout: float):
         super().__init__()
@@ -168,10 +171,23 @@ class PackedEncoderLayer(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
         self.dropouts = nn.ModuleList(nn.Dropout(dropout) for _ in range(2))
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        attended = self.attention(x, x, x, key_padding_mask=~attend, need_weights=False)[0]
-        real = self.norms[0](x[attend] + self.dropouts[0](attended[attend]))  # per position: real tokens only
-        out = torch.zeros_like(x)
+    def self_attention(self, real: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """``self.attention(x, x, x, key_padding_mask=~attend)[0][attend]`` for ``x`` [N, L, d] holding ``real``
+        [n, d] at ``attend`` [N, L] (zeros elsewhere): projections of the real tokens only."""
+        attention, (n_sets, width), dim = self.attention, attend.shape, real.shape[-1]
+        heads = attention.num_heads
+        qkv = real.new_zeros(n_sets, width, 3 * dim)  # padded queries/keys/values: masked keys, discarded queries
+        qkv[attend] = F.linear(real, attention.in_proj_weight, attention.in_proj_bias)
+        q, k, v = qkv.view(n_sets, width, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)  # each [N, h, L, d / h]
+        mask = torch.zeros(attend.shape, dtype=real.dtype, device=real.device).masked_fill_(~attend, float("-inf"))
+        dropout = attention.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, mask.view(n_sets, 1, 1, width).expand(-1, heads, -1, -1), dropout)
+        return attention.out_proj(out.transpose(1, 2)[attend].flatten(1))
+
+    def forward(self, real: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """``real`` [n, d]: the inputs at the attended positions of ``attend`` [N, L] -> [N, L, d]."""
+        real = self.norms[0](real + self.dropouts[0](self.self_attention(real, attend)))
+        out = real.new_zeros(*attend.shape, real.shape[-1])
         out[attend] = self.norms[1](real + self.dropouts[1](self.feedforward(real)))
         return out
 
@@ -193,9 +209,7 @@ class CodeSetEncoder(nn.Module):
         """``codes``/``mask`` [N, L] -> encodings [N, L, d] and the attention mask [N, L]. Padding embeds to
         zero, so only the attended tokens are embedded and dropped out (no masks drawn for padding)."""
         codes, attend = with_pad(codes, mask, self.pad)
-        x = self.embedding.weight.new_zeros(*codes.shape, self.embedding.embedding_dim)
-        x[attend] = self.embed(codes[attend])
-        return self.layer(x, attend), attend
+        return self.layer(self.embed(codes[attend]), attend), attend
 
 
 class AttentionPooling(nn.Module):
@@ -376,7 +390,7 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
     scores[:, 0] = 0.0
     finished = torch.zeros(n_rows, k, dtype=torch.bool, device=device)
     used = F.one_hot(torch.full((n_rows, k), sos, device=device), vocabulary).bool()
-    history = torch.zeros(n_rows, k, 0, vocabulary, device=device)
+    step_log_proba, sources = [], []  # per step: [N, k, V] of the beams before it, [N, k] each new beam's source
     for _ in range(max_steps):
         live = ~finished.all(1)
         if not live.any():
@@ -397,11 +411,17 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
             return t.gather(1, source.view(n_rows, k, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
 
         tokens = torch.cat([pick(tokens), word.unsqueeze(-1)], dim=2)
-        history = torch.cat([pick(history), pick(log_proba).unsqueeze(2)], dim=2)
+        step_log_proba.append(log_proba)
+        sources.append(source)
         used = pick(used) | F.one_hot(word, vocabulary).bool()
         finished = pick(finished) | (word == end) | torch.isinf(scores)
-    best = (torch.arange(n_rows, device=device), scores.argmax(1))
-    return BeamResult(tokens[best], history[best])
+    rows, best = torch.arange(n_rows, device=device), scores.argmax(1)
+    beam, history = best, []  # the best hypothesis's step log-probabilities, traced back through the sources (no copy per step)
+    for log_proba, source in zip(reversed(step_log_proba), reversed(sources)):
+        beam = source[rows, beam]
+        history.append(log_proba[rows, beam])
+    history = torch.stack(history[::-1], dim=1) if history else torch.zeros(n_rows, 0, vocabulary, device=device)
+    return BeamResult(tokens[rows, best], history)
 
 
 class COGNet(TorchModel):
@@ -480,14 +500,16 @@ class COGNet(TorchModel):
         """Inputs plus teacher forcing: SOS and the target rare-first in, the target rare-first and END out."""
         batch = self.inputs(samples)
         net = self.network
-        width = max(len(s.target) for s in samples) + 1
-        tokens = torch.full((len(samples), width), net.pad, dtype=torch.long)
-        targets = torch.full((len(samples), width), IGNORE, dtype=torch.long)
-        for r, sample in enumerate(samples):
-            ordered = sorted(sample.target, key=lambda m: self.rank[m])
-            tokens[r, : len(ordered) + 1] = torch.tensor([net.sos, *ordered])
-            targets[r, : len(ordered) + 1] = torch.tensor([*ordered, net.end])
-        batch.update(tokens=tokens.to(self.device), targets=targets.to(self.device))
+        sizes = np.array([len(s.target) for s in samples])
+        rows = np.repeat(np.arange(len(samples)), sizes)
+        codes = np.fromiter((m for s in samples for m in s.target), dtype=np.int64, count=int(sizes.sum()))
+        order = np.lexsort((self.rank[codes], rows))  # by sample, then rare-first (ranks are distinct)
+        position = np.arange(len(codes)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        tokens = np.full((len(samples), sizes.max() + 1), net.pad, dtype=np.int64)
+        targets = np.full(tokens.shape, IGNORE, dtype=np.int64)
+        tokens[:, 0], tokens[rows, position + 1] = net.sos, codes[order]
+        targets[rows, position], targets[np.arange(len(samples)), sizes] = codes[order], net.end
+        batch.update(tokens=torch.from_numpy(tokens).to(self.device), targets=torch.from_numpy(targets).to(self.device))
         return batch
 
     def target_context(self, batch: dict) -> VisitContext:
