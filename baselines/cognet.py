@@ -26,12 +26,14 @@ the decoder at the last position of every beam's prefix only (the causal mask le
 prefix; every later block is per position) and reads each sample's context once for its k beams: the
 same beams as re-running the whole prefix, without its quadratic cost (on the default cohort, quick,
 one thread: COGNet's evaluation takes 10.8 s where re-running the prefix took 14.5 s, VITA's 24 s where
-it took 32 s, with the same validation histories). ``predict_proba`` and ``predict_sets`` share one search per
+it took 32 s, with the same validation histories); the best hypothesis's step probabilities are traced back
+through the beams' back-pointers at the end, not copied along every step. ``predict_proba`` and ``predict_sets`` share one search per
 sample set: the last four results are kept with a copy of the weights, the config and the beam, and reused
 only where all are equal (the harness asks for the probabilities and then the sets of the validation and
-test samples: two searches instead of four). The set encoders embed, drop out and normalise the attended
-tokens only (padding embeds to zero and nothing reads it): the same function, no dropout masks drawn for
-padding, so a seed's numbers differ from a padded computation's in the dropout draws only.
+test samples: two searches instead of four). The set encoders embed, drop out, project and normalise the
+attended tokens only (padding embeds to zero and nothing reads it; only the attention core sees the padded
+sets): the same function, no dropout masks drawn for padding, so a seed's numbers differ from a padded
+computation's in the dropout draws only.
 
 PRAUC. The model has no per-medication score; its probabilities come from the decoding steps, as
 the reference computes them: for each medication the highest probability it had at any step that
@@ -82,8 +84,9 @@ Deliberate differences from the published code:
 - PRAUC scores when the best hypothesis is empty (END first): the END step's probabilities. The
   reference crashes there (maximum over no step) and hard-codes MIMIC-III's 131 medications.
 - Encoder layers compute ``nn.TransformerEncoderLayer``'s function (post-LN, ReLU, PyTorch's default
-  width 2048 as the reference) with the feed-forward on real tokens only (``PackedEncoderLayer``);
-  ``--preset quick`` narrows it to 512 (8 * dim, the reference's own commented-out setting).
+  width 2048 as the reference) with the attention's projections and the feed-forward on real tokens only
+  (``PackedEncoderLayer``); ``--preset quick`` narrows it to 512 (8 * dim, the reference's own
+  commented-out setting).
 - Dead modules are not built (``dec_gru``, ``diag_attn``/``proc_attn``, ``W_*attn``, ``Ws``,
   ``W_dec``/``W_stay``/..., ``weight``, the SafeDrug substructure modules), nor the unused
   dec/stay inputs; embedding tables have one PAD row (the reference: two more unused rows).
