@@ -96,6 +96,7 @@ Deliberate differences from the published code:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
@@ -152,11 +153,36 @@ class VisitContext:
     copy_log_weight: torch.Tensor  # [R, C] log visit-level copy score; -inf where not a source
     has_copy: torch.Tensor  # [R] at least one earlier medication
     drug_memory: torch.Tensor  # [|M| + 3, d], shared by all rows
+    projected: tuple[torch.Tensor, ...] = ()  # the decoder's cross-attention keys and values, once per decoding (``project``)
 
     def select(self, rows: torch.Tensor) -> "VisitContext":
         """The context of rows ``rows`` (repeats allowed, e.g. one per beam)."""
-        fields = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__ if name != "drug_memory"}
-        return VisitContext(**fields, drug_memory=self.drug_memory)
+        return select_rows(self, rows)
+
+
+def select_rows(context, rows: torch.Tensor):
+    """A decoder context (a dataclass of per-row tensors, a tuple of them in ``projected``, and the shared
+    ``drug_memory``) restricted to rows ``rows``."""
+    fields = {name: getattr(context, name) for name in context.__dataclass_fields__}
+    picked = {name: tuple(t[rows] for t in value) if name == "projected" else value[rows] for name, value in fields.items() if name != "drug_memory"}
+    return type(context)(**picked, drug_memory=context.drug_memory)
+
+
+def project_keys_values(attention: nn.MultiheadAttention, memory: torch.Tensor) -> torch.Tensor:
+    """[R, 2, h, L, d / h]: ``attention``'s key and value projections of ``memory`` [R, L, d]."""
+    dim, heads = attention.embed_dim, attention.num_heads
+    keys_values = F.linear(memory, attention.in_proj_weight[dim:], attention.in_proj_bias[dim:])
+    return keys_values.view(*memory.shape[:2], 2, heads, dim // heads).permute(0, 2, 3, 1, 4)
+
+
+def attend_projected(attention: nn.MultiheadAttention, x: torch.Tensor, keys_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``attention(x, memory, memory, key_padding_mask=~mask)[0]`` without dropout, for ``x`` [R, S, d] and
+    ``keys_values = project_keys_values(attention, memory)``: a decoding step reads a fixed context without
+    projecting it again."""
+    dim, heads = attention.embed_dim, attention.num_heads
+    q = F.linear(x, attention.in_proj_weight[:dim], attention.in_proj_bias[:dim]).view(*x.shape[:2], heads, dim // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, keys_values[:, 0], keys_values[:, 1], attn_mask=mask[:, None, None, :])
+    return attention.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class PackedEncoderLayer(nn.Module):
@@ -255,10 +281,18 @@ class MedicationDecoderLayer(nn.Module):
         last = self.norms[0](last + self.dropouts[0](attended))
         return self.read_context(last.view(len(context.has_copy), -1, x.shape[-1]), context)
 
+    def project(self, context: VisitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attentions' keys and values of the context (``VisitContext.projected``)."""
+        return project_keys_values(self.diagnosis_attention, context.diagnoses), project_keys_values(self.procedure_attention, context.procedures)
+
     def read_context(self, x: torch.Tensor, context: VisitContext) -> torch.Tensor:
         """Cross-attentions and feed-forward on [R, S, d], each position independently."""
-        diagnoses = self.diagnosis_attention(x, context.diagnoses, context.diagnoses, key_padding_mask=~context.diagnosis_mask, need_weights=False)[0]
-        procedures = self.procedure_attention(x, context.procedures, context.procedures, key_padding_mask=~context.procedure_mask, need_weights=False)[0]
+        if context.projected:  # decoding (no dropout): the keys and values projected once
+            diagnoses = attend_projected(self.diagnosis_attention, x, context.projected[0], context.diagnosis_mask)
+            procedures = attend_projected(self.procedure_attention, x, context.projected[1], context.procedure_mask)
+        else:
+            diagnoses = self.diagnosis_attention(x, context.diagnoses, context.diagnoses, key_padding_mask=~context.diagnosis_mask, need_weights=False)[0]
+            procedures = self.procedure_attention(x, context.procedures, context.procedures, key_padding_mask=~context.procedure_mask, need_weights=False)[0]
         x = self.norms[1](x + self.dropouts[1](diagnoses) + self.dropouts[2](procedures))
         return self.norms[2](x + self.dropouts[3](self.feedforward(x)))
 
@@ -566,6 +600,7 @@ class COGNet(TorchModel):
         for start in range(0, len(samples), chunk_size):
             chunk = samples[start : start + chunk_size]
             context = self.target_context(self.inputs(chunk))
+            context = dataclasses.replace(context, projected=net.decoder.project(context))  # fixed for the whole search
             live = {"rows": torch.arange(len(chunk), device=self.device), "context": context}
 
             def step(tokens: torch.Tensor, beams: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig, Publication
-from baselines.cognet import COGNet, COGNetNetwork, CodeSetEncoder
+from baselines.cognet import COGNet, COGNetNetwork, CodeSetEncoder, attend_projected, project_keys_values, select_rows
 from baselines.layers import GraphConvolutionNetwork, normalized_adjacency, pad_visits
 from data_prep.dataset import PreparedDataset, Sample
 from data_prep.protocol import record_visits
@@ -118,10 +118,10 @@ class QueryContext:
     copy_log_weight: torch.Tensor  # [R, C]
     has_copy: torch.Tensor  # [R]
     drug_memory: torch.Tensor  # [|M| + 3, d], shared by all rows
+    projected: tuple[torch.Tensor, ...] = ()  # the cross-attention's keys and values of the query, once per decoding
 
     def select(self, rows: torch.Tensor) -> "QueryContext":
-        fields = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__ if name != "drug_memory"}
-        return QueryContext(**fields, drug_memory=self.drug_memory)
+        return select_rows(self, rows)
 
 
 @dataclass
@@ -147,6 +147,10 @@ class QueryDecoder(nn.Module):
         causal = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device), diagonal=1)
         return self.layer(x, context.query, tgt_mask=causal, memory_key_padding_mask=~context.query_mask)
 
+    def project(self, context: QueryContext) -> tuple[torch.Tensor]:
+        """The cross-attention's keys and values of the query (``QueryContext.projected``)."""
+        return (project_keys_values(self.layer.multihead_attn, context.query),)
+
     def last_position(self, x: torch.Tensor, context: QueryContext) -> torch.Tensor:
         """``forward``'s output at the last position only, for k prefixes ``x`` [N * k, S, d] per context row
         -> [N, k, d] (``baselines.cognet.MedicationDecoderLayer.last_position``): the layer's own blocks, post-LN."""
@@ -154,7 +158,8 @@ class QueryDecoder(nn.Module):
         last = x[:, -1:]
         last = layer.norm1(last + layer.dropout1(layer.self_attn(last, x, x, need_weights=False)[0]))
         last = last.view(len(context.has_copy), -1, x.shape[-1])
-        attended = layer.multihead_attn(last, context.query, context.query, key_padding_mask=~context.query_mask, need_weights=False)[0]
+        projected = context.projected[0] if context.projected else project_keys_values(layer.multihead_attn, context.query)
+        attended = attend_projected(layer.multihead_attn, last, projected, context.query_mask)
         last = layer.norm2(last + layer.dropout2(attended))
         return layer.norm3(last + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(last))))))
 

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -208,6 +209,8 @@ def check_last_position_decoding(model, samples, k):
     with torch.no_grad():
         expected = net(tokens, context.select(torch.arange(len(samples) * k) // k))[:, -1]
         torch.testing.assert_close(net.next_token(tokens, context), expected, rtol=1e-5, atol=1e-5)
+        projected = dataclasses.replace(context, projected=net.decoder.project(context))  # keys and values projected once
+        torch.testing.assert_close(net.next_token(tokens, projected.select(torch.arange(len(samples)))), expected, rtol=1e-5, atol=1e-5)
     reference = full_prefix_search(model, samples, k)
     sets, _ = model.decode(samples, beam_size=k)
     assert reference.tokens.shape[1] > 3  # several steps ran
