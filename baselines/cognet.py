@@ -72,9 +72,9 @@ Deliberate differences from the published code:
   it stopped by patience at epoch 15 (best 10) in 155 s on one thread, against epoch 21 (best 16) and 241 s
   in batches of 16 at 1e-3 with beam-4 validation. Quick patience 3 instead of 5: the same run (same
   history, best epoch 10, multi-visit test PRAUC 0.742) stops at epoch 13 instead of 15, training 131 s; its
-  longest stall before the best epoch is 2 epochs. Seed 0 on the default cohort (one thread, a second job on
-  the other core): best 17 of 20, 172 s training with its greedy validation passes, best validation PRAUC
-  0.7462, multi-visit test PRAUC 0.747. (Tried and not taken: encoder feed-forward 128 with
+  longest stall before the best epoch is 2 epochs. On the default cohort (one thread, a second job on the
+  other core), seed 0: best 17 of 20, 172 s training with its greedy validation passes, best validation
+  PRAUC 0.7462, multi-visit test PRAUC 0.747; seed 1: best 18 of 21, 170 s, 0.7461, test 0.746. (Tried and not taken: encoder feed-forward 128 with
   patience 3 trained 31 epochs, 258 s, test PRAUC 0.752; lr 2e-3 multiplied by 0.9 after every epoch stopped
   seed 0 at the same epoch as the constant rate, 19 (best 16), at 0.7428 greedy validation PRAUC against 0.7449.)
 - Training visits: the protocol's samples decide, as for every model here; the loss is on each

@@ -39,9 +39,10 @@ batches of 16 target visits (the script's own ``--batch_size``, COGNet's batch h
 COGNet's quick settings with patience 5 (COGNet's quick has 3): at most 60 epochs, encoder feed-forward
 512, batches of 32 at lr 1.5e-3, greedy decoding of the validation set that selects the epoch
 (``validation_beam_size=1``). VITA's validation PRAUC creeps for 20 to 35 epochs, and where patience stops it
-is sensitive to differences as small as float rounding (default cohort, one thread, seed 0: best 20 of 25, 125 s,
-best validation PRAUC 0.7418 under greedy decoding, 0.7338 under the beam of 4, multi-visit test PRAUC 0.736;
-the same function with other rounding crept to best 32 of 37, 0.7452 greedy, test 0.742). Batches of 64 at lr 2.1e-3 (the rate scaled by the square root of the batch)
+is sensitive to differences as small as float rounding (default cohort, one thread, a second job on the other
+core; seed 0: best 20 of 25, 125 s, best validation PRAUC 0.7418 under greedy decoding, 0.7338 under the beam of
+4, multi-visit test PRAUC 0.736; seed 1: best 33 of 38, 180 s, 0.7453 greedy, 0.7411 beam, test 0.738; seed 0
+of the same function with other rounding crept to best 32 of 37, 0.7452 greedy, test 0.742). Batches of 64 at lr 2.1e-3 (the rate scaled by the square root of the batch)
 trained seed 0 in 146 s (best 28 of 33, 0.7448 greedy, 0.7416 beam) but stopped seed 1 at epoch 15 (best 10,
 74 s) at 0.7337 greedy and 0.7285 beam, 0.006-0.007 under the main job's batch-32 run (0.7400, 0.7355), so
 they are not taken. lr 3e-3 stopped at 12 (83 s) but at 0.731. Every shorter stop on the batch-32 history
