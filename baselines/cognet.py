@@ -26,12 +26,14 @@ the decoder at the last position of every beam's prefix only (the causal mask le
 prefix; every later block is per position) and reads each sample's context once for its k beams: the
 same beams as re-running the whole prefix, without its quadratic cost (on the default cohort, quick,
 one thread: COGNet's evaluation takes 10.8 s where re-running the prefix took 14.5 s, VITA's 24 s where
-it took 32 s, with the same validation histories). ``predict_proba`` and ``predict_sets`` share one search per
+it took 32 s, with the same validation histories); the best hypothesis's step probabilities are traced back
+through the beams' back-pointers at the end, not copied along every step. ``predict_proba`` and ``predict_sets`` share one search per
 sample set: the last four results are kept with a copy of the weights, the config and the beam, and reused
 only where all are equal (the harness asks for the probabilities and then the sets of the validation and
-test samples: two searches instead of four). The set encoders embed, drop out and normalise the attended
-tokens only (padding embeds to zero and nothing reads it): the same function, no dropout masks drawn for
-padding, so a seed's numbers differ from a padded computation's in the dropout draws only.
+test samples: two searches instead of four). The set encoders embed, drop out, project and normalise the
+attended tokens only (padding embeds to zero and nothing reads it; only the attention core sees the padded
+sets): the same function, no dropout masks drawn for padding, so a seed's numbers differ from a padded
+computation's in the dropout draws only.
 
 PRAUC. The model has no per-medication score; its probabilities come from the decoding steps, as
 the reference computes them: for each medication the highest probability it had at any step that
@@ -70,8 +72,11 @@ Deliberate differences from the published code:
   it stopped by patience at epoch 15 (best 10) in 155 s on one thread, against epoch 21 (best 16) and 241 s
   in batches of 16 at 1e-3 with beam-4 validation. Quick patience 3 instead of 5: the same run (same
   history, best epoch 10, multi-visit test PRAUC 0.742) stops at epoch 13 instead of 15, training 131 s; its
-  longest stall before the best epoch is 2 epochs. (Tried and not taken: encoder feed-forward 128 with
-  patience 3 trained 31 epochs, 258 s, test PRAUC 0.752.)
+  longest stall before the best epoch is 2 epochs. On the default cohort (one thread, a second job on the
+  other core), seed 0: best 17 of 20, 172 s training with its greedy validation passes, best validation
+  PRAUC 0.7462, multi-visit test PRAUC 0.747; seed 1: best 18 of 21, 170 s, 0.7461, test 0.746. (Tried and not taken: encoder feed-forward 128 with
+  patience 3 trained 31 epochs, 258 s, test PRAUC 0.752; lr 2e-3 multiplied by 0.9 after every epoch stopped
+  seed 0 at the same epoch as the constant rate, 19 (best 16), at 0.7428 greedy validation PRAUC against 0.7449.)
 - Training visits: the protocol's samples decide, as for every model here; the loss is on each
   sample's target visit, the earlier visits are input. The reference's teacher forcing on every
   visit of every training patient (tested on the last visits here) is ``--protocol train-all-test-last``.
@@ -82,8 +87,9 @@ Deliberate differences from the published code:
 - PRAUC scores when the best hypothesis is empty (END first): the END step's probabilities. The
   reference crashes there (maximum over no step) and hard-codes MIMIC-III's 131 medications.
 - Encoder layers compute ``nn.TransformerEncoderLayer``'s function (post-LN, ReLU, PyTorch's default
-  width 2048 as the reference) with the feed-forward on real tokens only (``PackedEncoderLayer``);
-  ``--preset quick`` narrows it to 512 (8 * dim, the reference's own commented-out setting).
+  width 2048 as the reference) with the attention's projections and the feed-forward on real tokens only
+  (``PackedEncoderLayer``); ``--preset quick`` narrows it to 512 (8 * dim, the reference's own
+  commented-out setting).
 - Dead modules are not built (``dec_gru``, ``diag_attn``/``proc_attn``, ``W_*attn``, ``Ws``,
   ``W_dec``/``W_stay``/..., ``weight``, the SafeDrug substructure modules), nor the unused
   dec/stay inputs; embedding tables have one PAD row (the reference: two more unused rows).
@@ -93,6 +99,7 @@ Deliberate differences from the published code:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
@@ -149,17 +156,45 @@ class VisitContext:
     copy_log_weight: torch.Tensor  # [R, C] log visit-level copy score; -inf where not a source
     has_copy: torch.Tensor  # [R] at least one earlier medication
     drug_memory: torch.Tensor  # [|M| + 3, d], shared by all rows
+    projected: tuple[torch.Tensor, ...] = ()  # the decoder's cross-attention keys and values, once per decoding (``project``)
 
     def select(self, rows: torch.Tensor) -> "VisitContext":
         """The context of rows ``rows`` (repeats allowed, e.g. one per beam)."""
-        fields = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__ if name != "drug_memory"}
-        return VisitContext(**fields, drug_memory=self.drug_memory)
+        return select_rows(self, rows)
+
+
+def select_rows(context, rows: torch.Tensor):
+    """A decoder context (a dataclass of per-row tensors, a tuple of them in ``projected``, and the shared
+    ``drug_memory``) restricted to rows ``rows``."""
+    fields = {name: getattr(context, name) for name in context.__dataclass_fields__}
+    picked = {name: tuple(t[rows] for t in value) if name == "projected" else value[rows] for name, value in fields.items() if name != "drug_memory"}
+    return type(context)(**picked, drug_memory=context.drug_memory)
+
+
+def project_keys_values(attention: nn.MultiheadAttention, memory: torch.Tensor) -> torch.Tensor:
+    """[R, 2, h, L, d / h]: ``attention``'s key and value projections of ``memory`` [R, L, d]."""
+    dim, heads = attention.embed_dim, attention.num_heads
+    keys_values = F.linear(memory, attention.in_proj_weight[dim:], attention.in_proj_bias[dim:])
+    return keys_values.view(*memory.shape[:2], 2, heads, dim // heads).permute(0, 2, 3, 1, 4)
+
+
+def attend_projected(attention: nn.MultiheadAttention, x: torch.Tensor, keys_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``attention(x, memory, memory, key_padding_mask=~mask)[0]`` without dropout, for ``x`` [R, S, d] and
+    ``keys_values = project_keys_values(attention, memory)``: a decoding step reads a fixed context without
+    projecting it again."""
+    dim, heads = attention.embed_dim, attention.num_heads
+    q = F.linear(x, attention.in_proj_weight[:dim], attention.in_proj_bias[:dim]).view(*x.shape[:2], heads, dim // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, keys_values[:, 0], keys_values[:, 1], attn_mask=mask[:, None, None, :])
+    return attention.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class PackedEncoderLayer(nn.Module):
-    """``nn.TransformerEncoderLayer``'s computation (post-LN, ReLU) with the feed-forward run on real
-    tokens only: its 2048-wide hidden layer dominates the cost, and code sets are padded to about twice
-    their mean length. Padded positions come out as zeros (nothing reads them)."""
+    """``nn.TransformerEncoderLayer``'s computation (post-LN, ReLU) with every per-position map run on real
+    tokens only: code sets are padded to about twice their mean length, and the attention's input and output
+    projections and the 2048-wide feed-forward dominate the cost. Only the attention core (scores, softmax,
+    dropout, weighted sum) sees the padded [N, L] layout, as ``nn.MultiheadAttention`` computes it (the same
+    ``scaled_dot_product_attention`` call on the same shapes, so its dropout draws are the same). Padded
+    positions come out as zeros (nothing reads them)."""
 
     def __init__(self, dim: int, heads: int, feedforward: int, dropout: float):
         super().__init__()
@@ -168,10 +203,23 @@ class PackedEncoderLayer(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
         self.dropouts = nn.ModuleList(nn.Dropout(dropout) for _ in range(2))
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        attended = self.attention(x, x, x, key_padding_mask=~attend, need_weights=False)[0]
-        real = self.norms[0](x[attend] + self.dropouts[0](attended[attend]))  # per position: real tokens only
-        out = torch.zeros_like(x)
+    def self_attention(self, real: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """``self.attention(x, x, x, key_padding_mask=~attend)[0][attend]`` for ``x`` [N, L, d] holding ``real``
+        [n, d] at ``attend`` [N, L] (zeros elsewhere): projections of the real tokens only."""
+        attention, (n_sets, width), dim = self.attention, attend.shape, real.shape[-1]
+        heads = attention.num_heads
+        qkv = real.new_zeros(n_sets, width, 3 * dim)  # padded queries/keys/values: masked keys, discarded queries
+        qkv[attend] = F.linear(real, attention.in_proj_weight, attention.in_proj_bias)
+        q, k, v = qkv.view(n_sets, width, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)  # each [N, h, L, d / h]
+        mask = torch.zeros(attend.shape, dtype=real.dtype, device=real.device).masked_fill_(~attend, float("-inf"))
+        dropout = attention.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, mask.view(n_sets, 1, 1, width).expand(-1, heads, -1, -1), dropout)
+        return attention.out_proj(out.transpose(1, 2)[attend].flatten(1))
+
+    def forward(self, real: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """``real`` [n, d]: the inputs at the attended positions of ``attend`` [N, L] -> [N, L, d]."""
+        real = self.norms[0](real + self.dropouts[0](self.self_attention(real, attend)))
+        out = real.new_zeros(*attend.shape, real.shape[-1])
         out[attend] = self.norms[1](real + self.dropouts[1](self.feedforward(real)))
         return out
 
@@ -193,9 +241,7 @@ class CodeSetEncoder(nn.Module):
         """``codes``/``mask`` [N, L] -> encodings [N, L, d] and the attention mask [N, L]. Padding embeds to
         zero, so only the attended tokens are embedded and dropped out (no masks drawn for padding)."""
         codes, attend = with_pad(codes, mask, self.pad)
-        x = self.embedding.weight.new_zeros(*codes.shape, self.embedding.embedding_dim)
-        x[attend] = self.embed(codes[attend])
-        return self.layer(x, attend), attend
+        return self.layer(self.embed(codes[attend]), attend), attend
 
 
 class AttentionPooling(nn.Module):
@@ -238,10 +284,18 @@ class MedicationDecoderLayer(nn.Module):
         last = self.norms[0](last + self.dropouts[0](attended))
         return self.read_context(last.view(len(context.has_copy), -1, x.shape[-1]), context)
 
+    def project(self, context: VisitContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attentions' keys and values of the context (``VisitContext.projected``)."""
+        return project_keys_values(self.diagnosis_attention, context.diagnoses), project_keys_values(self.procedure_attention, context.procedures)
+
     def read_context(self, x: torch.Tensor, context: VisitContext) -> torch.Tensor:
         """Cross-attentions and feed-forward on [R, S, d], each position independently."""
-        diagnoses = self.diagnosis_attention(x, context.diagnoses, context.diagnoses, key_padding_mask=~context.diagnosis_mask, need_weights=False)[0]
-        procedures = self.procedure_attention(x, context.procedures, context.procedures, key_padding_mask=~context.procedure_mask, need_weights=False)[0]
+        if context.projected:  # decoding (no dropout): the keys and values projected once
+            diagnoses = attend_projected(self.diagnosis_attention, x, context.projected[0], context.diagnosis_mask)
+            procedures = attend_projected(self.procedure_attention, x, context.projected[1], context.procedure_mask)
+        else:
+            diagnoses = self.diagnosis_attention(x, context.diagnoses, context.diagnoses, key_padding_mask=~context.diagnosis_mask, need_weights=False)[0]
+            procedures = self.procedure_attention(x, context.procedures, context.procedures, key_padding_mask=~context.procedure_mask, need_weights=False)[0]
         x = self.norms[1](x + self.dropouts[1](diagnoses) + self.dropouts[2](procedures))
         return self.norms[2](x + self.dropouts[3](self.feedforward(x)))
 
@@ -376,7 +430,7 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
     scores[:, 0] = 0.0
     finished = torch.zeros(n_rows, k, dtype=torch.bool, device=device)
     used = F.one_hot(torch.full((n_rows, k), sos, device=device), vocabulary).bool()
-    history = torch.zeros(n_rows, k, 0, vocabulary, device=device)
+    step_log_proba, sources = [], []  # per step: [N, k, V] of the beams before it, [N, k] each new beam's source
     for _ in range(max_steps):
         live = ~finished.all(1)
         if not live.any():
@@ -397,11 +451,17 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
             return t.gather(1, source.view(n_rows, k, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
 
         tokens = torch.cat([pick(tokens), word.unsqueeze(-1)], dim=2)
-        history = torch.cat([pick(history), pick(log_proba).unsqueeze(2)], dim=2)
+        step_log_proba.append(log_proba)
+        sources.append(source)
         used = pick(used) | F.one_hot(word, vocabulary).bool()
         finished = pick(finished) | (word == end) | torch.isinf(scores)
-    best = (torch.arange(n_rows, device=device), scores.argmax(1))
-    return BeamResult(tokens[best], history[best])
+    rows, best = torch.arange(n_rows, device=device), scores.argmax(1)
+    beam, history = best, []  # the best hypothesis's step log-probabilities, traced back through the sources (no copy per step)
+    for log_proba, source in zip(reversed(step_log_proba), reversed(sources)):
+        beam = source[rows, beam]
+        history.append(log_proba[rows, beam])
+    history = torch.stack(history[::-1], dim=1) if history else torch.zeros(n_rows, 0, vocabulary, device=device)
+    return BeamResult(tokens[rows, best], history)
 
 
 class COGNet(TorchModel):
@@ -480,14 +540,16 @@ class COGNet(TorchModel):
         """Inputs plus teacher forcing: SOS and the target rare-first in, the target rare-first and END out."""
         batch = self.inputs(samples)
         net = self.network
-        width = max(len(s.target) for s in samples) + 1
-        tokens = torch.full((len(samples), width), net.pad, dtype=torch.long)
-        targets = torch.full((len(samples), width), IGNORE, dtype=torch.long)
-        for r, sample in enumerate(samples):
-            ordered = sorted(sample.target, key=lambda m: self.rank[m])
-            tokens[r, : len(ordered) + 1] = torch.tensor([net.sos, *ordered])
-            targets[r, : len(ordered) + 1] = torch.tensor([*ordered, net.end])
-        batch.update(tokens=tokens.to(self.device), targets=targets.to(self.device))
+        sizes = np.array([len(s.target) for s in samples])
+        rows = np.repeat(np.arange(len(samples)), sizes)
+        codes = np.fromiter((m for s in samples for m in s.target), dtype=np.int64, count=int(sizes.sum()))
+        order = np.lexsort((self.rank[codes], rows))  # by sample, then rare-first (ranks are distinct)
+        position = np.arange(len(codes)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        tokens = np.full((len(samples), sizes.max() + 1), net.pad, dtype=np.int64)
+        targets = np.full(tokens.shape, IGNORE, dtype=np.int64)
+        tokens[:, 0], tokens[rows, position + 1] = net.sos, codes[order]
+        targets[rows, position], targets[np.arange(len(samples)), sizes] = codes[order], net.end
+        batch.update(tokens=torch.from_numpy(tokens).to(self.device), targets=torch.from_numpy(targets).to(self.device))
         return batch
 
     def target_context(self, batch: dict) -> VisitContext:
@@ -541,6 +603,7 @@ class COGNet(TorchModel):
         for start in range(0, len(samples), chunk_size):
             chunk = samples[start : start + chunk_size]
             context = self.target_context(self.inputs(chunk))
+            context = dataclasses.replace(context, projected=net.decoder.project(context))  # fixed for the whole search
             live = {"rows": torch.arange(len(chunk), device=self.device), "context": context}
 
             def step(tokens: torch.Tensor, beams: torch.Tensor) -> torch.Tensor:

@@ -38,14 +38,17 @@ feed-forward PyTorch's 2048 (51); early stopping by validation PRAUC with patien
 batches of 16 target visits (the script's own ``--batch_size``, COGNet's batch here). ``--preset quick``:
 COGNet's quick settings with patience 5 (COGNet's quick has 3): at most 60 epochs, encoder feed-forward
 512, batches of 32 at lr 1.5e-3, greedy decoding of the validation set that selects the epoch
-(``validation_beam_size=1``). VITA's validation PRAUC creeps for about 30 epochs (default cohort, seed 0, one
-thread: best 32 of 37, 180 s, best validation PRAUC 0.7452 under greedy decoding, 0.7385 under the beam of 4,
-multi-visit test PRAUC 0.742). Batches of 64 at lr 2.1e-3 (the rate scaled by the square root of the batch)
+(``validation_beam_size=1``). VITA's validation PRAUC creeps for 20 to 35 epochs, and where patience stops it
+is sensitive to differences as small as float rounding (default cohort, one thread, a second job on the other
+core; seed 0: best 20 of 25, 125 s, best validation PRAUC 0.7418 under greedy decoding, 0.7338 under the beam of
+4, multi-visit test PRAUC 0.736; seed 1: best 33 of 38, 180 s, 0.7453 greedy, 0.7411 beam, test 0.738; seed 0
+of the same function with other rounding crept to best 32 of 37, 0.7452 greedy, test 0.742). Batches of 64 at lr 2.1e-3 (the rate scaled by the square root of the batch)
 trained seed 0 in 146 s (best 28 of 33, 0.7448 greedy, 0.7416 beam) but stopped seed 1 at epoch 15 (best 10,
 74 s) at 0.7337 greedy and 0.7285 beam, 0.006-0.007 under the main job's batch-32 run (0.7400, 0.7355), so
 they are not taken. lr 3e-3 stopped at 12 (83 s) but at 0.731. Every shorter stop on the batch-32 history
 loses at least 0.006 of validation PRAUC (patience 4: epoch 24; patience 3: 19; ``min_delta`` 0.001 or 0.002 with patience 5: 21),
-so none is taken.
+so none is taken. Nor a decaying rate: lr 2.5e-3 multiplied by 0.88 after every epoch stopped seed 0 at epoch 32
+(best 27) at 0.7387 greedy validation PRAUC (multi-visit test 0.739), 0.0065 under the constant rate.
 
 Deliberate differences from the published code:
 
@@ -97,7 +100,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig, Publication
-from baselines.cognet import COGNet, COGNetNetwork, CodeSetEncoder
+from baselines.cognet import COGNet, COGNetNetwork, CodeSetEncoder, attend_projected, project_keys_values, select_rows
 from baselines.layers import GraphConvolutionNetwork, normalized_adjacency, pad_visits
 from data_prep.dataset import PreparedDataset, Sample
 from data_prep.protocol import record_visits
@@ -118,10 +121,10 @@ class QueryContext:
     copy_log_weight: torch.Tensor  # [R, C]
     has_copy: torch.Tensor  # [R]
     drug_memory: torch.Tensor  # [|M| + 3, d], shared by all rows
+    projected: tuple[torch.Tensor, ...] = ()  # the cross-attention's keys and values of the query, once per decoding
 
     def select(self, rows: torch.Tensor) -> "QueryContext":
-        fields = {name: getattr(self, name)[rows] for name in self.__dataclass_fields__ if name != "drug_memory"}
-        return QueryContext(**fields, drug_memory=self.drug_memory)
+        return select_rows(self, rows)
 
 
 @dataclass
@@ -147,6 +150,10 @@ class QueryDecoder(nn.Module):
         causal = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device), diagonal=1)
         return self.layer(x, context.query, tgt_mask=causal, memory_key_padding_mask=~context.query_mask)
 
+    def project(self, context: QueryContext) -> tuple[torch.Tensor]:
+        """The cross-attention's keys and values of the query (``QueryContext.projected``)."""
+        return (project_keys_values(self.layer.multihead_attn, context.query),)
+
     def last_position(self, x: torch.Tensor, context: QueryContext) -> torch.Tensor:
         """``forward``'s output at the last position only, for k prefixes ``x`` [N * k, S, d] per context row
         -> [N, k, d] (``baselines.cognet.MedicationDecoderLayer.last_position``): the layer's own blocks, post-LN."""
@@ -154,7 +161,8 @@ class QueryDecoder(nn.Module):
         last = x[:, -1:]
         last = layer.norm1(last + layer.dropout1(layer.self_attn(last, x, x, need_weights=False)[0]))
         last = last.view(len(context.has_copy), -1, x.shape[-1])
-        attended = layer.multihead_attn(last, context.query, context.query, key_padding_mask=~context.query_mask, need_weights=False)[0]
+        projected = context.projected[0] if context.projected else project_keys_values(layer.multihead_attn, context.query)
+        attended = attend_projected(layer.multihead_attn, last, projected, context.query_mask)
         last = layer.norm2(last + layer.dropout2(attended))
         return layer.norm3(last + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(last))))))
 

@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from baselines.cognet import COGNet, beam_search, rare_first_rank
+from baselines.cognet import COGNet, PackedEncoderLayer, beam_search, rare_first_rank
 from bench.contract import CapabilityError
 
 SMALL = dict(dim=16, encoder_feedforward=32, decoder_feedforward=32, batch_size=8)
@@ -97,7 +98,10 @@ def test_beam_search_keeps_finished_hypotheses_and_never_repeats():
     assert greedy.tokens[0].tolist()[:4] == [2, 0, 1, 3]  # 0.5 * 0.1 * 0.6 = 0.03, never 0 twice
     beam = beam_search(step, 1, 2, 5, 4, sos=2, end=3, device=torch.device("cpu"))
     assert beam.tokens[0].tolist()[:3] == [2, 1, 3]  # 0.4 * 0.9 = 0.36, finished at step 2, kept to the end
-    np.testing.assert_allclose(beam.step_log_proba[0, 1].exp().numpy(), table[(2, 1)], rtol=1e-6)
+    # each step's probabilities are those of the kept hypothesis's prefix, traced back through the beam reordering
+    for result, tokens in ((greedy, (2, 0, 1)), (beam, (2, 1))):
+        for t in range(len(tokens)):
+            np.testing.assert_allclose(result.step_log_proba[0, t].exp().numpy(), table[tokens[: t + 1]], rtol=1e-6)
 
 
 def test_predicted_probabilities_come_from_the_decoding_steps(tiny_dataset):
@@ -145,13 +149,14 @@ def test_training_targets_are_rare_first_then_end(tiny_dataset):
     model = untrained(tiny_dataset)
     train = multi_visit(tiny_dataset.samples("train"))
     model.rank = rare_first_rank(train, tiny_dataset.n_medications)
-    batch = model.collate(train[:4])
-    for sample, tokens, targets in zip(train[:4], batch["tokens"], batch["targets"]):
+    batch = model.collate(train[:8])
+    assert batch["tokens"].shape[1] == max(len(s.target) for s in train[:8]) + 1
+    for sample, tokens, targets in zip(train[:8], batch["tokens"], batch["targets"]):
         expected = sorted(sample.target, key=lambda m: model.rank[m])
         n = len(expected)
         assert tokens[: n + 1].tolist() == [model.network.sos, *expected]
         assert targets[: n + 1].tolist() == [*expected, model.network.end]
-        assert (targets[n + 1 :] < 0).all()
+        assert (targets[n + 1 :] < 0).all() and (tokens[n + 1 :] == model.network.pad).all()
 
 
 def test_ddi_weight_starts_small(tiny_dataset):
@@ -204,6 +209,8 @@ def check_last_position_decoding(model, samples, k):
     with torch.no_grad():
         expected = net(tokens, context.select(torch.arange(len(samples) * k) // k))[:, -1]
         torch.testing.assert_close(net.next_token(tokens, context), expected, rtol=1e-5, atol=1e-5)
+        projected = dataclasses.replace(context, projected=net.decoder.project(context))  # keys and values projected once
+        torch.testing.assert_close(net.next_token(tokens, projected.select(torch.arange(len(samples)))), expected, rtol=1e-5, atol=1e-5)
     reference = full_prefix_search(model, samples, k)
     sets, _ = model.decode(samples, beam_size=k)
     assert reference.tokens.shape[1] > 3  # several steps ran
@@ -247,3 +254,22 @@ def test_decoding_is_reused_for_the_same_samples_and_weights_only(tiny_dataset, 
     before = len(searches)
     np.testing.assert_array_equal(model.predict_proba(test), untrained(tiny_dataset).decode(test)[1])
     assert len(searches) == before + 1
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_packed_encoder_layer_equals_the_padded_transformer_layer(training):
+    """The encoder layer run on real tokens equals ``nn.MultiheadAttention`` and the post-LN block on the padded
+    sets at the real positions, in training too: the attention core is the same call, so the same dropout draws."""
+    torch.manual_seed(0)
+    layer = PackedEncoderLayer(16, 2, 32, 0.2).train(training)
+    attend = torch.rand(7, 9) < 0.5
+    attend[:, 0] |= ~attend.any(1)  # every set attends somewhere, as ``with_pad`` makes it
+    x = torch.randn(7, 9, 16) * attend.unsqueeze(-1)  # zeros at padding, as the embeddings
+    torch.manual_seed(1)
+    packed = layer(x[attend], attend)
+    torch.manual_seed(1)
+    attended = layer.attention(x, x, x, key_padding_mask=~attend, need_weights=False)[0][attend]
+    real = layer.norms[0](x[attend] + layer.dropouts[0](attended))
+    expected = layer.norms[1](real + layer.dropouts[1](layer.feedforward(real)))
+    torch.testing.assert_close(packed[attend], expected)
+    assert not packed[~attend].any()
