@@ -120,7 +120,10 @@ class GINEncoder(nn.Module):
     """MoleRec's ``GNNGraph`` (gin, JK last, no virtual node) over a fixed list of molecule graphs, batched once.
 
     Per layer: ``h <- BatchNorm(MLP((1 + eps) h + sum_j relu(h_j + bond_ij)))`` with its own bond embeddings,
-    ReLU after every layer but the last, dropout after every layer; a graph is the mean of its atoms.
+    ReLU after every layer but the last, dropout after every layer; a graph is the mean of its atoms. The
+    parameters are PyG ``GINEConv``'s (its initialisation and state-dict names); its message passing is done
+    here as one ``index_select`` of the source atoms and one ``index_add_`` onto the targets, the same sums
+    without ``propagate``'s per-call inspection and broadcast ``scatter_add_`` (tested against ``GINEConv``).
     """
 
     def __init__(self, graphs: list, dim: int, layers: int, dropout: float):
@@ -133,7 +136,9 @@ class GINEncoder(nn.Module):
             raise ValueError(f"MoleRec's GIN needs at least 2 layers, got {layers}")
         batch = Batch.from_data_list(graphs)
         self.n_graphs = len(graphs)
-        self.register_buffer("edge_index", batch.edge_index, persistent=False)
+        source, target = batch.edge_index
+        self.register_buffer("source", source, persistent=False)
+        self.register_buffer("target", target, persistent=False)
         self.register_buffer("atom_graph", batch.batch, persistent=False)
         self.atoms = CategoricalFeatures(batch.x, [len(values) for values in x_map.values()], dim)
         self.bonds = nn.ModuleList(CategoricalFeatures(batch.edge_attr, [len(values) for values in e_map.values()], dim) for _ in range(layers))
@@ -151,7 +156,9 @@ class GINEncoder(nn.Module):
         h = self.atoms()
         last = len(self.convs) - 1
         for layer, (conv, bonds, norm) in enumerate(zip(self.convs, self.bonds, self.norms)):
-            h = norm(conv(h, self.edge_index, bonds()))
+            messages = F.relu(h.index_select(0, self.source) + bonds())  # GINEConv.message, one row per edge
+            summed = torch.zeros_like(h).index_add_(0, self.target, messages)
+            h = norm(conv.nn(summed + (1 + conv.eps) * h))  # GINEConv.forward
             h = self.dropout(h if layer == last else F.relu(h))
         return global_mean_pool(h, self.atom_graph, size=self.n_graphs)
 
