@@ -294,7 +294,6 @@ class MoleRec(DDITargetMixin, TorchModel):
         ddi_loss_scale: float | None = REFERENCE_DDI_LOSS_SCALE  # MoleRec.py forward; None: 10 * 0.0005 * 131 / |M|
         fragmentless: str = "bias"  # medications without fragments; "uniform": the reference (module docstring)
         min_delta: float = 0.0  # smallest validation gain that counts as better (bench.training.Schedule)
-        lr_decay: float = 1.0  # learning rate times this after every epoch (1.0: constant, the reference)
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 2e-3, "ddi_loss_scale": None}  # mini-batches (module docstring)
         # 2,000 synthetic patients, last-visit protocol (50 batches of 32 an epoch, ~4.5 s each on one thread):
@@ -321,14 +320,6 @@ class MoleRec(DDITargetMixin, TorchModel):
     def build_network(self) -> nn.Module:
         self.ddi_adj = torch.as_tensor(self.dataset.ddi_adj, dtype=torch.float32, device=self.device)
         return MoleRecNetwork(self.dataset, self.config)
-
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        optimizer = super().make_optimizer()
-        self.lr_schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, self.config.lr_decay)
-        return optimizer
-
-    def end_of_epoch(self, epoch: int) -> None:
-        self.lr_schedule.step()
 
     def collate(self, samples: Sequence[Sample]) -> dict:
         batch = visit_sequences(samples)

@@ -226,11 +226,3 @@ def test_gin_message_passing_equals_pyg_gineconv(tiny_dataset):
     for got, want in zip(our_grads, pyg_grads):
         torch.testing.assert_close(got, want)
 
-
-
-@pytest.mark.parametrize("decay", [1.0, 0.5])
-def test_lr_decay_multiplies_the_learning_rate_after_every_epoch(tiny_dataset, decay):
-    model = MoleRec(tiny_dataset, MoleRec.Config(**{**FAST, "epochs": 3, "patience": 3}, lr=1e-3, lr_decay=decay), seed=0)
-    model.fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
-    assert model.fit_report["epochs_run"] == 3
-    assert model.lr_schedule.get_last_lr() == [pytest.approx(1e-3 * decay**3)]
