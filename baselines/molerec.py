@@ -56,7 +56,10 @@ Deliberate differences from the published code:
   an epoch; seed 1 lost 0.010 validation PRAUC, 0.641; at lr 4.5e-3 training stalled, 0.48 at epoch 12); a
   per-medication output bias starting at the training log-odds (seed 0 opened at 0.564 instead of 0.451,
   the curves met by epoch 6, and it stopped at 11 of 15 with validation 0.639, test 0.636); the learning
-  rate times 0.9 after every epoch (seed 0: best 22 of 26, validation 0.647, test 0.642).
+  rate times 0.9 after every epoch (seed 0: best 22 of 26, validation 0.647, test 0.642). Batches of 128 at
+  lr 3e-3 halve an epoch (5.6 s) and reach about the same number of epochs (seed 0: 23 of 27, 151 s,
+  validation 0.6465, test 0.6425), but seed 1 lost 0.006 on both (20 of 24, 136 s, validation 0.639, test
+  0.637 against 0.645 and 0.643 at 64), just past the quality margin: not adopted.
 - Fragment order: the data layer's sorted BRICS vocabulary (``data_prep.molecules``). The reference
   builds it with ``list(set(...))`` (``data/ddi_mask_H.py``), whose order depends on Python's hash seed, so
   the mask's columns, the fragment-relevance layer and a saved checkpoint change meaning from one
