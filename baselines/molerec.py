@@ -37,20 +37,29 @@ Deliberate differences from the published code:
   per sample from the sample's own thresholded prediction, as the reference computes it per visit, and the
   batch loss is the mean of the per-sample mixes. ``A diag(w_b) S`` is summed over each medication's own
   fragments only (A is zero elsewhere; at most 17 of the 399 on the default cohort), as one batched product
-  over padded per-medication slots: the dense product's values and gradients (tested), about 0.13 s a
-  training step of 64 on one thread where a [batch, pairs, dim] gather took 0.15 s and the dense product
-  8% more (``fragmentless="uniform"``, dense rows, keeps the dense product).
+  over padded per-medication slots: the dense product's values and gradients (tested); a [batch, pairs, dim]
+  gather cost 15% more a training step and the dense product 8% more (``fragmentless="uniform"``, dense
+  rows, keeps the dense product).
 - ``--preset harness``/``quick``: batches of 32 at lr 2e-3 (the policy of every baseline here) and the
   DDI-loss scale ``10 * 0.0005 * 131 / |M|`` (``ddi_loss_scale=None``) that SafeDrug's module docstring
   derives for batched per-sample DDI terms on another vocabulary size; early stopping on validation PRAUC
   (patience 10; ``quick``: patience 4 and a 60-epoch cap). ``quick`` trains in batches of 64 at lr 3e-3: on
   the default cohort (5,080 training samples, 80 batches an epoch) the drug side, encoded once per batch,
   dominates a step, so an epoch costs about what 32 per step cost. ``quick`` also counts a validation
-  gain below 0.002 as none (``min_delta``): the curve creeps up by a few thousandths from epoch 15 on. Patience 4 (was 5) stops one epoch sooner with the same best epoch in all four
-  histories read (main job seeds 0-2, this code's seed 0). Now (default cohort, seed 0, one thread of a shared
-  machine, about 10 s an epoch, nearly all of it the two GINs over 5,166 molecule and 4,225 fragment atoms):
-  best epoch 21 of 25, validation PRAUC 0.648, test 0.647, 246 s. Batches of 96 at lr 3.7e-3 (6.7 s an epoch)
-  were rejected: seed 1 lost 0.010 validation PRAUC (0.641); at lr 4.5e-3 training stalled (0.48 at epoch 12).
+  gain below 0.002 as none (``min_delta``): the curve creeps up by a few thousandths from epoch 15 on;
+  patience 4 stops one epoch sooner than 5 with the same best epoch in all four histories read (main job
+  seeds 0-2 and a seed-0 run). On the default cohort (seed 0, one thread of a loaded 2-core machine): best
+  epoch 21 of 25, validation PRAUC 0.648, test 0.647, 325 s (13 s an epoch). A training step of 64 takes
+  about 0.12 s on one thread, nearly all of it the two GINs over 5,166 molecule and 4,225 fragment atoms:
+  their matrix products (about 40%), BatchNorm, ReLU and dropout masks over [atoms, 64-128] tensors and the
+  per-edge messages. Rejected on that cohort (validation PRAUC decides): batches of 96 at lr 3.7e-3 (6.7 s
+  an epoch; seed 1 lost 0.010 validation PRAUC, 0.641; at lr 4.5e-3 training stalled, 0.48 at epoch 12); a
+  per-medication output bias starting at the training log-odds (seed 0 opened at 0.564 instead of 0.451,
+  the curves met by epoch 6, and it stopped at 11 of 15 with validation 0.639, test 0.636); the learning
+  rate times 0.9 after every epoch (seed 0: best 22 of 26, validation 0.647, test 0.642). Batches of 128 at
+  lr 3e-3 halve an epoch (5.6 s) and reach about the same number of epochs (seed 0: 23 of 27, 151 s,
+  validation 0.6465, test 0.6425), but seed 1 lost 0.006 on both (20 of 24, 136 s, validation 0.639, test
+  0.637 against 0.645 and 0.643 at 64), just past the quality margin: not adopted.
 - Fragment order: the data layer's sorted BRICS vocabulary (``data_prep.molecules``). The reference
   builds it with ``list(set(...))`` (``data/ddi_mask_H.py``), whose order depends on Python's hash seed, so
   the mask's columns, the fragment-relevance layer and a saved checkpoint change meaning from one
@@ -120,7 +129,10 @@ class GINEncoder(nn.Module):
     """MoleRec's ``GNNGraph`` (gin, JK last, no virtual node) over a fixed list of molecule graphs, batched once.
 
     Per layer: ``h <- BatchNorm(MLP((1 + eps) h + sum_j relu(h_j + bond_ij)))`` with its own bond embeddings,
-    ReLU after every layer but the last, dropout after every layer; a graph is the mean of its atoms.
+    ReLU after every layer but the last, dropout after every layer; a graph is the mean of its atoms. The
+    parameters are PyG ``GINEConv``'s (its initialisation and state-dict names); its message passing is done
+    here as one ``index_select`` of the source atoms and one ``index_add_`` onto the targets, the same sums
+    without ``propagate``'s per-call inspection and broadcast ``scatter_add_`` (tested against ``GINEConv``).
     """
 
     def __init__(self, graphs: list, dim: int, layers: int, dropout: float):
@@ -133,7 +145,9 @@ class GINEncoder(nn.Module):
             raise ValueError(f"MoleRec's GIN needs at least 2 layers, got {layers}")
         batch = Batch.from_data_list(graphs)
         self.n_graphs = len(graphs)
-        self.register_buffer("edge_index", batch.edge_index, persistent=False)
+        source, target = batch.edge_index
+        self.register_buffer("source", source, persistent=False)
+        self.register_buffer("target", target, persistent=False)
         self.register_buffer("atom_graph", batch.batch, persistent=False)
         self.atoms = CategoricalFeatures(batch.x, [len(values) for values in x_map.values()], dim)
         self.bonds = nn.ModuleList(CategoricalFeatures(batch.edge_attr, [len(values) for values in e_map.values()], dim) for _ in range(layers))
@@ -151,7 +165,9 @@ class GINEncoder(nn.Module):
         h = self.atoms()
         last = len(self.convs) - 1
         for layer, (conv, bonds, norm) in enumerate(zip(self.convs, self.bonds, self.norms)):
-            h = norm(conv(h, self.edge_index, bonds()))
+            messages = F.relu(h.index_select(0, self.source) + bonds())  # GINEConv.message, one row per edge
+            summed = torch.zeros_like(h).index_add_(0, self.target, messages)
+            h = norm(conv.nn(summed + (1 + conv.eps) * h))  # GINEConv.forward
             h = self.dropout(h if layer == last else F.relu(h))
         return global_mean_pool(h, self.atom_graph, size=self.n_graphs)
 

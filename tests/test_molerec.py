@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from baselines.layers import ddi_loss
-from baselines.molerec import MoleRec, ddi_loss_weight, fragment_graphs, fragment_slots
+from baselines.molerec import GINEncoder, MoleRec, ddi_loss_weight, fragment_graphs, fragment_slots
 from bench.training import seed_everything
 
 FAST = dict(epochs=2, dim=16, batch_size=8, gnn_layers=2)
@@ -197,3 +197,32 @@ def test_fragment_slots_list_each_medications_fragments_and_pad_the_rest():
     slots, filled = fragment_slots(mask)
     assert slots.tolist() == [[1, 3, 0], [0, 0, 0], [0, 1, 2]]
     assert filled.tolist() == [[1, 1, 0], [0, 0, 0], [1, 1, 1]]
+
+
+def test_gin_message_passing_equals_pyg_gineconv(tiny_dataset):
+    """The encoder's gather / index_add message passing: GINEConv's values and gradients, dropout included."""
+    from torch_geometric.nn import global_mean_pool
+
+    def through_gineconv(encoder):
+        h, edge_index = encoder.atoms(), torch.stack([encoder.source, encoder.target])
+        for layer, (conv, bonds, norm) in enumerate(zip(encoder.convs, encoder.bonds, encoder.norms)):
+            h = norm(conv(h, edge_index, bonds()))
+            h = encoder.dropout(h if layer == len(encoder.convs) - 1 else F.relu(h))
+        return global_mean_pool(h, encoder.atom_graph, size=encoder.n_graphs)
+
+    seed_everything(0)
+    encoder = GINEncoder(tiny_dataset.molecules.graphs, 16, 3, 0.5).train()
+    with torch.no_grad():
+        for conv in encoder.convs:
+            conv.eps.fill_(0.3)  # GINEConv's (1 + eps) h term with a non-zero eps
+    outputs = []
+    for forward in (encoder.forward, lambda: through_gineconv(encoder)):
+        torch.manual_seed(1)  # the same dropout masks
+        out = forward()
+        outputs.append((out, torch.autograd.grad((out * torch.arange(out.numel()).view_as(out)).sum(), list(encoder.parameters()))))
+    (ours, our_grads), (pyg, pyg_grads) = outputs
+    assert ours.abs().sum() > 0
+    torch.testing.assert_close(ours, pyg)
+    for got, want in zip(our_grads, pyg_grads):
+        torch.testing.assert_close(got, want)
+
