@@ -99,7 +99,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig, Publication, seed_everything, visits_record
-from bench.training import Schedule, TorchModel, pad_sequences, run_training, staged_report, target_tensor, train_network, use_uniform_dropout
+from bench.training import Schedule, TorchModel, base_rate_logits, pad_sequences, run_training, staged_report, target_tensor, train_network, use_uniform_dropout
 from baselines.layers import ddi_loss, margin_loss
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
@@ -248,6 +248,7 @@ class RAREMed(TorchModel):
         ddi_weight: float = 0.1  # on 0.0005 * sum_ij p_i p_j A_ij
         relevance: str = "position"  # "published": every token at position 0 (module docstring)
         matching_loss: str = "bce"  # "published": cross-entropy across the batch's pairs
+        base_rate_bias: bool = False  # True: the medication head's bias starts at the training log-odds (module docstring)
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 5e-4}
         QUICK: ClassVar[dict] = {"dim": 128, "layers": 2, "ffn_dim": 512, "pretrain_epochs": 20, "pretrain_patience": 1, "pretrain_min_delta": 0.03,
@@ -367,6 +368,9 @@ class RAREMed(TorchModel):
         seed_everything(self.seed)
         started = time.perf_counter()
         self.network = use_uniform_dropout(self.build_network().to(self.device))  # the one loop's dropout, pre-training too
+        if self.config.base_rate_bias:  # pre-training never reads the medication head
+            with torch.no_grad():
+                self.network.medications.bias.copy_(base_rate_logits(target_tensor(train, self.dataset.n_medications)).to(self.device))
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True)
         visits = record_visits(train)  # every visit of the training records, once; never a validation or test record
         held_out = record_visits(val) if self.config.pretrain_patience is not None else []  # selection only

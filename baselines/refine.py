@@ -84,7 +84,7 @@ from torch.nn import functional as F
 from torch_geometric.nn import GATv2Conv
 
 from bench.contract import Capabilities, ModelConfig, Publication
-from bench.training import TorchModel, target_tensor
+from bench.training import TorchModel, base_rate_logits, target_tensor
 from baselines.layers import CodeSetEmbedding, last_step, margin_loss, pad_visits
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import PreparedDataset, Sample
@@ -266,6 +266,7 @@ class REFINE(TorchModel):
     typical_seconds = 139  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Bhoi et al., NeurIPS 2023", "2023-12")
     capabilities = Capabilities(needs_history_medications=True)
+    training_samples: Sequence[Sample] = ()  # during fit: the samples whose base rates base_rate_bias reads
 
     @dataclass
     class Config(ModelConfig):
@@ -286,6 +287,7 @@ class REFINE(TorchModel):
         margin_weight: float = 0.07
         balanced_weight: float = 0.18
         interaction_share: float = 0.65  # beta of the balanced loss: DDI penalty vs co-prescription reward
+        base_rate_bias: bool = False  # True: the output bias starts at the training log-odds (module docstring)
 
         HARNESS: ClassVar[dict] = {"batch_size": 32, "lr": 1e-3, "epochs": 200}  # mini-batches (module docstring)
         QUICK: ClassVar[dict] = {"patience": 5}
@@ -298,7 +300,11 @@ class REFINE(TorchModel):
 
     # ----- training ----------------------------------------------------------------------------
     def build_network(self) -> nn.Module:
-        return REFINENetwork(self.dataset, self.config)
+        network = REFINENetwork(self.dataset, self.config)
+        if self.config.base_rate_bias and self.training_samples:
+            with torch.no_grad():
+                network.output.bias.copy_(base_rate_logits(target_tensor(self.training_samples, self.dataset.n_medications)))
+        return network
 
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
         return [s for s in train if s.history]
@@ -308,7 +314,11 @@ class REFINE(TorchModel):
         cooccurrence = cooccurrence_weights(train, self.dataset.n_medications)
         balance = share * self.dataset.ddi_adj.astype(np.float32) - (1.0 - share) * cooccurrence
         self.balance = torch.as_tensor(balance, device=self.device)  # read by the training loss only
-        return super().fit(train, val)
+        self.training_samples = self.train_samples(train)  # for base_rate_bias (build_network)
+        try:
+            return super().fit(train, val)
+        finally:
+            self.training_samples = []
 
     def loss(self, batch: dict, epoch: int) -> torch.Tensor:
         logits = self.network(batch)
