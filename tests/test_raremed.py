@@ -162,3 +162,16 @@ def test_base_rate_bias_is_the_medication_head_bias_when_fine_tuning_starts(tiny
         RAREMed(tiny_dataset, RAREMed.Config(**{**SMALL, "base_rate_bias": True}), seed=0).fit(train, tiny_dataset.samples("val"))
     expected = base_rate_logits(torch.from_numpy(multi_hot([s.target for s in train], tiny_dataset.n_medications)).float())
     torch.testing.assert_close(captured["bias"], expected)
+
+
+def test_fine_tuning_runs_at_finetune_lr(tiny_dataset, monkeypatch):
+    rates = []
+
+    def stop(model, train, val):
+        rates.extend(group["lr"] for group in model.optimizer.param_groups)
+        raise FineTuningStarts
+
+    monkeypatch.setattr(raremed, "train_network", stop)
+    with pytest.raises(FineTuningStarts):
+        RAREMed(tiny_dataset, RAREMed.Config(**{**SMALL, "finetune_lr": 3e-3}), seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    assert rates == [3e-3]
