@@ -74,9 +74,9 @@ Deliberate differences from the published code:
   validation patients (fixed SMP negatives drawn among them), a gain counting only above 0.05
   (``pretrain_min_delta``, a 5% relative loss drop; at 0.03 seed 1 runs SMP to 5/6 epochs, 84 s, and
   fine-tunes to validation 0.644, below 0.647 at 0.05; seeds 0 and 2 stop at the same epochs with
-  either). Validation visits are read for this selection only, never as training input; test never. ``paper``/``harness`` keep the fixed epochs and the last weights.
-  Quick's pre-training lr is 1e-3 (2e-3 is worse on validation, 0.632); fixed-epoch pre-training gives
-  the same PRAUC at about 2.4 times the time.
+  either). Validation visits are read for this selection only, never as training input; test never.
+  ``paper``/``harness`` keep the fixed epochs and the last weights. Quick's pre-training lr is 1e-3 (2e-3
+  is worse on validation, 0.632); fixed-epoch pre-training gives the same PRAUC at about 2.4 times the time.
 - ``--preset quick`` fine-tuning: AdamW lr 2e-3 (``finetune_lr``; the moments carried over from
   pre-training), patience 4 and ``min_delta`` 0.002 (Keras semantics: a validation PRAUC counts as better
   only above the best plus 0.002), as validation creeps by less than that near its peak (``paper``/
