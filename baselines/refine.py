@@ -56,12 +56,13 @@ Deliberate differences from the published code:
 - ``--preset paper`` is the released script's schedule: one Adam step per visit prefix at lr 2e-4
   (without its ``retain_graph=True``), all 10 epochs, the epoch of best validation Jaccard kept.
   ``--preset harness``: mini-batches of 32 prefixes, every loss a batch mean, lr 1e-3 (the policy of
-  every baseline here), at most 200 epochs, stopped by validation patience 10 on PRAUC (``quick``: 5). In batches of 32 on the synthetic cohort, 1e-3 and 2e-4 reach the same validation PRAUC
-  (0.627), 1e-3 at epoch 20 and 2e-4 at epoch 80.
+  every baseline here), at most 200 epochs, stopped by validation patience 10 on PRAUC (``quick``: 5).
+  In batches of 32 on the synthetic cohort, 1e-3 and 2e-4 reach the same validation PRAUC (0.627), 1e-3
+  at epoch 20 and 2e-4 at epoch 80.
 - ``--preset quick``: batches of 64 prefixes at lr 1.4e-3 (the rate scaled by the square root of the
   batch), patience 5, and the output bias started at the training samples' log-odds (``base_rate_bias``,
-  :func:`bench.training.base_rate_logits`; off in ``paper``/``harness``): each step's
-  drug memories serve twice the samples, and the first epochs start from the frequency predictor. Default
+  :func:`bench.training.base_rate_logits`; off in ``paper``/``harness``): each step's drug memories
+  serve twice the samples, and the first epochs start from the frequency predictor. Default
   cohort, one thread: seed 0 best 23 of 28 epochs, validation PRAUC 0.708, multi-visit test PRAUC 0.708,
   95 s; seed 1 best 17 of 22, validation 0.704, test 0.700, 74 s. At lr 2e-3 the validation plateau is
   reached earlier but is noisier (seed 0 stopped at epoch 16 with best 11: test 0.695); in batches of 32
