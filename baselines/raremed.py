@@ -82,10 +82,10 @@ Deliberate differences from the published code:
   only above the best plus 0.002), as validation creeps by less than that near its peak (``paper``/
   ``harness``: one rate for every stage, no min_delta). At the pre-training rate (1e-3) validation PRAUC
   creeps up from 0.573 for ~10 epochs and peaks at epochs 21-24; at 2e-3 it peaks in
-  9-13 epochs at the same validation PRAUC. The base-rate output bias (``base_rate_bias``, off) does not
+  13-15 epochs at the same validation PRAUC. The base-rate output bias (``base_rate_bias``, off) does not
   shorten that start (seed 0: best 21 of 25 epochs at 1e-3, validation 0.647). Default cohort, one thread:
-  seed 0 SMP best 3/4, SR 1/2, fine-tuning best 9 of 13, validation PRAUC 0.650, test 0.650, 116 s (SMP
-  56 s, SR 16 s, fine-tuning 43 s); seed 1 SMP 3/4, SR 1/2, fine-tuning 13 of 17, validation 0.647, test
+  seed 0 SMP best 3/4, SR 1/2, fine-tuning best 15 of 19, validation PRAUC 0.647, test 0.644, 131 s (SMP
+  55 s, SR 16 s, fine-tuning 61 s); seed 1 SMP 3/4, SR 1/2, fine-tuning 13 of 17, validation 0.647, test
   0.644, 134 s (SMP 58 s, SR 18 s, fine-tuning 57 s).
 """
 

@@ -64,7 +64,7 @@ Deliberate differences from the published code:
   :func:`bench.training.base_rate_logits`; off in ``paper``/``harness``): each step's drug memories
   serve twice the samples, and the first epochs start from the frequency predictor. Default
   cohort, one thread: seed 0 best 23 of 28 epochs, validation PRAUC 0.708, multi-visit test PRAUC 0.708,
-  95 s; seed 1 best 17 of 22, validation 0.704, test 0.700, 74 s. At lr 2e-3 the validation plateau is
+  90 s; seed 1 best 17 of 22, validation 0.704, test 0.700, 74 s. At lr 2e-3 the validation plateau is
   reached earlier but is noisier (seed 0 stopped at epoch 16 with best 11: test 0.695); in batches of 32
   the base-rate bias alone saves 4 epochs (seed 0 best 18 of 23, validation 0.705).
 - Training: the protocol's samples (under the default last-visit protocol one prefix per patient,
