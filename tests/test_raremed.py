@@ -6,6 +6,8 @@ import torch
 
 from baselines import raremed
 from baselines.raremed import RAREMed
+from bench.training import base_rate_logits
+from data_prep.code_sets import multi_hot
 
 SMALL = dict(dim=16, layers=1, heads=2, ffn_dim=32, batch_size=8, lr=1e-3, pretrain_epochs=2, epochs=2, patience=2)
 
@@ -145,3 +147,31 @@ def test_pretraining_with_patience_stops_on_validation_visits_only(tiny_dataset,
     for task in ("matching", "reconstruction"):  # no score beats the first by 10: stopped after epoch 2, epoch 1's weights kept
         stage = report["stages"][task]
         assert (stage["best_epoch"], stage["epochs_run"], stage["stopped_by"], stage["converged"]) == (1, 2, "patience", True)
+
+
+def test_base_rate_bias_is_the_medication_head_bias_when_fine_tuning_starts(tiny_dataset, monkeypatch):
+    captured = {}
+
+    def stop(model, train, val):
+        captured["bias"] = model.network.medications.bias.detach().clone()
+        raise FineTuningStarts
+
+    monkeypatch.setattr(raremed, "train_network", stop)
+    train = tiny_dataset.samples("train")
+    with pytest.raises(FineTuningStarts):
+        RAREMed(tiny_dataset, RAREMed.Config(**{**SMALL, "base_rate_bias": True}), seed=0).fit(train, tiny_dataset.samples("val"))
+    expected = base_rate_logits(torch.from_numpy(multi_hot([s.target for s in train], tiny_dataset.n_medications)).float())
+    torch.testing.assert_close(captured["bias"], expected)
+
+
+def test_fine_tuning_runs_at_finetune_lr(tiny_dataset, monkeypatch):
+    rates = []
+
+    def stop(model, train, val):
+        rates.extend(group["lr"] for group in model.optimizer.param_groups)
+        raise FineTuningStarts
+
+    monkeypatch.setattr(raremed, "train_network", stop)
+    with pytest.raises(FineTuningStarts):
+        RAREMed(tiny_dataset, RAREMed.Config(**{**SMALL, "finetune_lr": 3e-3}), seed=0).fit(tiny_dataset.samples("train"), tiny_dataset.samples("val"))
+    assert rates == [3e-3]

@@ -6,6 +6,7 @@ import torch
 
 from baselines.refine import REFINE, balanced_loss, cooccurrence_weights, cumulative_trends, project_trends, trend_inputs
 from bench.metrics import prauc_per_sample
+from bench.training import base_rate_logits
 from data_prep.code_sets import multi_hot
 
 FAST = dict(epochs=2, batch_size=8, patience=2)
@@ -142,3 +143,21 @@ def test_trains_on_multi_visit_samples_and_beats_the_frequency_on_them(tiny_data
     targets = multi_hot([s.target for s in multi], tiny_dataset.n_medications)
     frequency = np.tile(targets.mean(0), (len(multi), 1))
     assert prauc_per_sample(targets, model.predict_proba(multi)).mean() > prauc_per_sample(targets, frequency).mean() + 0.1
+
+
+def test_base_rate_bias_starts_the_output_at_the_training_log_odds(tiny_dataset, monkeypatch):
+    captured = {}
+    real = REFINE.build_network
+
+    def build(self):
+        network = real(self)
+        captured["bias"] = network.output.bias.detach().clone()
+        return network
+
+    monkeypatch.setattr(REFINE, "build_network", build)
+    train = tiny_dataset.samples("train")
+    model = REFINE(tiny_dataset, REFINE.Config(**{**FAST, "epochs": 1, "base_rate_bias": True}), seed=0).fit(train, [])
+    multi = multi_visit(train)
+    expected = base_rate_logits(torch.from_numpy(multi_hot([s.target for s in multi], tiny_dataset.n_medications)).float())
+    torch.testing.assert_close(captured["bias"], expected)
+    assert len(model.training_samples) == 0  # released after fit; a reloaded network is not re-initialised
