@@ -277,7 +277,7 @@ class CarmenNetwork(nn.Module):
 
 class Carmen(TorchModel):
     name = "carmen"
-    typical_seconds = 113  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 101  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Chen et al., AAAI 2023", "2023-02")
     capabilities = Capabilities()
 

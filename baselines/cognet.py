@@ -466,7 +466,7 @@ def beam_search(step, n_rows: int, beam_size: int, max_steps: int, vocabulary: i
 
 class COGNet(TorchModel):
     name = "cognet"
-    typical_seconds = 192  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 222  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Wu et al., WWW 2022", "2022-04")
     capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False

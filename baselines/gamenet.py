@@ -168,7 +168,7 @@ class GAMENetNetwork(nn.Module):
 
 class GAMENet(DDITargetMixin, TorchModel):
     name = "gamenet"
-    typical_seconds = 52  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 47  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Shang et al., AAAI 2019", "2019-01")
     capabilities = Capabilities()
 

@@ -439,7 +439,7 @@ def pretraining_visits(samples: Sequence[Sample]) -> list[Sample]:
 
 class GBert(TorchModel):
     name = "gbert"
-    typical_seconds = 323  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 292  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Shang et al., IJCAI 2019", "2019-08")
     capabilities = Capabilities(needs_history_medications=True, pretrains_on_training_visits=True)
 

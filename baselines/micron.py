@@ -147,7 +147,7 @@ class MICRONNetwork(nn.Module):
 
 class MICRON(DDITargetMixin, TorchModel):
     name = "micron"
-    typical_seconds = 25  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 20  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Yang et al., IJCAI 2021", "2021-08")
     capabilities = Capabilities(needs_history_medications=True)
     decides_by_threshold = False  # its add/remove rule is part of the model

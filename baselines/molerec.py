@@ -282,7 +282,7 @@ class MoleRecNetwork(nn.Module):
 
 class MoleRec(DDITargetMixin, TorchModel):
     name = "molerec"
-    typical_seconds = 235  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 202  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Yang et al., WWW 2023", "2023-04")
     capabilities = Capabilities()
 

@@ -226,7 +226,7 @@ def visit_tokens(diagnoses: Sequence[Sequence[int]], procedures: Sequence[Sequen
 
 class RAREMed(TorchModel):
     name = "raremed"
-    typical_seconds = 194  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 132  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Zhao et al., SIGIR 2024", "2024-07")
     # the current visit only; pre-training (SMP, SR) on every visit of the training patients, declared per config
     capabilities = Capabilities(pretrains_on_training_visits=True)

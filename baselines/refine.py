@@ -271,7 +271,7 @@ class REFINENetwork(nn.Module):
 
 class REFINE(TorchModel):
     name = "refine"
-    typical_seconds = 139  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 86  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Bhoi et al., NeurIPS 2023", "2023-12")
     capabilities = Capabilities(needs_history_medications=True)
     training_samples: Sequence[Sample] = ()  # during fit: the samples whose base rates base_rate_bias reads

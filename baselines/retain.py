@@ -93,7 +93,7 @@ class RETAINNetwork(nn.Module):
 
 class RETAIN(TorchModel):
     name = "retain"
-    typical_seconds = 54  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 44  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Choi et al., NeurIPS 2016", "2016-12")
     capabilities = Capabilities()
 

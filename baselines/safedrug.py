@@ -232,7 +232,7 @@ class SafeDrugNetwork(nn.Module):
 
 class SafeDrug(DDITargetMixin, TorchModel):
     name = "safedrug"
-    typical_seconds = 86  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 72  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Yang et al., IJCAI 2021", "2021-08")
     capabilities = Capabilities()
 

@@ -279,7 +279,7 @@ class StratMedNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------
 class StratMed(TorchModel):
     name = "stratmed"
-    typical_seconds = 77  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 72  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Li et al., Knowledge-Based Systems 284, 2024", "2024-01")
     capabilities = Capabilities()  # a first visit reads no medication (zeros), so single-visit patients are served
 

@@ -290,7 +290,7 @@ class VITANetwork(nn.Module):
 
 class VITA(COGNet):
     name = "vita"
-    typical_seconds = 244  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 170  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Kim et al., AAAI 2024", "2024-02")
     capabilities = Capabilities(needs_history_medications=True)
 

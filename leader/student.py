@@ -317,7 +317,7 @@ class StudentNetwork(nn.Module):
 
 class LeaderStudent(TorchModel):
     name = "leader_s"
-    typical_seconds = 122  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 100  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Liu et al., arXiv 2402.02803, 2024", "2024-02")
     config_class = StudentConfig
     capabilities = Capabilities(uses_profile=True)

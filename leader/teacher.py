@@ -223,7 +223,7 @@ class LeaderTeacher(MedRecModel):
     prompt; with the default (off, as published) the teacher does not read it."""
 
     name = "leader_t"
-    typical_seconds = 184  # quick, default cohort, one thread: the main job's 3-seed mean (README)
+    typical_seconds = 178  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Liu et al., arXiv 2402.02803, 2024", "2024-02")
     config_class = TeacherConfig
     capabilities = Capabilities(uses_profile=True)
