@@ -87,7 +87,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig, Publication
-from bench.training import TorchModel, base_rate_logits, target_tensor
+from bench.training import TorchModel, target_tensor
 from baselines.layers import (
     CodeSetEmbedding,
     DDITargetMixin,
@@ -220,11 +220,10 @@ class GAMENet(DDITargetMixin, TorchModel):
         self.temperature = self.config.initial_temperature
         self.annealing = np.random.default_rng(self.seed)
         self.similar = None
-        network = GAMENetNetwork(self.dataset, self.config)
-        if self.config.base_rate_bias and self.training_samples:
-            with torch.no_grad():
-                network.output[-1].bias.copy_(base_rate_logits(target_tensor(self.training_samples, self.dataset.n_medications)))
-        return network
+        return GAMENetNetwork(self.dataset, self.config)
+
+    def output_bias(self) -> torch.Tensor:
+        return self.network.output[-1].bias
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "GAMENet":
         self.training_samples, self._bank_batches = list(train), None

@@ -102,7 +102,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contract import Capabilities, ModelConfig, Publication, seed_everything, visits_record
-from bench.training import Schedule, TorchModel, base_rate_logits, pad_sequences, run_training, staged_report, target_tensor, train_network, use_uniform_dropout
+from bench.training import Schedule, TorchModel, run_training, staged_report, start_at_base_rates, target_tensor, train_network, use_uniform_dropout
 from baselines.layers import ddi_loss, margin_loss
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import Sample, Visit
@@ -374,8 +374,7 @@ class RAREMed(TorchModel):
         started = time.perf_counter()
         self.network = use_uniform_dropout(self.build_network().to(self.device))  # the one loop's dropout, pre-training too
         if self.config.base_rate_bias:  # pre-training never reads the medication head
-            with torch.no_grad():
-                self.network.medications.bias.copy_(base_rate_logits(target_tensor(train, self.dataset.n_medications)).to(self.device))
+            start_at_base_rates(self.network.medications.bias, train, self.dataset.n_medications)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True)
         visits = record_visits(train)  # every visit of the training records, once; never a validation or test record
         held_out = record_visits(val) if self.config.pretrain_patience is not None else []  # selection only

@@ -92,7 +92,7 @@ from torch.nn import functional as F
 from torch_geometric.nn import GATv2Conv
 
 from bench.contract import Capabilities, ModelConfig, Publication
-from bench.training import TorchModel, base_rate_logits, target_tensor
+from bench.training import TorchModel, target_tensor
 from baselines.layers import CodeSetEmbedding, last_step, margin_loss, pad_visits
 from data_prep.code_sets import multi_hot
 from data_prep.dataset import PreparedDataset, Sample
@@ -274,7 +274,6 @@ class REFINE(TorchModel):
     typical_seconds = 86  # quick, default cohort, one thread: the main job's 3-seed mean (README)
     publication = Publication("Bhoi et al., NeurIPS 2023", "2023-12")
     capabilities = Capabilities(needs_history_medications=True)
-    training_samples: Sequence[Sample] = ()  # during fit: the samples whose base rates base_rate_bias reads
 
     @dataclass
     class Config(ModelConfig):
@@ -308,11 +307,10 @@ class REFINE(TorchModel):
 
     # ----- training ----------------------------------------------------------------------------
     def build_network(self) -> nn.Module:
-        network = REFINENetwork(self.dataset, self.config)
-        if self.config.base_rate_bias and self.training_samples:
-            with torch.no_grad():
-                network.output.bias.copy_(base_rate_logits(target_tensor(self.training_samples, self.dataset.n_medications)))
-        return network
+        return REFINENetwork(self.dataset, self.config)
+
+    def output_bias(self) -> torch.Tensor:
+        return self.network.output.bias
 
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
         return [s for s in train if s.history]
@@ -322,11 +320,7 @@ class REFINE(TorchModel):
         cooccurrence = cooccurrence_weights(train, self.dataset.n_medications)
         balance = share * self.dataset.ddi_adj.astype(np.float32) - (1.0 - share) * cooccurrence
         self.balance = torch.as_tensor(balance, device=self.device)  # read by the training loss only
-        self.training_samples = self.train_samples(train)  # for base_rate_bias (build_network)
-        try:
-            return super().fit(train, val)
-        finally:
-            self.training_samples = []
+        return super().fit(train, val)
 
     def loss(self, batch: dict, epoch: int) -> torch.Tensor:
         logits = self.network(batch)

@@ -210,6 +210,13 @@ def base_rate_logits(targets: torch.Tensor) -> torch.Tensor:
     return torch.logit((targets.sum(dim=0) + 0.5) / (targets.shape[0] + 1.0))
 
 
+def start_at_base_rates(bias: torch.Tensor, samples: Sequence[Sample], n_medications: int) -> None:
+    """Set an output layer's [M] ``bias`` in place to the samples' training log-odds (:func:`base_rate_logits`):
+    what a config's ``base_rate_bias`` asks for (the model starts at the frequency predictor)."""
+    with torch.no_grad():
+        bias.copy_(base_rate_logits(target_tensor(samples, n_medications)).to(bias.device, bias.dtype))
+
+
 def validation_score(model: MedRecModel, samples: Sequence[Sample], proba: np.ndarray) -> float:
     """What model selection maximises (``config.selection``): mean validation PRAUC (the harness default), or
     mean validation Jaccard of the model's own sets (the SafeDrug / GAMENet scripts keep that epoch)."""
@@ -304,6 +311,11 @@ class TorchModel(MedRecModel):
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.network.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, fused=True)
 
+    def output_bias(self) -> torch.Tensor:
+        """The bias of the network's medication logits, which a config's ``base_rate_bias`` starts at the
+        training log-odds (:func:`start_at_base_rates`); a model that offers that field overrides this."""
+        raise NotImplementedError(f"{self.name} has no output bias for base_rate_bias")
+
     def train_samples(self, train: Sequence[Sample]) -> list[Sample]:
         """Samples the loop trains on: the protocol's, less those the model cannot serve (e.g. without history);
         :func:`bench.contract.check_model` fails a model whose choice differs."""
@@ -317,7 +329,10 @@ class TorchModel(MedRecModel):
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> "TorchModel":
         seed_everything(self.seed)
         self.network = self.build_network().to(self.device)
-        self.fit_report = train_network(self, self.train_samples(train), self.train_samples(val))
+        train = self.train_samples(train)
+        if getattr(self.config, "base_rate_bias", False):
+            start_at_base_rates(self.output_bias(), train, self.dataset.n_medications)
+        self.fit_report = train_network(self, train, self.train_samples(val))
         return self
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ import torch
 
 from baselines.refine import REFINE, balanced_loss, cooccurrence_weights, cumulative_trends, project_trends, trend_inputs
 from bench.metrics import prauc_per_sample
+from bench import training
 from bench.training import base_rate_logits
 from data_prep.code_sets import multi_hot
 
@@ -147,17 +148,15 @@ def test_trains_on_multi_visit_samples_and_beats_the_frequency_on_them(tiny_data
 
 def test_base_rate_bias_starts_the_output_at_the_training_log_odds(tiny_dataset, monkeypatch):
     captured = {}
-    real = REFINE.build_network
+    real = training.train_network
 
-    def build(self):
-        network = real(self)
-        captured["bias"] = network.output.bias.detach().clone()
-        return network
+    def train_network(model, train, val):  # the bias as the first step sees it
+        captured["bias"] = model.network.output.bias.detach().clone()
+        return real(model, train, val)
 
-    monkeypatch.setattr(REFINE, "build_network", build)
+    monkeypatch.setattr(training, "train_network", train_network)
     train = tiny_dataset.samples("train")
-    model = REFINE(tiny_dataset, REFINE.Config(**{**FAST, "epochs": 1, "base_rate_bias": True}), seed=0).fit(train, [])
+    REFINE(tiny_dataset, REFINE.Config(**{**FAST, "epochs": 1, "base_rate_bias": True}), seed=0).fit(train, [])
     multi = multi_visit(train)
     expected = base_rate_logits(torch.from_numpy(multi_hot([s.target for s in multi], tiny_dataset.n_medications)).float())
     torch.testing.assert_close(captured["bias"], expected)
-    assert len(model.training_samples) == 0  # released after fit; a reloaded network is not re-initialised
